@@ -103,6 +103,7 @@ struct moed_ring_ctl {
  * its completion eventfd; the daemon must signal it after publishing.
  */
 #define MOED_RING_F_NEED_WAKEUP (1u << 0)
+#define MOED_RING_F_WAITING MOED_RING_F_NEED_WAKEUP /* the CQ's name for the same bit */
 
 /* ---------------------------------------------------------------------------------- */
 /* Submission queue entry                                                               */
