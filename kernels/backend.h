@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The kernel backend interface. A backend is a table of functions plus a signature: the
+ * kwargs it accepts (name, type, range) and its capabilities. The daemon validates a
+ * job's descriptor (daemon/job_validate.c) and parses its kwargs against the signature
+ * before calling run(): a backend receives only jobs it said it can do.
+ *
+ * Buffers are named by struct moed_buf spans of an arena (struct moed_arena), so the
+ * same interface will serve device-resident arenas later.
+ */
+#ifndef MOED_KERNELS_BACKEND_H
+#define MOED_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "job_validate.h"
+#include "kwargs_parse.h"
+#include "moed/proto.h"
+
+struct moed_backend;
+
+struct moed_backend_config {
+	unsigned threads;  /* worker threads; 0 = the backend's default */
+	uint32_t withhold; /* MOED_CAP_* bits to withhold, as an older kernel library lacks them */
+};
+
+/* Where a job's buffers live. Host memory today. */
+struct moed_arena {
+	unsigned char *base;
+	uint64_t size;
+};
+
+/* A weight set as the backend stores it. */
+struct moed_weights {
+	struct moed_weights_shape shape;
+	void *w13; /* backend-owned storage, [E, 2I or I, H] */
+	void *w2;  /* [E, H, I] */
+	uint64_t w13_bytes, w2_bytes;
+};
+
+struct moed_backend_ops {
+	const char *name;
+	/* 0 when the backend can run here, else a negative errno and a reason in err. */
+	int (*probe)(struct moed_error *err);
+	int (*create)(const struct moed_backend_config *cfg, struct moed_backend **out,
+		      struct moed_error *err);
+	void (*destroy)(struct moed_backend *b);
+	/* The signature. Pointers stay valid for the backend's lifetime. */
+	const struct moed_kwargs_schema *(*schema)(const struct moed_backend *b);
+	uint32_t (*caps)(const struct moed_backend *b);        /* MOED_CAP_* */
+	uint32_t (*dtypes)(const struct moed_backend *b);      /* bit per enum moed_dtype */
+	uint32_t (*activations)(const struct moed_backend *b); /* bit per enum moed_activation */
+	/* Storage for a weight set's tensors; w->shape is set, the sizes are filled in. */
+	int (*weights_alloc)(struct moed_backend *b, struct moed_weights *w, struct moed_error *err);
+	int (*weights_write)(struct moed_backend *b, struct moed_weights *w, unsigned tensor,
+			     uint64_t offset, const void *src, uint64_t len, struct moed_error *err);
+	void (*weights_free)(struct moed_backend *b, struct moed_weights *w);
+	/* Run one validated job to completion. 0 or a negative errno with err set. */
+	int (*run)(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+		   const struct moed_kwargs *kwargs, const struct moed_arena *arena,
+		   struct moed_error *err);
+};
+
+/* Bytes of one tensor of a weight set. */
+uint64_t moed_weights_tensor_bytes(const struct moed_weights_shape *s, unsigned tensor);
+
+/*
+ * The checks every backend shares, against the job's weight set and the backend's
+ * signature: hidden size, capability for each flag, dtype and activation.
+ * no_combine without the capability is -EOPNOTSUPP, also for an empty job.
+ */
+int moed_backend_admit(const struct moed_backend_ops *ops, const struct moed_backend *b,
+		       const struct moed_job *job, const struct moed_weights_shape *shape,
+		       struct moed_error *err);
+
+extern const struct moed_backend_ops moed_cpu_backend;
+
+#endif

@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The CPU backend called directly (no daemon): random shapes, dtypes and flags against
+ * the tests' own f64 reference, outputs poisoned first; out-of-range expert ids; the
+ * capability checks every backend shares; kwargs that change how it runs but not what.
+ */
+#include "config.h"
+
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "helpers.h"
+#include "moe_ref.h"
+
+static const struct moed_backend_ops *ops = &moed_cpu_backend;
+
+struct setup {
+	struct moed_backend *b;
+	struct moed_weights w;
+	struct moed_arena arena;
+	struct moed_job job;
+};
+
+/* Upload a problem's weights and lay its tensors out in a fresh arena. */
+static void setup_make(struct setup *s, const struct ref_problem *p, unsigned threads,
+		       uint32_t withhold)
+{
+	struct moed_error err;
+	const struct moed_backend_config cfg = { .threads = threads, .withhold = withhold };
+	ck_assert_int_eq(ops->create(&cfg, &s->b, &err), 0);
+
+	s->w = (struct moed_weights){ .shape = { .num_experts = p->e, .hidden_size = p->h,
+						 .inter_size = p->i, .dtype = p->w_dtype,
+						 .gated = p->gated } };
+	ck_assert_int_eq(ops->weights_alloc(s->b, &s->w, &err), 0);
+	/* Upload in uneven chunks, as a client would through its arena. */
+	for (unsigned t = 0; t < 2; t++) {
+		uint64_t size = t ? s->w.w2_bytes : s->w.w13_bytes, at = 0;
+		const unsigned char *src = t ? p->w2 : p->w13;
+		while (at < size) {
+			uint64_t n = size - at < 1000 ? size - at : 1000;
+			ck_assert_int_eq(ops->weights_write(s->b, &s->w, t, at, src + at, n, &err), 0);
+			at += n;
+		}
+	}
+
+	const size_t ds = ref_dtype_size(p->io_dtype), pairs = (size_t)p->m * p->k;
+	const size_t xb = (size_t)p->m * p->h * ds, ob = ref_out_elems(p) * ds;
+	s->arena.size = (xb + pairs * 8 + ob + 4096) / 64 * 64 + 64;
+	s->arena.base = malloc(s->arena.size);
+	uint64_t at = 0;
+	s->job = (struct moed_job){
+		.opcode = MOED_OP_MOE, .dtype = p->io_dtype, .activation = p->act,
+		.no_combine = p->no_combine, .router_weight_on_input = p->router_weight_on_input,
+		.gated = p->gated, .num_tokens = p->m, .topk = p->k, .hidden_size = p->h,
+		.routed_scaling_factor = p->scale,
+	};
+	s->job.hidden = (struct moed_buf){ at, xb };
+	memcpy(s->arena.base + at, p->x, xb);
+	at += (xb + 63) / 64 * 64;
+	s->job.topk_ids = (struct moed_buf){ at, pairs * 4 };
+	memcpy(s->arena.base + at, p->ids, pairs * 4);
+	at += (pairs * 4 + 63) / 64 * 64;
+	s->job.topk_weights = (struct moed_buf){ at, pairs * 4 };
+	memcpy(s->arena.base + at, p->tw, pairs * 4);
+	at += (pairs * 4 + 63) / 64 * 64;
+	s->job.output = (struct moed_buf){ at, ob };
+	ref_poison(s->arena.base + at, ob);
+}
+
+static void setup_free(struct setup *s)
+{
+	ops->weights_free(s->b, &s->w);
+	ops->destroy(s->b);
+	free(s->arena.base);
+}
+
+static int run(struct setup *s, const struct moed_kwargs *kw, struct moed_error *err)
+{
+	int r = moed_backend_admit(ops, s->b, &s->job, &s->w.shape, err);
+	return r ? r : ops->run(s->b, &s->job, &s->w, kw, &s->arena, err);
+}
+
+static void random_problem(struct ref_problem *p, uint64_t *rng)
+{
+	static const uint32_t topks[] = { 1, 2, 8 };
+	*p = (struct ref_problem){
+		.e = (uint32_t)test_rand_range(rng, 1, 12),
+		.h = (uint32_t)test_rand_range(rng, 1, 150),
+		.i = (uint32_t)test_rand_range(rng, 1, 100),
+		.m = (uint32_t)test_rand_range(rng, 0, 40),
+		.gated = test_rand(rng) & 1,
+		.no_combine = test_rand(rng) & 1,
+		.act = (uint8_t)(test_rand(rng) & 1),
+		.io_dtype = (uint8_t)test_rand_range(rng, 0, 2),
+		.w_dtype = (uint8_t)test_rand_range(rng, 0, 2),
+		.scale = test_rand(rng) & 1 ? 1.0f : (float)(0.5 + 2 * test_rand_double(rng)),
+	};
+	p->k = topks[test_rand_range(rng, 0, 2)];
+	if (p->k > p->e)
+		p->k = p->e;
+	p->router_weight_on_input = p->k == 1 && (test_rand(rng) & 1);
+}
+
+START_TEST(matches_reference)
+{
+	uint64_t rng = test_seed() + (uint64_t)_i * 7919;
+	static const struct moed_kwargs none;
+
+	for (int round = 0; round < 40; round++) {
+		struct ref_problem p;
+		struct setup s;
+		struct moed_error err;
+		random_problem(&p, &rng);
+		ref_problem_fill(&p, &rng);
+		setup_make(&s, &p, (unsigned)test_rand_range(&rng, 1, 3), 0);
+
+		ck_assert_msg(run(&s, &none, &err) == 0, "run failed: %s", err.msg);
+		double *want = malloc(ref_out_elems(&p) * sizeof(double) + 8);
+		ref_moe(&p, want);
+		double e = ref_rel_error(p.io_dtype, s.arena.base + s.job.output.offset, want,
+					 ref_out_elems(&p));
+		ck_assert_msg(e <= ref_tolerance(p.io_dtype),
+			      "error %.3g > %.3g: M %u K %u E %u H %u I %u io %u w %u gated %d "
+			      "no_combine %d rwoi %d act %u scale %g",
+			      e, ref_tolerance(p.io_dtype), p.m, p.k, p.e, p.h, p.i, p.io_dtype,
+			      p.w_dtype, p.gated, p.no_combine, p.router_weight_on_input, p.act,
+			      (double)p.scale);
+		free(want);
+		setup_free(&s);
+		ref_problem_free(&p);
+	}
+}
+END_TEST
+
+/* A small fixed problem for the error cases. */
+static void small_problem(struct ref_problem *p, uint64_t *rng)
+{
+	*p = (struct ref_problem){ .e = 4, .h = 16, .i = 8, .m = 3, .k = 2, .gated = true,
+				   .scale = 1.0f };
+	ref_problem_fill(p, rng);
+}
+
+START_TEST(expert_ids_out_of_range)
+{
+	uint64_t rng = test_seed();
+	const int32_t bad[] = { 4, -1, 1000000 };
+	for (int i = 0; i < 3; i++) {
+		struct ref_problem p;
+		struct setup s;
+		struct moed_error err;
+		static const struct moed_kwargs none;
+		small_problem(&p, &rng);
+		p.ids[3] = bad[i]; /* token 1, slot 1 */
+		setup_make(&s, &p, 2, 0);
+		ck_assert_int_eq(run(&s, &none, &err), -EINVAL);
+		char words[64];
+		snprintf(words, sizeof(words), "topk_ids[1][1] = %d is outside [0, 4)", bad[i]);
+		ck_assert_msg(strstr(err.msg, words), "'%s' lacks '%s'", err.msg, words);
+		setup_free(&s);
+		ref_problem_free(&p);
+	}
+}
+END_TEST
+
+START_TEST(admission_checks)
+{
+	uint64_t rng = test_seed();
+	struct ref_problem p;
+	struct setup s;
+	struct moed_error err;
+	static const struct moed_kwargs none;
+
+	small_problem(&p, &rng);
+	setup_make(&s, &p, 1, MOED_CAP_NO_COMBINE); /* an "older kernel" without no_combine */
+	ck_assert_uint_eq(ops->caps(s.b) & MOED_CAP_NO_COMBINE, 0);
+	s.job.no_combine = true;
+	ck_assert_int_eq(run(&s, &none, &err), -EOPNOTSUPP);
+	ck_assert_ptr_nonnull(strstr(err.msg, "backend 'cpu' does not support no_combine"));
+	s.job.num_tokens = 0; /* refused before the empty-input shortcut */
+	ck_assert_int_eq(run(&s, &none, &err), -EOPNOTSUPP);
+	s.job.no_combine = false;
+	ck_assert_int_eq(run(&s, &none, &err), 0);
+
+	s.job.num_tokens = 3;
+	s.job.hidden_size = 32;
+	ck_assert_int_eq(run(&s, &none, &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "hidden_size 32 does not match its weight set's 16"));
+	s.job.hidden_size = 16;
+	s.job.gated = false;
+	ck_assert_int_eq(run(&s, &none, &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "job says not gated but its weight set is gated"));
+	setup_free(&s);
+	ref_problem_free(&p);
+}
+END_TEST
+
+START_TEST(kwargs_change_how_not_what)
+{
+	uint64_t rng = test_seed();
+	struct ref_problem p = { .e = 6, .h = 70, .i = 45, .m = 17, .k = 2, .gated = true,
+				 .scale = 1.0f };
+	ref_problem_fill(&p, &rng);
+	double *want = malloc(ref_out_elems(&p) * sizeof(double));
+	ref_moe(&p, want);
+
+	const int64_t settings[][2] = { { 1, 1 }, { 3, 7 }, { 2, 65536 }, { 3, 16 } };
+	for (int i = 0; i < 4; i++) {
+		struct setup s;
+		struct moed_error err;
+		struct moed_kwargs kw = { .count = 2 };
+		strcpy(kw.items[0].key, "num_threads");
+		kw.items[0].type = MOED_KWARG_INT64;
+		kw.items[0].v.i = settings[i][0];
+		strcpy(kw.items[1].key, "block_rows");
+		kw.items[1].type = MOED_KWARG_INT64;
+		kw.items[1].v.i = settings[i][1];
+		setup_make(&s, &p, 3, 0);
+		ck_assert_int_eq(moed_kwargs_check(&kw, ops->schema(s.b), &err), MOED_KW_OK);
+		ck_assert_int_eq(run(&s, &kw, &err), 0);
+		ck_assert(ref_rel_error(0, s.arena.base + s.job.output.offset, want, ref_out_elems(&p)) <= 1e-5);
+		setup_free(&s);
+	}
+	/* The schema bounds num_threads by the pool the daemon started. */
+	struct setup s;
+	struct moed_error err;
+	struct moed_kwargs kw = { .count = 1 };
+	strcpy(kw.items[0].key, "num_threads");
+	kw.items[0].type = MOED_KWARG_INT64;
+	kw.items[0].v.i = 4;
+	setup_make(&s, &p, 3, 0);
+	ck_assert_int_eq(moed_kwargs_check(&kw, ops->schema(s.b), &err), MOED_KW_OUT_OF_RANGE);
+	ck_assert_ptr_nonnull(strstr(err.msg, "'num_threads' = 4 is out of range [1, 3]"));
+	setup_free(&s);
+	free(want);
+	ref_problem_free(&p);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("cpu_backend");
+	TCase *tc = tcase_create("cpu");
+
+	tcase_add_loop_test(tc, matches_reference, 0, 3);
+	tcase_add_test(tc, expert_ids_out_of_range);
+	tcase_add_test(tc, admission_checks);
+	tcase_add_test(tc, kwargs_change_how_not_what);
+	tcase_set_timeout(tc, 300);
+	suite_add_tcase(s, tc);
+
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
