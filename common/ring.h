@@ -160,15 +160,24 @@ static inline void moed_ring_cons_release(struct moed_ring *r, uint32_t n)
 }
 
 /*
+ * Consumer: raise the need-wakeup flag (F1). The caller must then recheck the ring
+ * before it blocks; moed_ring_cons_prepare_sleep() does both.
+ */
+static inline void moed_ring_cons_set_need_wakeup(struct moed_ring *r)
+{
+	/* Only the consumer writes flags; a peer's scribble is overwritten, not trusted. */
+	__atomic_store_n(&r->ctl->flags, MOED_RING_F_NEED_WAKEUP, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* F1 */
+}
+
+/*
  * Consumer: announce that it is about to sleep. Returns true when it may block (the
  * flag is set and the ring is still empty), false when an entry arrived meanwhile (the
  * flag is cleared again). After a wake-up, call moed_ring_cons_woke().
  */
 static inline bool moed_ring_cons_prepare_sleep(struct moed_ring *r)
 {
-	/* Only the consumer writes flags; a peer's scribble is overwritten, not trusted. */
-	__atomic_store_n(&r->ctl->flags, MOED_RING_F_NEED_WAKEUP, __ATOMIC_RELAXED);
-	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* F1 */
+	moed_ring_cons_set_need_wakeup(r);
 	if (moed_ring_cons_ready(r, 1) == 0)
 		return true;
 	__atomic_store_n(&r->ctl->flags, 0, __ATOMIC_RELAXED);
@@ -178,6 +187,13 @@ static inline bool moed_ring_cons_prepare_sleep(struct moed_ring *r)
 static inline void moed_ring_cons_woke(struct moed_ring *r)
 {
 	__atomic_store_n(&r->ctl->flags, 0, __ATOMIC_RELAXED);
+}
+
+/* Producer: entries published but not yet released by the consumer (0 if corrupt). */
+static inline uint32_t moed_ring_prod_pending(const struct moed_ring *r)
+{
+	uint32_t used = r->pos - __atomic_load_n(&r->ctl->head, __ATOMIC_ACQUIRE);
+	return used <= r->entries ? used : 0;
 }
 
 /* Producer, after publishing: must the consumer be signalled? */

@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+#include "config.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "notify.h"
+#include "poller.h"
+
+/* Entries taken from one client per round; a MoE job ends its client's turn. */
+#define ROUND_BATCH 32u
+
+struct moed_poller {
+	struct moed_daemon *d;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	struct moed_session **incoming; /* under lock */
+	unsigned nincoming, cap_incoming;
+	struct moed_session **sessions; /* poller thread only */
+	unsigned n, cap, rr;
+	int stop; /* atomic */
+	struct moed_notifier *notify;
+	unsigned char kwargs_blob[MOED_KWARGS_MAX_SIZE];
+	struct moed_kwargs kwargs;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
+
+static int push(struct moed_session ***arr, unsigned *n, unsigned *cap, struct moed_session *s)
+{
+	if (*n == *cap) {
+		unsigned nc = *cap ? 2 * *cap : 16;
+		struct moed_session **na = realloc(*arr, nc * sizeof(*na));
+		if (!na)
+			return -ENOMEM;
+		*arr = na;
+		*cap = nc;
+	}
+	(*arr)[(*n)++] = s;
+	return 0;
+}
+
+void moed_poller_kick(struct moed_poller *p)
+{
+	const uint64_t one = 1;
+	ssize_t r = write(p->d->doorbell_fd, &one, sizeof(one));
+	(void)r;
+}
+
+void moed_poller_add(struct moed_poller *p, struct moed_session *s)
+{
+	moed_session_get(s);
+	pthread_mutex_lock(&p->lock);
+	if (push(&p->incoming, &p->nincoming, &p->cap_incoming, s) < 0) {
+		pthread_mutex_unlock(&p->lock);
+		log_err("out of memory adding client %llu: disconnecting it", (unsigned long long)s->id);
+		shutdown(s->sock, SHUT_RDWR);
+		moed_session_put(s);
+		return;
+	}
+	pthread_mutex_unlock(&p->lock);
+	moed_poller_kick(p);
+}
+
+static void absorb_and_prune(struct moed_poller *p)
+{
+	pthread_mutex_lock(&p->lock);
+	for (unsigned i = 0; i < p->nincoming; i++)
+		if (push(&p->sessions, &p->n, &p->cap, p->incoming[i]) < 0) {
+			shutdown(p->incoming[i]->sock, SHUT_RDWR);
+			moed_session_put(p->incoming[i]);
+		}
+	p->nincoming = 0;
+	pthread_mutex_unlock(&p->lock);
+
+	unsigned kept = 0;
+	for (unsigned i = 0; i < p->n; i++) {
+		struct moed_session *s = p->sessions[i];
+		if (__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE))
+			moed_session_put(s);
+		else
+			p->sessions[kept++] = s;
+	}
+	p->n = kept;
+}
+
+static int run_moe(struct moed_poller *p, struct moed_session *s, const struct moed_job *job,
+		   struct moed_error *err)
+{
+	struct moed_daemon *d = p->d;
+	struct moed_weight_set *w;
+	int r = moed_session_use_weights(s, job->weights_id, &d->weights, &w, err);
+	if (r < 0)
+		return r;
+	r = moed_backend_admit(d->ops, d->backend, job, &w->w.shape, err);
+	if (r == 0) {
+		/* The blob lives in shared memory: parse a private copy. */
+		const size_t len = job->kwargs.length;
+		memcpy(p->kwargs_blob, s->arena.base + job->kwargs.offset, len);
+		r = moed_kwargs_accept(p->kwargs_blob, len, d->ops->schema(d->backend), &p->kwargs, err);
+	}
+	if (r == 0 && job->num_tokens)
+		r = d->ops->run(d->backend, job, &w->w, &p->kwargs, &s->arena, err);
+	moed_weights_put(&d->weights, w);
+	return r;
+}
+
+/* Run one entry (a private copy) and fill its completion (everything but seq). */
+static void process(struct moed_poller *p, struct moed_session *s, const struct moed_sqe *sqe,
+		    struct moed_cqe *out, struct moed_msg *msg)
+{
+	const uint64_t t_read = now_ns();
+	struct moed_error err = { "" };
+	struct moed_job job;
+	struct moed_cqe c;
+	uint64_t t_run = t_read;
+
+	memset(&c, 0, sizeof(c));
+	int status = moed_job_from_sqe(sqe, s->arena.size, &job, &err);
+	if (status == 0 && job.opcode == MOED_OP_MOE) {
+		t_run = now_ns();
+		status = run_moe(p, s, &job, &err);
+		c.run_ns = now_ns() - t_run;
+		if (status == 0) {
+			c.out_rank = job.no_combine ? 3 : 2;
+			c.out_shape[0] = job.num_tokens;
+			c.out_shape[1] = job.no_combine ? job.topk : job.hidden_size;
+			c.out_shape[2] = job.no_combine ? job.hidden_size : 0;
+		}
+	}
+	c.status = status;
+	c.user_data = sqe->user_data;
+	c.queue_ns = t_run - t_read;
+	if (status < 0) {
+		if (!err.msg[0])
+			snprintf(err.msg, sizeof(err.msg), "%s", strerror(-status));
+		memcpy(msg->text, err.msg, sizeof(msg->text));
+		c.flags |= MOED_CQE_F_MESSAGE;
+		__atomic_fetch_add(&s->job_errors, 1, __ATOMIC_RELAXED);
+	}
+	__atomic_fetch_add(&s->jobs, 1, __ATOMIC_RELAXED);
+	/* Never the sequence word: only publishing writes it (see common/ring.h). */
+	memcpy((unsigned char *)out + sizeof(c.seq), (unsigned char *)&c + sizeof(c.seq),
+	       sizeof(c) - sizeof(c.seq));
+}
+
+static void disconnect_broken(struct moed_session *s, const char *why)
+{
+	if (__atomic_exchange_n(&s->broken, 1, __ATOMIC_ACQ_REL))
+		return;
+	log_warn("client %llu (pid %d): %s; disconnecting it", (unsigned long long)s->id,
+		 (int)s->pid, why);
+	shutdown(s->sock, SHUT_RDWR); /* the control thread sees the hang-up and tears down */
+}
+
+/* Serve one session's ring; returns how many entries it completed. */
+static unsigned serve(struct moed_poller *p, struct moed_session *s)
+{
+	if (__atomic_load_n(&s->broken, __ATOMIC_RELAXED))
+		return 0;
+	uint32_t ready = moed_ring_cons_ready(&s->sq, ROUND_BATCH);
+	if (!ready)
+		return 0;
+	int space = moed_ring_prod_reserve(&s->cq, ready);
+	if (space < 0) {
+		disconnect_broken(s, "its completion ring has an impossible head");
+		return 0;
+	}
+	unsigned done = 0;
+	while (done < (unsigned)space) {
+		struct moed_sqe sqe;
+		memcpy(&sqe, moed_ring_slot(&s->sq, done), sizeof(sqe));
+		process(p, s, &sqe, moed_ring_slot(&s->cq, done),
+			&s->msgs[(s->cq.pos + done) & s->cq.mask]);
+		done++;
+		if (sqe.opcode == MOED_OP_MOE)
+			break;
+	}
+	if (done) {
+		moed_ring_cons_release(&s->sq, done);
+		moed_ring_prod_publish(&s->cq, done);
+		if (moed_ring_prod_needs_wakeup(&s->cq))
+			moed_notifier_queue(p->notify, s->completion_fd);
+	}
+	return done;
+}
+
+/*
+ * Raise need-wakeup on every ring, then sleep unless some ring has work that can be done
+ * (an entry is ready and its completion ring has room). A ring whose completion ring is
+ * full keeps its flag: the client rings the doorbell after it reaps.
+ */
+static void sleep_on_doorbell(struct moed_poller *p)
+{
+	bool work = false;
+	for (unsigned i = 0; i < p->n; i++) {
+		struct moed_session *s = p->sessions[i];
+		moed_ring_cons_set_need_wakeup(&s->sq);
+		if (!__atomic_load_n(&s->broken, __ATOMIC_RELAXED) && moed_ring_cons_ready(&s->sq, 1) &&
+		    moed_ring_prod_reserve(&s->cq, 1) > 0)
+			work = true;
+	}
+	if (!work && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd pfd = { .fd = p->d->doorbell_fd, .events = POLLIN };
+		/* The timeout only bounds how long a dead session lingers unpruned. */
+		if (poll(&pfd, 1, 1000) > 0) {
+			uint64_t v;
+			ssize_t r = read(p->d->doorbell_fd, &v, sizeof(v));
+			(void)r;
+		}
+	}
+	for (unsigned i = 0; i < p->n; i++)
+		moed_ring_cons_woke(&p->sessions[i]->sq);
+}
+
+static void *poller_main(void *arg)
+{
+	struct moed_poller *p = arg;
+	const uint64_t spin_ns = (uint64_t)p->d->opt.spin_us * 1000;
+	uint64_t idle_since = now_ns();
+
+	for (;;) {
+		absorb_and_prune(p);
+		unsigned did = 0;
+		for (unsigned i = 0; i < p->n; i++)
+			did += serve(p, p->sessions[(p->rr + i) % p->n]);
+		p->rr++;
+		moed_notifier_flush(p->notify);
+		if (did) {
+			idle_since = now_ns();
+			continue;
+		}
+		if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
+			break; /* a whole round found nothing: what was submitted is done */
+		if (now_ns() - idle_since < spin_ns) {
+			cpu_relax();
+			continue;
+		}
+		sleep_on_doorbell(p);
+		idle_since = now_ns();
+	}
+	return NULL;
+}
+
+int moed_poller_start(struct moed_daemon *d, struct moed_poller **out)
+{
+	struct moed_poller *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->d = d;
+	pthread_mutex_init(&p->lock, NULL);
+	int r = moed_notifier_new(256, &p->notify);
+	if (r < 0) {
+		free(p);
+		return r;
+	}
+	r = pthread_create(&p->thread, NULL, poller_main, p);
+	if (r) {
+		moed_notifier_free(p->notify);
+		free(p);
+		return -r;
+	}
+	log_info("poller up: spins %u us before sleeping, signals completions with %s",
+		 d->opt.spin_us, moed_notifier_kind(p->notify));
+	*out = p;
+	return 0;
+}
+
+void moed_poller_stop(struct moed_poller *p)
+{
+	if (!p)
+		return;
+	__atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+	moed_poller_kick(p);
+	pthread_join(p->thread, NULL);
+	absorb_and_prune(p);
+	for (unsigned i = 0; i < p->n; i++)
+		moed_session_put(p->sessions[i]);
+	moed_notifier_free(p->notify);
+	free(p->sessions);
+	free(p->incoming);
+	pthread_mutex_destroy(&p->lock);
+	free(p);
+}
