@@ -64,17 +64,6 @@ static int send_reply(int sock, struct reply *r, int status, const struct moed_e
 	return sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ? -errno : 0;
 }
 
-void moed_control_refuse(int sock, int status, const char *message)
-{
-	static struct reply r;
-	struct moed_error err;
-	snprintf(err.msg, sizeof(err.msg), "%s", message);
-	r.body = 0;
-	r.nfds = 0;
-	(void)send_reply(sock, &r, status, &err);
-	close(sock);
-}
-
 static int do_hello(struct moed_daemon *d, struct moed_session *s, const void *body,
 		    struct reply *r, struct moed_error *err)
 {
@@ -319,6 +308,9 @@ bool moed_control_handle(struct moed_daemon *d, struct moed_session *s)
 	} else if (in.hdr.len != body_size(in.hdr.type)) {
 		rc = moed_error_set(&err, -EPROTO, "message type %u needs a %zu-byte body, got %u",
 				    in.hdr.type, body_size(in.hdr.type), in.hdr.len);
+	} else if (s->refuse_status) {
+		rc = moed_error_set(&err, s->refuse_status, "%s", s->refuse_msg);
+		keep = false;
 	} else if (in.hdr.type != MOED_MSG_HELLO && !s->ready) {
 		rc = moed_error_set(&err, -EPROTO, "say HELLO first");
 	} else {

@@ -46,7 +46,4 @@ void moed_daemon_stop(struct moed_daemon *d);
 /* Answer one control message from a session. Returns false when the session must go. */
 bool moed_control_handle(struct moed_daemon *d, struct moed_session *s);
 
-/* Send a refusal to a connection that will not become a session, then close it. */
-void moed_control_refuse(int sock, int status, const char *message);
-
 #endif

@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,21 +103,23 @@ static void accept_clients(struct moed_daemon *d)
 			return;
 		}
 		struct ucred cred = { 0, 0, 0 };
-		char why[160];
+		int refuse = 0;
+		char why[160] = "";
 		if (!peer_allowed(d, sock, &cred)) {
+			refuse = -EACCES;
 			snprintf(why, sizeof(why), "uid %d (pid %d) is not allowed to use this daemon",
 				 (int)cred.uid, (int)cred.pid);
-			log_warn("refused a client: %s", why);
-			moed_control_refuse(sock, -EACCES, why);
-			continue;
-		}
-		if (d->nsessions >= d->opt.max_clients) {
+		} else if (d->nsessions >= d->opt.max_clients) {
+			refuse = -EUSERS;
 			snprintf(why, sizeof(why), "the daemon serves at most %u clients at once",
 				 d->opt.max_clients);
-			log_warn("refused pid %d: %s", (int)cred.pid, why);
-			moed_control_refuse(sock, -EUSERS, why);
+		}
+		if (refuse && d->nsessions >= d->opt.max_clients + 64u) {
+			close(sock); /* a flood of refused connections gets no answer */
 			continue;
 		}
+		if (refuse)
+			log_warn("refusing a client: %s", why);
 		if (d->nsessions == d->cap_sessions) {
 			unsigned nc = d->cap_sessions ? 2 * d->cap_sessions : 16;
 			struct moed_session **na = realloc(d->sessions, nc * sizeof(*na));
@@ -134,6 +137,10 @@ static void accept_clients(struct moed_daemon *d)
 			close(sock);
 			continue;
 		}
+		/* The refusal answers the client's first message, so that it is read before the
+		 * hang-up (closing with the HELLO unread would reset the connection instead). */
+		s->refuse_status = refuse;
+		snprintf(s->refuse_msg, sizeof(s->refuse_msg), "%s", why);
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = s };
 		if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, sock, &ev) < 0) {
 			log_err("epoll_ctl: %s", strerror(errno));
@@ -184,6 +191,16 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 	d->listen_fd = d->epoll_fd = d->signal_fd = d->doorbell_fd = -1;
 	moed_log_set_level(opt->log_level);
 
+	/* Block the signals we read from a signalfd before any thread exists: every thread
+	 * (backend workers, the poller) inherits the mask, so none can take them. */
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
 	if (!pick_backend(d)) {
 		log_err("no usable backend");
 		return -ENODEV;
@@ -195,13 +212,6 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 	}
 	moed_weights_init(&d->weights, d->ops, d->backend, opt->weights_max);
 
-	sigset_t mask;
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &mask, NULL); /* before the poller starts: it inherits it */
-	signal(SIGPIPE, SIG_IGN);
 	d->signal_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	d->doorbell_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	d->epoll_fd = epoll_create1(EPOLL_CLOEXEC);

@@ -29,6 +29,10 @@ struct moed_session {
 	char name[MOED_NAME_MAX];
 	uint64_t id; /* for logs */
 
+	/* a connection refused at accept: its first message is answered with this */
+	int refuse_status;
+	char refuse_msg[160];
+
 	/* set up by the handshake */
 	bool ready;
 	int memfd;

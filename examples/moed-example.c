@@ -218,12 +218,7 @@ int main(int argc, char **argv)
 			struct ref_problem q = p;
 			q.io_dtype = dt;
 			q.no_combine = nc;
-			void *w13 = q.w13, *w2 = q.w2;
-			ref_problem_fill(&q, &rng);
-			free(q.w13);
-			free(q.w2);
-			q.w13 = w13;
-			q.w2 = w2;
+			ref_problem_fill_inputs(&q, &rng);
 
 			const size_t ds = ref_dtype_size(dt), pairs = (size_t)q.m * q.k;
 			const size_t out_bytes = ref_out_elems(&q) * ds;
@@ -270,9 +265,7 @@ int main(int argc, char **argv)
 			moed_arena_free(cl, ids);
 			moed_arena_free(cl, tw);
 			moed_arena_free(cl, out);
-			free(q.x);
-			free(q.ids);
-			free(q.tw);
+			ref_problem_free_inputs(&q);
 		}
 	}
 

@@ -106,8 +106,13 @@ static int request_fds(struct moed_client *c, uint32_t type, const void *body, s
 	if (body_len)
 		memcpy(msg.bytes + sizeof(msg.hdr), body, body_len);
 	if (send(c->sock, msg.bytes, sizeof(msg.hdr) + body_len, MSG_NOSIGNAL) < 0) {
-		c->hungup = errno == EPIPE || errno == ECONNRESET;
-		return client_fail(c, -errno, "cannot send to the daemon: %s", strerror(errno));
+		int e = errno;
+		/* A daemon that refused us (say, EACCES) wrote why before it hung up. */
+		struct pollfd p = { .fd = c->sock, .events = POLLIN };
+		if ((e != EPIPE && e != ECONNRESET) || poll(&p, 1, 0) != 1) {
+			c->hungup = e == EPIPE || e == ECONNRESET;
+			return client_fail(c, -e, "cannot send to the daemon: %s", strerror(e));
+		}
 	}
 	ssize_t n = recv_packet(c->sock, msg.bytes, sizeof(msg.bytes), fds, &got_fds);
 	if (nfds)

@@ -62,10 +62,15 @@ static void *random_tensor(uint8_t dtype, size_t n, double scale, uint64_t *rng)
 void ref_problem_fill(struct ref_problem *p, uint64_t *rng)
 {
 	const size_t rows = p->gated ? 2 * (size_t)p->i : p->i;
-	p->x = random_tensor(p->io_dtype, (size_t)p->m * p->h, 1.0, rng);
 	/* Weights scaled like a trained layer's (~1/sqrt(fan-in)) keep activations O(1). */
 	p->w13 = random_tensor(p->w_dtype, (size_t)p->e * rows * p->h, 1.0 / sqrt(p->h), rng);
 	p->w2 = random_tensor(p->w_dtype, (size_t)p->e * p->h * p->i, 1.0 / sqrt(p->i), rng);
+	ref_problem_fill_inputs(p, rng);
+}
+
+void ref_problem_fill_inputs(struct ref_problem *p, uint64_t *rng)
+{
+	p->x = random_tensor(p->io_dtype, (size_t)p->m * p->h, 1.0, rng);
 	p->ids = malloc((size_t)p->m * p->k * sizeof(int32_t) + 1);
 	p->tw = malloc((size_t)p->m * p->k * sizeof(float) + 1);
 
@@ -94,13 +99,21 @@ void ref_problem_fill(struct ref_problem *p, uint64_t *rng)
 	free(logits);
 }
 
-void ref_problem_free(struct ref_problem *p)
+void ref_problem_free_inputs(struct ref_problem *p)
 {
 	free(p->x);
-	free(p->w13);
-	free(p->w2);
 	free(p->ids);
 	free(p->tw);
+	p->x = NULL;
+	p->ids = NULL;
+	p->tw = NULL;
+}
+
+void ref_problem_free(struct ref_problem *p)
+{
+	ref_problem_free_inputs(p);
+	free(p->w13);
+	free(p->w2);
 }
 
 size_t ref_out_elems(const struct ref_problem *p)

@@ -32,6 +32,9 @@ void ref_store(uint8_t dtype, void *base, size_t idx, double v);
 /* Fill a problem's tensors with fresh random data (allocating them); routing is the
  * softmax of Gaussian logits, top-k distinct experts, renormalised. */
 void ref_problem_fill(struct ref_problem *p, uint64_t *rng);
+/* Fresh inputs and routing only (x, ids, tw), keeping the weights. */
+void ref_problem_fill_inputs(struct ref_problem *p, uint64_t *rng);
+void ref_problem_free_inputs(struct ref_problem *p);
 void ref_problem_free(struct ref_problem *p);
 
 size_t ref_out_elems(const struct ref_problem *p);
