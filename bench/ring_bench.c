@@ -10,9 +10,7 @@
  */
 #include "config.h"
 
-#define _GNU_SOURCE 1
 #include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ipc_floor.h"
 #include "ring.h"
 #include "stats.h"
 
@@ -28,8 +27,6 @@
 #define ENTRIES 256u
 
 struct shared {
-	_Alignas(64) volatile uint64_t ping;
-	_Alignas(64) volatile uint64_t pong;
 	_Alignas(64) uint32_t phase; /* parent tells the child which test runs (atomic) */
 	_Alignas(64) struct moed_ring_ctl req_ctl;
 	_Alignas(64) struct moed_ring_ctl rsp_ctl;
@@ -37,29 +34,12 @@ struct shared {
 	_Alignas(64) unsigned char rsp_slots[ENTRIES * SLOT];
 };
 
-enum { PHASE_IDLE, PHASE_FLOOR, PHASE_RING_RTT, PHASE_THROUGHPUT, PHASE_EXIT };
+enum { PHASE_IDLE, PHASE_RING_RTT, PHASE_THROUGHPUT, PHASE_EXIT };
 
 static long iterations = 200000;
 static long tput_messages = 20000000;
 
-static void pin(int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	(void)sched_setaffinity(0, sizeof(set), &set);
-}
-
 /* ---- child: the responder ---------------------------------------------------------- */
-
-static void child_floor(struct shared *sh, long n)
-{
-	for (long i = 1; i <= n; i++) {
-		while (sh->ping != (uint64_t)i)
-			cpu_relax();
-		sh->pong = (uint64_t)i;
-	}
-}
 
 static void child_ring_rtt(struct shared *sh, long n)
 {
@@ -102,13 +82,12 @@ static void child_consume(struct shared *sh, long n)
 
 static void child_main(struct shared *sh, int cpu)
 {
-	pin(cpu);
+	bench_pin(cpu);
 	for (;;) {
 		uint32_t phase;
 		while ((phase = __atomic_load_n(&sh->phase, __ATOMIC_ACQUIRE)) == PHASE_IDLE)
 			usleep(50);
 		switch (phase) {
-		case PHASE_FLOOR: child_floor(sh, iterations); break;
 		case PHASE_RING_RTT: child_ring_rtt(sh, iterations); break;
 		case PHASE_THROUGHPUT: child_consume(sh, tput_messages); break;
 		default: _exit(0);
@@ -128,21 +107,6 @@ static void wait_idle(struct shared *sh)
 {
 	while (__atomic_load_n(&sh->phase, __ATOMIC_ACQUIRE) != PHASE_IDLE)
 		cpu_relax();
-}
-
-static struct percentiles bench_floor(struct shared *sh, uint64_t *t)
-{
-	sh->ping = sh->pong = 0;
-	run_phase(sh, PHASE_FLOOR);
-	for (long i = 1; i <= iterations; i++) {
-		uint64_t t0 = now_ns();
-		sh->ping = (uint64_t)i;
-		while (sh->pong != (uint64_t)i)
-			cpu_relax();
-		t[i - 1] = now_ns() - t0;
-	}
-	wait_idle(sh);
-	return percentiles_of(t, (size_t)iterations);
 }
 
 static void format_rings(struct shared *sh)
@@ -256,7 +220,7 @@ int main(int argc, char **argv)
 	}
 	if (pid == 0)
 		child_main(sh, ncpu > 1 ? 1 : 0);
-	pin(0);
+	bench_pin(0);
 
 	printf("moed ring benchmark: %ld round trips, %ld messages one way, %u-byte slots, "
 	       "%u entries, %ld CPUs%s\n",
@@ -268,7 +232,7 @@ int main(int argc, char **argv)
 	/* Warm both sides up once, then measure floor and ring back to back, twice. */
 	struct percentiles floor = { 0, 0, 0 }, ring;
 	for (int rep = 0; rep < 2; rep++) {
-		floor = bench_floor(sh, t);
+		floor = floor_cacheline(iterations, t);
 		ring = bench_ring_rtt(sh, t);
 	}
 	print_row("floor: one cache line ping-pong", floor, (struct percentiles){ 0, 0, 0 });

@@ -190,10 +190,11 @@ MOED_EXPORT int moed_wait(struct moed_client *c, struct moed_completion *out, un
 	const uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : start + (uint64_t)timeout_ms * 1000000;
 	int n;
 
-	do {
+	if ((n = moed_poll(c, out, max)))
+		return n;
+	while (now_ns() < spin_end)
 		if ((n = moed_poll(c, out, max)))
 			return n;
-	} while (now_ns() < spin_end);
 
 	for (;;) {
 		if (!moed_ring_cons_prepare_sleep(&c->cq)) {
@@ -223,6 +224,12 @@ MOED_EXPORT int moed_wait(struct moed_client *c, struct moed_completion *out, un
 		if (pr < 0 && errno != EINTR)
 			return client_fail(c, -errno, "poll: %s", strerror(errno));
 	}
+}
+
+MOED_EXPORT void moed_set_spin_us(struct moed_client *c, uint32_t spin_us)
+{
+	if (c)
+		c->spin_us = spin_us;
 }
 
 MOED_EXPORT unsigned moed_inflight(const struct moed_client *c)

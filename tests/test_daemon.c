@@ -519,7 +519,7 @@ START_TEST(hostile_raw_clients)
 	}
 
 	/* Malformed control messages get error replies; the connection survives them. */
-	unsigned char junk[40] = { 0 };
+	unsigned char junk[sizeof(struct moed_hello)] = { 0 };
 	ck_assert_int_eq(raw_request(rc.sock, 77, junk, 8, &rep, NULL, 0), -EPROTO);
 	ck_assert_ptr_nonnull(strstr(rep.message, "unknown message type 77"));
 	ck_assert_int_eq(raw_request(rc.sock, MOED_MSG_WEIGHTS_COMMIT, junk, 3, &rep, NULL, 0), -EPROTO);

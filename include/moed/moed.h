@@ -159,6 +159,9 @@ int moed_poll(struct moed_client *c, struct moed_completion *out, unsigned max);
  */
 int moed_wait(struct moed_client *c, struct moed_completion *out, unsigned max, int timeout_ms);
 
+/* How long moed_wait spins before it sleeps; 0 sleeps at once. */
+void moed_set_spin_us(struct moed_client *c, uint32_t spin_us);
+
 /* Jobs submitted and not yet reaped. */
 unsigned moed_inflight(const struct moed_client *c);
 
