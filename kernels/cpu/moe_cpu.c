@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "dtype.h"
+#include "dot.h"
 #include "moe_cpu.h"
 
 struct item {
@@ -28,6 +29,8 @@ struct moe_ctx {
 	const struct moed_weights *w;
 	uint32_t m, k, h, i, e;
 	const float *x;    /* [M, H] f32 input, router weight applied when on input */
+	const float **x_of; /* sorted position -> its token's row of x */
+	const float **a_of; /* sorted position -> its row of a */
 	const float *tw;   /* [M, K] router weights (private copy) */
 	uint32_t *pair_of; /* sorted position -> pair (m * K + k) */
 	uint32_t *pos_of;  /* pair -> sorted position */
@@ -40,19 +43,6 @@ struct moe_ctx {
 	int failed; /* a work item could not get scratch memory */
 };
 
-static float dot(const float *a, const float *b, uint32_t n)
-{
-	float acc[8] = { 0 };
-	uint32_t i = 0;
-	for (; i + 8 <= n; i += 8)
-		for (int l = 0; l < 8; l++)
-			acc[l] += a[i + (uint32_t)l] * b[i + (uint32_t)l];
-	float tail = 0;
-	for (; i < n; i++)
-		tail += a[i] * b[i];
-	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
-}
-
 static float activate(uint8_t act, float g)
 {
 	if (act == MOED_ACT_GELU)
@@ -60,21 +50,30 @@ static float activate(uint8_t act, float g)
 	return g / (1.0f + expf(-g));
 }
 
-/* Row `row` (of `len` elements) of a weight tensor as f32: in place for f32 weights,
- * else converted into scratch. */
-static const float *weight_row(uint8_t dtype, const void *base, uint64_t row, uint32_t len,
-			       float *scratch)
+/*
+ * out[t] = x[t] . (row `row` of a weight tensor of rows of `len` elements), for four
+ * token vectors; f16 rows are converted into scratch first, f32 and bf16 read in place.
+ */
+static void row_dot4(uint8_t dtype, const void *base, uint64_t row, uint32_t len,
+		     const float *const x[4], float out[4], float *scratch)
 {
-	if (dtype == MOED_DTYPE_F32)
-		return (const float *)base + row * len;
-	const uint16_t *src = (const uint16_t *)base + row * len;
-	if (dtype == MOED_DTYPE_BF16)
-		for (uint32_t i = 0; i < len; i++)
-			scratch[i] = moed_bf16_to_f32(src[i]);
-	else
+	if (dtype == MOED_DTYPE_F32) {
+		moed_dot4_f32(x, (const float *)base + row * len, len, out);
+	} else if (dtype == MOED_DTYPE_BF16) {
+		moed_dot4_bf16(x, (const uint16_t *)base + row * len, len, out);
+	} else {
+		const uint16_t *src = (const uint16_t *)base + row * len;
 		for (uint32_t i = 0; i < len; i++)
 			scratch[i] = moed_f16_to_f32(src[i]);
-	return scratch;
+		moed_dot4_f32(x, scratch, len, out);
+	}
+}
+
+/* Pointers to up to four consecutive vectors j0.. of a [*, len] matrix (the last repeated). */
+static void four_rows(const float *const *rows_of, uint32_t j0, uint32_t j1, const float *x[4])
+{
+	for (uint32_t t = 0; t < 4; t++)
+		x[t] = rows_of[j0 + t < j1 ? j0 + t : j1 - 1];
 }
 
 static void gate_up(void *arg, size_t n)
@@ -82,22 +81,25 @@ static void gate_up(void *arg, size_t n)
 	struct moe_ctx *c = arg;
 	const struct item it = c->items[n];
 	const bool gated = c->w->shape.gated;
-	const uint32_t rows = gated ? 2 * c->i : c->i;
-	float *scratch = malloc(2 * (size_t)c->h * sizeof(float));
-	if (!scratch) {
+	const uint64_t base = (uint64_t)it.expert * (gated ? 2 * c->i : c->i);
+	const uint32_t j_begin = c->start[it.expert], j_end = c->start[it.expert + 1];
+	float *scratch = c->w->shape.dtype == MOED_DTYPE_F16 ? malloc((size_t)c->h * sizeof(float)) : NULL;
+	if (c->w->shape.dtype == MOED_DTYPE_F16 && !scratch) {
 		__atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
 		return;
 	}
 	for (uint32_t r = it.row0; r < it.row1; r++) {
-		const uint64_t base = (uint64_t)it.expert * rows;
-		const float *wg = weight_row(c->w->shape.dtype, c->w->w13, base + r, c->h, scratch);
-		const float *wu = gated ? weight_row(c->w->shape.dtype, c->w->w13, base + c->i + r,
-						     c->h, scratch + c->h)
-					: NULL;
-		for (uint32_t j = c->start[it.expert]; j < c->start[it.expert + 1]; j++) {
-			const float *x = c->x + (size_t)(c->pair_of[j] / c->k) * c->h;
-			float g = activate(c->job->activation, dot(x, wg, c->h));
-			c->a[(size_t)j * c->i + r] = gated ? g * dot(x, wu, c->h) : g;
+		for (uint32_t j = j_begin; j < j_end; j += 4) {
+			const float *x[4];
+			float g[4], u[4];
+			four_rows(c->x_of, j, j_end, x);
+			row_dot4(c->w->shape.dtype, c->w->w13, base + r, c->h, x, g, scratch);
+			if (gated)
+				row_dot4(c->w->shape.dtype, c->w->w13, base + c->i + r, c->h, x, u, scratch);
+			for (uint32_t t = 0; t < 4 && j + t < j_end; t++) {
+				const float a = activate(c->job->activation, g[t]);
+				c->a[(size_t)(j + t) * c->i + r] = gated ? a * u[t] : a;
+			}
 		}
 	}
 	free(scratch);
@@ -107,16 +109,22 @@ static void down(void *arg, size_t n)
 {
 	struct moe_ctx *c = arg;
 	const struct item it = c->items[n];
-	float *scratch = malloc((size_t)c->i * sizeof(float));
-	if (!scratch) {
+	const uint32_t j_begin = c->start[it.expert], j_end = c->start[it.expert + 1];
+	float *scratch = c->w->shape.dtype == MOED_DTYPE_F16 ? malloc((size_t)c->i * sizeof(float)) : NULL;
+	if (c->w->shape.dtype == MOED_DTYPE_F16 && !scratch) {
 		__atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
 		return;
 	}
 	for (uint32_t r = it.row0; r < it.row1; r++) {
-		const float *w2 = weight_row(c->w->shape.dtype, c->w->w2,
-					     (uint64_t)it.expert * c->h + r, c->i, scratch);
-		for (uint32_t j = c->start[it.expert]; j < c->start[it.expert + 1]; j++)
-			c->y[(size_t)j * c->h + r] = dot(c->a + (size_t)j * c->i, w2, c->i);
+		for (uint32_t j = j_begin; j < j_end; j += 4) {
+			const float *a[4];
+			float y[4];
+			four_rows(c->a_of, j, j_end, a);
+			row_dot4(c->w->shape.dtype, c->w->w2, (uint64_t)it.expert * c->h + r, c->i, a, y,
+				 scratch);
+			for (uint32_t t = 0; t < 4 && j + t < j_end; t++)
+				c->y[(size_t)(j + t) * c->h + r] = y[t];
+		}
 	}
 	free(scratch);
 }
@@ -226,9 +234,12 @@ int moe_cpu_run(struct moed_pool *pool, const struct moe_cpu_params *params,
 	c.start = calloc((size_t)c.e + 1, sizeof(*c.start));
 	c.a = malloc(pairs * c.i * sizeof(float));
 	c.y = malloc(pairs * c.h * sizeof(float));
+	c.x_of = malloc(pairs * sizeof(*c.x_of));
+	c.a_of = malloc(pairs * sizeof(*c.a_of));
 	const uint32_t max_rows = c.h > c.i ? c.h : c.i;
 	c.items = malloc(((size_t)max_rows / block + 1) * (c.e < pairs ? c.e : pairs) * sizeof(*c.items));
-	if (!ids || !tw || !x || !c.pair_of || !c.pos_of || !c.start || !c.a || !c.y || !c.items) {
+	if (!ids || !tw || !x || !c.pair_of || !c.pos_of || !c.start || !c.a || !c.y || !c.items ||
+	    !c.x_of || !c.a_of) {
 		r = moed_error_set(err, -ENOMEM, "out of memory for a job of %u tokens", c.m);
 		goto out;
 	}
@@ -267,6 +278,10 @@ int moe_cpu_run(struct moed_pool *pool, const struct moe_cpu_params *params,
 			x[(size_t)m * c.h + h] = scale * load_input(job->dtype, hidden, (size_t)m * c.h + h);
 	}
 	c.x = x;
+	for (size_t j = 0; j < pairs; j++) {
+		c.x_of[j] = x + (size_t)(c.pair_of[j] / c.k) * c.h;
+		c.a_of[j] = c.a + j * c.i;
+	}
 
 	size_t n = make_items(&c, c.i, block, c.items);
 	moed_pool_for(pool, params->threads, n, gate_up, &c);
@@ -287,5 +302,7 @@ out:
 	free(c.a);
 	free(c.y);
 	free(c.items);
+	free(c.x_of);
+	free(c.a_of);
 	return r;
 }
