@@ -14,7 +14,18 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef uint16_t v8h __attribute__((vector_size(16)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
 
-#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
+/* ThreadSanitizer's runtime is not up when ifunc resolvers run: no clones under it. */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MOED_NO_CLONES 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define MOED_NO_CLONES 1
+#endif
+
+#if defined(__x86_64__) && !defined(MOED_NO_CLONES) && \
+	(defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
 #define MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define MULTIVERSION
