@@ -77,6 +77,8 @@ static int do_hello(struct moed_daemon *d, struct moed_session *s, const void *b
 		return moed_error_set(err, -EINVAL, "reserved HELLO fields must be zero");
 	if (s->ready)
 		return moed_error_set(err, -EALREADY, "this connection has said HELLO already");
+	if (d->draining)
+		return moed_error_set(err, -ESHUTDOWN, "the daemon is draining: it takes no new clients");
 
 	uint32_t sq = h.sq_entries ? h.sq_entries : d->opt.sq_entries;
 	if (sq < MOED_RING_MIN_ENTRIES || (sq & (sq - 1)))
@@ -273,6 +275,11 @@ static size_t body_size(uint32_t type)
 	case MOED_MSG_WEIGHTS_UPLOAD: return sizeof(struct moed_weights_upload);
 	case MOED_MSG_WEIGHTS_COMMIT:
 	case MOED_MSG_WEIGHTS_RELEASE: return sizeof(struct moed_weights_ref);
+	case MOED_MSG_ADMIN_STATUS:
+	case MOED_MSG_ADMIN_STATS:
+	case MOED_MSG_ADMIN_DRAIN: return 0;
+	case MOED_MSG_ADMIN_CLIENTS:
+	case MOED_MSG_ADMIN_WEIGHTS: return sizeof(struct moed_admin_page);
 	default: return SIZE_MAX;
 	}
 }
@@ -311,6 +318,14 @@ bool moed_control_handle(struct moed_daemon *d, struct moed_session *s)
 	} else if (s->refuse_status) {
 		rc = moed_error_set(&err, s->refuse_status, "%s", s->refuse_msg);
 		keep = false;
+	} else if (in.hdr.type >= MOED_MSG_ADMIN_STATUS && in.hdr.type <= MOED_MSG_ADMIN_DRAIN) {
+		const size_t cap = MOED_MSG_MAX - sizeof(struct moed_msg_hdr) - sizeof(struct moed_reply);
+		rc = moed_admin_handle(d, in.hdr.type, in.bytes + sizeof(struct moed_msg_hdr),
+				       reply_body(&r), cap, &err);
+		if (rc >= 0) {
+			r.body = (size_t)rc;
+			rc = 0;
+		}
 	} else if (in.hdr.type != MOED_MSG_HELLO && !s->ready) {
 		rc = moed_error_set(&err, -EPROTO, "say HELLO first");
 	} else {
@@ -338,6 +353,7 @@ bool moed_control_handle(struct moed_daemon *d, struct moed_session *s)
 			 (unsigned long long)s->id, (int)s->pid, (int)s->uid, s->name, s->hdr.sq.entries,
 			 (unsigned long long)s->hdr.arena_size);
 		moed_poller_add(d->poller, s);
+		moed_daemon_report_status(d);
 	}
 	return keep;
 }

@@ -30,6 +30,11 @@ struct moed_daemon {
 	unsigned nsessions, cap_sessions;
 	uint64_t next_id;
 	bool stopping;
+	bool draining;
+	uint64_t started_ns;
+	int timer_fd; /* the watchdog and status tick */
+	uint64_t watchdog_usec;
+	bool watchdog_missed; /* the last tick found the poller stuck */
 };
 
 /*
@@ -45,5 +50,13 @@ void moed_daemon_stop(struct moed_daemon *d);
 
 /* Answer one control message from a session. Returns false when the session must go. */
 bool moed_control_handle(struct moed_daemon *d, struct moed_session *s);
+
+/* Operator requests (moed/proto.h, MOED_MSG_ADMIN_*): fill the reply body, return its size
+ * or a negative errno with err set. */
+int moed_admin_handle(struct moed_daemon *d, uint32_t type, const void *body, void *reply,
+		      size_t cap, struct moed_error *err);
+
+/* Readiness/status line for systemd and moedctl. */
+void moed_daemon_report_status(struct moed_daemon *d);
 
 #endif

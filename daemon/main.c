@@ -9,7 +9,6 @@ int main(int argc, char **argv)
 	struct moed_options opt;
 	struct moed_daemon d;
 
-	moed_options_defaults(&opt);
 	int r = moed_options_parse(&opt, argc, argv);
 	if (r)
 		return r > 0 ? 0 : 2;

@@ -18,6 +18,8 @@
 
 /* Entries taken from one client per round; a MoE job ends its client's turn. */
 #define ROUND_BATCH 32u
+/* The latency percentiles come from the last this many MoE jobs. */
+#define LATENCY_SAMPLES 4096u
 
 struct moed_poller {
 	struct moed_daemon *d;
@@ -26,12 +28,24 @@ struct moed_poller {
 	struct moed_session **incoming; /* under lock */
 	unsigned nincoming, cap_incoming;
 	unsigned changes;               /* atomic: sessions were added or died since the last look */
+	unsigned round_queued;          /* poller thread: entries seen this round */
+	bool drain_started;             /* poller thread: drain budgets are set */
 	struct moed_session **sessions; /* poller thread only */
 	unsigned n, cap, rr;
 	int stop; /* atomic */
 	struct moed_notifier *notify;
 	unsigned char kwargs_blob[MOED_KWARGS_MAX_SIZE];
 	struct moed_kwargs kwargs;
+
+	/* read by the control thread (atomics) */
+	unsigned spin_us;
+	uint64_t beats;      /* loop iterations */
+	uint64_t beats_seen; /* control thread only */
+	int sleeping;
+	unsigned queued;
+	int drain;
+	uint64_t jobs, errors, moe_jobs;
+	uint64_t queue_ns[LATENCY_SAMPLES], run_ns[LATENCY_SAMPLES];
 };
 
 static uint64_t now_ns(void)
@@ -145,6 +159,10 @@ static void process(struct moed_poller *p, struct moed_session *s, const struct 
 
 	memset(&c, 0, sizeof(c));
 	int status = moed_job_from_sqe(sqe, s->arena.size, &job, &err);
+	if (status == 0 && s->drain_left == 0)
+		status = moed_error_set(&err, -ESHUTDOWN, "the daemon is draining: it takes no new jobs");
+	else if (s->drain_left > 0)
+		s->drain_left--;
 	if (status == 0 && job.opcode == MOED_OP_MOE) {
 		t_read = *t_seen;
 		t_run = now_ns();
@@ -168,6 +186,14 @@ static void process(struct moed_poller *p, struct moed_session *s, const struct 
 		__atomic_fetch_add(&s->job_errors, 1, __ATOMIC_RELAXED);
 	}
 	__atomic_fetch_add(&s->jobs, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&p->jobs, 1, __ATOMIC_RELAXED);
+	if (status < 0)
+		__atomic_fetch_add(&p->errors, 1, __ATOMIC_RELAXED);
+	if (job.opcode == MOED_OP_MOE && status == 0) {
+		uint64_t n = __atomic_fetch_add(&p->moe_jobs, 1, __ATOMIC_RELAXED) % LATENCY_SAMPLES;
+		__atomic_store_n(&p->queue_ns[n], c.queue_ns, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->run_ns[n], c.run_ns, __ATOMIC_RELAXED);
+	}
 	/* Never the sequence word: only publishing writes it (see common/ring.h). */
 	memcpy((unsigned char *)out + sizeof(c.seq), (unsigned char *)&c + sizeof(c.seq),
 	       sizeof(c) - sizeof(c.seq));
@@ -188,6 +214,7 @@ static unsigned serve(struct moed_poller *p, struct moed_session *s)
 	if (__atomic_load_n(&s->broken, __ATOMIC_RELAXED))
 		return 0;
 	uint32_t ready = moed_ring_cons_ready(&s->sq, ROUND_BATCH);
+	p->round_queued += ready;
 	if (!ready)
 		return 0;
 	int space = moed_ring_prod_reserve(&s->cq, ready);
@@ -243,18 +270,31 @@ static void sleep_on_doorbell(struct moed_poller *p)
 		moed_ring_cons_woke(&p->sessions[i]->sq);
 }
 
+/* At the first round after a drain: each session may finish what it had submitted. */
+static void start_drain(struct moed_poller *p)
+{
+	for (unsigned i = 0; i < p->n; i++)
+		p->sessions[i]->drain_left = (int64_t)moed_ring_cons_ready(&p->sessions[i]->sq,
+									   MOED_RING_MAX_ENTRIES);
+	p->drain_started = true;
+}
+
 static void *poller_main(void *arg)
 {
 	struct moed_poller *p = arg;
-	const uint64_t spin_ns = (uint64_t)p->d->opt.spin_us * 1000;
 	uint64_t idle_since = now_ns();
 
 	for (;;) {
+		__atomic_fetch_add(&p->beats, 1, __ATOMIC_RELAXED);
 		absorb_and_prune(p);
+		if (!p->drain_started && __atomic_load_n(&p->drain, __ATOMIC_ACQUIRE))
+			start_drain(p);
 		unsigned did = 0;
+		p->round_queued = 0;
 		for (unsigned i = 0; i < p->n; i++)
 			did += serve(p, p->sessions[(p->rr + i) % p->n]);
 		p->rr++;
+		__atomic_store_n(&p->queued, p->round_queued, __ATOMIC_RELAXED);
 		moed_notifier_flush(p->notify);
 		if (did) {
 			idle_since = now_ns();
@@ -262,14 +302,71 @@ static void *poller_main(void *arg)
 		}
 		if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
 			break; /* a whole round found nothing: what was submitted is done */
+		const uint64_t spin_ns = (uint64_t)__atomic_load_n(&p->spin_us, __ATOMIC_RELAXED) * 1000;
 		if (now_ns() - idle_since < spin_ns) {
 			cpu_relax();
 			continue;
 		}
+		__atomic_store_n(&p->sleeping, 1, __ATOMIC_RELAXED);
 		sleep_on_doorbell(p);
+		__atomic_store_n(&p->sleeping, 0, __ATOMIC_RELAXED);
 		idle_since = now_ns();
 	}
 	return NULL;
+}
+
+void moed_poller_set_spin_us(struct moed_poller *p, unsigned spin_us)
+{
+	__atomic_store_n(&p->spin_us, spin_us, __ATOMIC_RELAXED);
+}
+
+bool moed_poller_healthy(struct moed_poller *p)
+{
+	uint64_t beats = __atomic_load_n(&p->beats, __ATOMIC_RELAXED);
+	bool moved = beats != p->beats_seen;
+	p->beats_seen = beats;
+	return moved || __atomic_load_n(&p->sleeping, __ATOMIC_RELAXED);
+}
+
+unsigned moed_poller_queued(const struct moed_poller *p)
+{
+	return __atomic_load_n(&p->queued, __ATOMIC_RELAXED);
+}
+
+void moed_poller_drain(struct moed_poller *p)
+{
+	__atomic_store_n(&p->drain, 1, __ATOMIC_RELEASE);
+	moed_poller_kick(p);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static void percentiles(uint64_t *v, uint32_t n, uint64_t out[3])
+{
+	qsort(v, n, sizeof(*v), cmp_u64);
+	const double q[3] = { 0.50, 0.99, 0.999 };
+	for (int i = 0; i < 3; i++)
+		out[i] = n ? v[(size_t)(q[i] * (n - 1) + 0.5)] : 0;
+}
+
+void moed_poller_stats(const struct moed_poller *p, struct moed_poller_stats *out)
+{
+	static uint64_t q[LATENCY_SAMPLES], r[LATENCY_SAMPLES];
+	memset(out, 0, sizeof(*out));
+	out->jobs = __atomic_load_n(&p->jobs, __ATOMIC_RELAXED);
+	out->errors = __atomic_load_n(&p->errors, __ATOMIC_RELAXED);
+	out->moe_jobs = __atomic_load_n(&p->moe_jobs, __ATOMIC_RELAXED);
+	out->samples = out->moe_jobs < LATENCY_SAMPLES ? (uint32_t)out->moe_jobs : LATENCY_SAMPLES;
+	for (uint32_t i = 0; i < out->samples; i++) {
+		q[i] = __atomic_load_n(&p->queue_ns[i], __ATOMIC_RELAXED);
+		r[i] = __atomic_load_n(&p->run_ns[i], __ATOMIC_RELAXED);
+	}
+	percentiles(q, out->samples, out->queue_ns);
+	percentiles(r, out->samples, out->run_ns);
 }
 
 int moed_poller_start(struct moed_daemon *d, struct moed_poller **out)
@@ -278,6 +375,7 @@ int moed_poller_start(struct moed_daemon *d, struct moed_poller **out)
 	if (!p)
 		return -ENOMEM;
 	p->d = d;
+	p->spin_us = d->opt.spin_us;
 	pthread_mutex_init(&p->lock, NULL);
 	int r = moed_notifier_new(256, &p->notify);
 	if (r < 0) {

@@ -6,14 +6,17 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,9 +25,11 @@
 #include "daemon.h"
 #include "log.h"
 #include "poller.h"
+#include "sd.h"
 
 #define LISTEN_TAG ((uint64_t)-1)
 #define SIGNAL_TAG ((uint64_t)-2)
+#define TIMER_TAG ((uint64_t)-3)
 
 static int listen_on(struct moed_daemon *d)
 {
@@ -35,7 +40,8 @@ static int listen_on(struct moed_daemon *d)
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 && errno == EADDRINUSE) {
+	int r = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+	if (r < 0 && errno == EADDRINUSE) {
 		/* A socket file is there: in use by another daemon, or left by a dead one? */
 		int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 		int alive = probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
@@ -47,10 +53,9 @@ static int listen_on(struct moed_daemon *d)
 			return -EADDRINUSE;
 		}
 		unlink(path);
-		if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0)
-			errno = 0;
+		r = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
 	}
-	if (errno) {
+	if (r < 0) {
 		int e = errno;
 		log_err("cannot listen on %s: %s", path, strerror(e));
 		close(fd);
@@ -166,8 +171,11 @@ static void drop_session(struct moed_daemon *d, struct moed_session *s)
 			 (unsigned long long)__atomic_load_n(&s->job_errors, __ATOMIC_RELAXED));
 	moed_session_release_all(s, &d->weights);
 	__atomic_store_n(&s->dead, 1, __ATOMIC_RELEASE);
-	if (s->ready)
+	if (s->ready) {
 		moed_poller_kick(d->poller);
+		s->ready = false; /* no longer counted */
+		moed_daemon_report_status(d);
+	}
 	moed_session_put(s);
 }
 
@@ -188,7 +196,10 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 
 	memset(d, 0, sizeof(*d));
 	d->opt = *opt;
-	d->listen_fd = d->epoll_fd = d->signal_fd = d->doorbell_fd = -1;
+	d->listen_fd = d->epoll_fd = d->signal_fd = d->doorbell_fd = d->timer_fd = -1;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	d->started_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 	moed_log_set_level(opt->log_level);
 
 	/* Block the signals we read from a signalfd before any thread exists: every thread
@@ -220,8 +231,18 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 		log_err("cannot set up the event loop: %s", strerror(errno));
 		return r;
 	}
-	if ((d->listen_fd = listen_on(d)) < 0)
+	d->listen_fd = moed_sd_listen_fd();
+	if (d->listen_fd >= 0) {
+		/* systemd owns the socket file: we neither chmod nor unlink it. */
+		fcntl(d->listen_fd, F_SETFL, fcntl(d->listen_fd, F_GETFL) | O_NONBLOCK);
+		fcntl(d->listen_fd, F_SETFD, FD_CLOEXEC);
+		log_info("using the listening socket passed by systemd");
+	} else if (d->listen_fd == -ENOENT) {
+		if ((d->listen_fd = listen_on(d)) < 0)
+			return d->listen_fd;
+	} else {
 		return d->listen_fd;
+	}
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = LISTEN_TAG };
 	epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, d->listen_fd, &ev);
 	ev.data.u64 = SIGNAL_TAG;
@@ -231,11 +252,77 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 		log_err("cannot start the poller: %s", strerror(-r));
 		return r;
 	}
+
+	/* One tick for the watchdog (at half its period) and the status line. */
+	d->watchdog_usec = moed_sd_watchdog_usec();
+	uint64_t tick_us = d->watchdog_usec ? d->watchdog_usec / 2 : 1000000;
+	d->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	struct itimerspec its = {
+		.it_interval = { (time_t)(tick_us / 1000000), (long)(tick_us % 1000000) * 1000 },
+		.it_value = { (time_t)(tick_us / 1000000), (long)(tick_us % 1000000) * 1000 },
+	};
+	if (d->timer_fd < 0 || timerfd_settime(d->timer_fd, 0, &its, NULL) < 0) {
+		r = -errno;
+		log_err("cannot start the watchdog timer: %s", strerror(errno));
+		return r;
+	}
+	ev.data.u64 = TIMER_TAG;
+	epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, d->timer_fd, &ev);
 	log_info("moed %s listening on %s, backend %s (%s), ABI %u", PACKAGE_VERSION,
 		 opt->socket_path, d->ops->name,
 		 d->ops->caps(d->backend) & MOED_CAP_NO_COMBINE ? "no_combine" : "no_combine withheld",
 		 MOED_ABI_VERSION);
+	moed_sd_ready();
+	moed_daemon_report_status(d);
 	return 0;
+}
+
+/* Feed the watchdog only while the poller makes progress; refresh the status line. */
+static void tick(struct moed_daemon *d)
+{
+	uint64_t expirations;
+	if (read(d->timer_fd, &expirations, sizeof(expirations)) < 0)
+		return;
+	if (d->watchdog_usec) {
+		if (moed_poller_healthy(d->poller)) {
+			moed_sd_watchdog_ping();
+			if (d->watchdog_missed)
+				log_info("the poller is making progress again");
+			d->watchdog_missed = false;
+		} else if (!d->watchdog_missed) {
+			log_warn("the poller has made no progress for %llu ms: not feeding the watchdog",
+				 (unsigned long long)(d->watchdog_usec / 2000));
+			d->watchdog_missed = true;
+		}
+	}
+	moed_daemon_report_status(d);
+}
+
+/* SIGHUP: read the settings again; apply what can change at run time, say what cannot. */
+static void reload(struct moed_daemon *d)
+{
+	struct moed_options next;
+	char kept[256], why[512];
+
+	moed_sd_reloading();
+	if (moed_options_reload(&d->opt, &next, kept, sizeof(kept), why, sizeof(why)) < 0) {
+		log_err("reload failed, keeping the current settings: %s", why);
+		moed_sd_ready();
+		return;
+	}
+	d->opt = next;
+	moed_log_set_level(next.log_level);
+	moed_poller_set_spin_us(d->poller, next.spin_us);
+	pthread_mutex_lock(&d->weights.lock);
+	d->weights.max_bytes = next.weights_max;
+	pthread_mutex_unlock(&d->weights.lock);
+	if (kept[0])
+		log_warn("reloaded %s; these changed but apply only after a restart: %s",
+			 next.config_path[0] ? next.config_path : "settings", kept);
+	else
+		log_info("reloaded %s", next.config_path[0] ? next.config_path : "settings");
+	moed_sd_ready();
+	moed_daemon_report_status(d);
 }
 
 int moed_daemon_run(struct moed_daemon *d)
@@ -257,13 +344,15 @@ int moed_daemon_run(struct moed_daemon *d)
 				struct signalfd_siginfo si;
 				while (read(d->signal_fd, &si, sizeof(si)) == sizeof(si)) {
 					if (si.ssi_signo == SIGHUP) {
-						log_info("SIGHUP: nothing to reload yet");
+						reload(d);
 						continue;
 					}
 					log_info("%s: finishing the jobs in flight, then exiting",
 						 strsignal((int)si.ssi_signo));
 					d->stopping = true;
 				}
+			} else if (evs[i].data.u64 == TIMER_TAG) {
+				tick(d);
 			} else {
 				struct moed_session *s = evs[i].data.ptr;
 				bool keep = !(evs[i].events & (EPOLLHUP | EPOLLERR));
@@ -279,6 +368,7 @@ int moed_daemon_run(struct moed_daemon *d)
 
 void moed_daemon_stop(struct moed_daemon *d)
 {
+	moed_sd_stopping();
 	if (d->listen_fd >= 0) {
 		close(d->listen_fd); /* stop accepting first */
 		d->listen_fd = -1;
@@ -304,4 +394,6 @@ void moed_daemon_stop(struct moed_daemon *d)
 		close(d->signal_fd);
 	if (d->doorbell_fd >= 0)
 		close(d->doorbell_fd);
+	if (d->timer_fd >= 0)
+		close(d->timer_fd);
 }

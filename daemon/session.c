@@ -25,6 +25,7 @@ struct moed_session *moed_session_new(int sock, pid_t pid, uid_t uid, gid_t gid,
 	s->id = id;
 	s->memfd = -1;
 	s->completion_fd = -1;
+	s->drain_left = -1;
 	pthread_mutex_init(&s->lock, NULL);
 	return s;
 }

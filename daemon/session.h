@@ -54,6 +54,7 @@ struct moed_session {
 	uint64_t created_bytes;                   /* of sets it created and still holds */
 
 	uint64_t jobs, job_errors; /* atomic counters */
+	int64_t drain_left;        /* poller: entries still served once draining; -1 = not draining */
 };
 
 struct moed_session *moed_session_new(int sock, pid_t pid, uid_t uid, gid_t gid, uint64_t id);

@@ -33,6 +33,8 @@ void test_daemon_start(struct test_daemon *d, const char *const *extra)
 	}
 	snprintf(d->socket, sizeof(d->socket), "%s/moed.sock", d->dir);
 	argv[n++] = bin;
+	argv[n++] = "--config"; /* whatever an installed moed.conf says does not apply */
+	argv[n++] = "/dev/null";
 	argv[n++] = "--socket";
 	argv[n++] = d->socket;
 	argv[n++] = "--threads";

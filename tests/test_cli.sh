@@ -11,7 +11,7 @@ fails=0
 expect() { # expected-status expected-words args...
 	want=$1 words=$2
 	shift 2
-	"$moed" "$@" > "$tmp/out" 2>&1
+	timeout 20 "$moed" "$@" > "$tmp/out" 2>&1  # a daemon that starts by mistake must not hang us
 	got=$?
 	if [ "$got" != "$want" ] || ! grep -qF -- "$words" "$tmp/out"; then
 		echo "FAIL: moed $* -> status $got (want $want), output:"
@@ -30,14 +30,15 @@ expect 2 "--threads=many: expected a number of threads" --threads many
 expect 2 "--sq-entries=48: expected a power of two from 2 to 32768" --sq-entries 48
 expect 2 "--arena-max=12Q: expected a size such as 4096, 64M or 2G" --arena-max 12Q
 expect 2 "--arena-max=2T: arenas are at most 1T" --arena-max 2T
-expect 2 "--arena-default is larger than --arena-max" --arena-default 2G --arena-max 1G
+expect 2 "arena-default is larger than arena-max" --arena-default 2G --arena-max 1G
 expect 2 "--backend=rocm: unknown backend (this build has: auto, cpu)" --backend rocm
 expect 2 "--withhold=fp8: expected no_combine or router_weight_on_input" --withhold fp8
 expect 2 "--log-level=loud: expected error, warning, info or debug" --log-level loud
 expect 2 "--allow-user=no-such-user-here: no such user" --allow-user no-such-user-here
 expect 2 "--spin-us=-1: expected microseconds from 0 to 1000000" --spin-us -1
 expect 2 "unexpected argument 'extra'" extra
-expect 2 "Try 'moed --help'." --no-such-option
+expect 2 "option '--no-such-option' is unknown or lacks its value" --no-such-option
+expect 2 "Try 'moed --help'." --threads
 expect 1 "cannot listen on $tmp/missing/moed.sock" --socket "$tmp/missing/moed.sock"
 
 # A second daemon on a live socket refuses to steal it; a stale socket file is reused.

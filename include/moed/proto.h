@@ -50,6 +50,12 @@ enum moed_msg_type {
 	MOED_MSG_WEIGHTS_UPLOAD = 5,
 	MOED_MSG_WEIGHTS_COMMIT = 6,
 	MOED_MSG_WEIGHTS_RELEASE = 7,
+	/* operator requests (moedctl); allowed without HELLO */
+	MOED_MSG_ADMIN_STATUS = 20,
+	MOED_MSG_ADMIN_CLIENTS = 21,
+	MOED_MSG_ADMIN_WEIGHTS = 22,
+	MOED_MSG_ADMIN_STATS = 23,
+	MOED_MSG_ADMIN_DRAIN = 24,
 	MOED_MSG_REPLY = 100,
 };
 
@@ -158,6 +164,66 @@ struct moed_weights_ref {
 	uint32_t reserved;
 };
 
+/* ---- operator requests ------------------------------------------------------------ */
+
+/* ADMIN_STATUS (empty request) */
+struct moed_admin_status {
+	char version[16];
+	char backend[MOED_BACKEND_NAME_MAX];
+	uint32_t abi_version;
+	uint32_t pid;
+	uint64_t uptime_ns;
+	uint32_t clients;      /* connections with a region */
+	uint32_t queued;       /* entries waiting or running, all clients */
+	uint32_t weight_sets;
+	uint32_t draining;     /* 1 after ADMIN_DRAIN */
+	uint64_t weight_bytes, weights_max;
+	uint64_t jobs, job_errors;
+	uint32_t spin_us, threads;
+};
+
+/* ADMIN_CLIENTS and ADMIN_WEIGHTS take a struct moed_admin_page and reply with a
+ * struct moed_admin_list then `count` entries, from entry `first` of `total`. */
+struct moed_admin_page {
+	uint32_t first;
+	uint32_t reserved;
+};
+
+struct moed_admin_list {
+	uint32_t total;
+	uint32_t count;
+};
+
+struct moed_admin_client {
+	uint64_t id;
+	uint32_t pid, uid;
+	char name[MOED_NAME_MAX];
+	uint64_t jobs, job_errors;
+	uint64_t arena_size;
+	uint32_t max_inflight;
+	uint32_t weight_handles;
+};
+
+struct moed_admin_weights {
+	char name[MOED_NAME_MAX];
+	struct moed_weights_shape shape;
+	uint64_t bytes;
+	uint32_t holders;   /* references: clients' handles and jobs running */
+	uint32_t committed;
+};
+
+/* ADMIN_STATS (empty request) */
+struct moed_admin_stats {
+	uint64_t jobs, job_errors, moe_jobs;
+	uint32_t samples; /* the last MoE jobs the percentiles come from */
+	uint32_t reserved;
+	uint64_t queue_ns[3]; /* p50, p99, p99.9 */
+	uint64_t run_ns[3];
+};
+
+/* ADMIN_DRAIN (empty request): accept no new clients; jobs submitted from now on fail
+ * with -ESHUTDOWN; those already submitted are served. */
+
 MOED__PIN_SIZE(struct moed_msg_hdr, 8);
 MOED__PIN_SIZE(struct moed_reply, 264);
 MOED__PIN_SIZE(struct moed_hello, 88);
@@ -170,6 +236,12 @@ MOED__PIN_SIZE(struct moed_weights_attach, 64);
 MOED__PIN_SIZE(struct moed_weights_reply, 24);
 MOED__PIN_SIZE(struct moed_weights_upload, 32);
 MOED__PIN_SIZE(struct moed_weights_ref, 8);
+MOED__PIN_SIZE(struct moed_admin_status, 120);
+MOED__PIN_SIZE(struct moed_admin_page, 8);
+MOED__PIN_SIZE(struct moed_admin_list, 8);
+MOED__PIN_SIZE(struct moed_admin_client, 112);
+MOED__PIN_SIZE(struct moed_admin_weights, 96);
+MOED__PIN_SIZE(struct moed_admin_stats, 80);
 MOED__STATIC_ASSERT(sizeof(struct moed_msg_hdr) + sizeof(struct moed_reply) +
 			    sizeof(struct moed_signature_wire) +
 			    MOED_SIG_MAX_KWARGS * sizeof(struct moed_kwarg_spec_wire) <=
