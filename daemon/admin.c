@@ -50,7 +50,7 @@ static int status(struct moed_daemon *d, struct moed_admin_status *st)
 	st->jobs = ps.jobs;
 	st->job_errors = ps.errors;
 	st->spin_us = d->opt.spin_us;
-	st->threads = d->opt.threads;
+	st->threads = d->opt.threads ? d->opt.threads : (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
 	return sizeof(*st);
 }
 

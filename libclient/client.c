@@ -177,39 +177,42 @@ static int map_region(struct moed_client *c, int memfd, uint64_t size)
 	return 0;
 }
 
-MOED_EXPORT int moed_connect(const char *socket_path, const struct moed_connect_options *opts,
-			     struct moed_client **out)
+/* A client with its socket connected (no handshake yet); *c set even on failure. */
+static int open_socket(const char *socket_path, struct moed_client **out)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	char path[sizeof(addr.sun_path)];
+
+	struct moed_client *c = calloc(1, sizeof(*c));
+	*out = c;
+	if (!c)
+		return -ENOMEM;
+	c->sock = c->doorbell_fd = c->completion_fd = -1;
+	if (socket_path) {
+		if (strlen(socket_path) >= sizeof(path))
+			return client_fail(c, -ENAMETOOLONG, "socket path is too long");
+		snprintf(path, sizeof(path), "%s", socket_path);
+	} else if (moed_default_socket_path(path, sizeof(path)) < 0) {
+		return client_fail(c, -ENAMETOOLONG, "socket path is too long");
+	}
+	memcpy(addr.sun_path, path, sizeof(path));
+	c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		return client_fail(c, -errno, "cannot connect to %s: %s", path, strerror(errno));
+	return 0;
+}
+
+MOED_EXPORT int moed_connect(const char *socket_path, const struct moed_connect_options *opts,
+			     struct moed_client **out)
+{
+	struct moed_client *c;
 	int r;
 
 	if (!out)
 		return -EINVAL;
-	if (socket_path) {
-		if (strlen(socket_path) >= sizeof(path)) {
-			report(opts, "socket path is too long");
-			return -ENAMETOOLONG;
-		}
-		snprintf(path, sizeof(path), "%s", socket_path);
-	} else if (moed_default_socket_path(path, sizeof(path)) < 0) {
-		report(opts, "socket path is too long");
-		return -ENAMETOOLONG;
-	}
-	memcpy(addr.sun_path, path, sizeof(path));
-
-	struct moed_client *c = calloc(1, sizeof(*c));
-	if (!c) {
-		report(opts, "out of memory");
-		return -ENOMEM;
-	}
-	c->doorbell_fd = c->completion_fd = -1;
-	c->spin_us = opts && opts->spin_us ? opts->spin_us : 20;
-	c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		r = client_fail(c, -errno, "cannot connect to %s: %s", path, strerror(errno));
+	if ((r = open_socket(socket_path, &c)) < 0)
 		goto fail;
-	}
+	c->spin_us = opts && opts->spin_us ? opts->spin_us : 20;
 
 	struct moed_hello hello = {
 		.abi_version = MOED_ABI_VERSION,
@@ -239,9 +242,35 @@ MOED_EXPORT int moed_connect(const char *socket_path, const struct moed_connect_
 	*out = c;
 	return 0;
 fail:
-	report(opts, c->error);
+	report(opts, c ? c->error : "out of memory");
 	moed_close(c);
 	return r;
+}
+
+MOED_EXPORT int moed_connect_admin(const char *socket_path, char *error, size_t error_len,
+				   struct moed_client **out)
+{
+	struct moed_client *c;
+	if (!out)
+		return -EINVAL;
+	int r = open_socket(socket_path, &c);
+	if (r < 0) {
+		if (error && error_len)
+			snprintf(error, error_len, "%s", c ? c->error : "out of memory");
+		moed_close(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+MOED_EXPORT int moed_admin_request(struct moed_client *c, uint32_t type, const void *body,
+				   size_t body_len, void *reply, size_t cap, size_t *reply_len)
+{
+	if (!c || type < MOED_MSG_ADMIN_STATUS || type > MOED_MSG_ADMIN_DRAIN ||
+	    body_len > MOED_MSG_MAX - sizeof(struct moed_msg_hdr))
+		return -EINVAL;
+	return client_request(c, type, body, body_len, reply, cap, reply_len);
 }
 
 MOED_EXPORT void moed_close(struct moed_client *c)

@@ -52,6 +52,21 @@ struct moed_connect_options {
 int moed_connect(const char *socket_path, const struct moed_connect_options *opts,
 		 struct moed_client **out);
 
+/*
+ * Connect for operator requests only (moedctl): no region, no jobs. Same socket, same
+ * permission check. Returns 0 or the errors of moed_connect, with the reason in error.
+ */
+int moed_connect_admin(const char *socket_path, char *error, size_t error_len,
+		       struct moed_client **out);
+
+/*
+ * One operator request (MOED_MSG_ADMIN_*, moed/proto.h) and its reply body. Returns the
+ * daemon's status (0 or a negative errno, message in moed_client_error) and the body's
+ * size in *reply_len.
+ */
+int moed_admin_request(struct moed_client *c, uint32_t type, const void *body, size_t body_len,
+		       void *reply, size_t cap, size_t *reply_len);
+
 /* Disconnect and unmap; NULL is accepted. The daemon releases the client's weights. */
 void moed_close(struct moed_client *c);
 
