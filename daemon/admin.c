@@ -149,7 +149,13 @@ int moed_admin_handle(struct moed_daemon *d, uint32_t type, const void *body, vo
 
 void moed_daemon_report_status(struct moed_daemon *d)
 {
-	moed_sd_status("%u clients, %u jobs waiting or running, backend %s%s", ready_clients(d),
-		       d->poller ? moed_poller_queued(d->poller) : 0, d->ops->name,
-		       d->draining ? ", draining" : "");
+	static char last[160];
+	char line[160];
+	snprintf(line, sizeof(line), "%u clients, %u jobs waiting or running, backend %s%s",
+		 ready_clients(d), d->poller ? moed_poller_queued(d->poller) : 0, d->ops->name,
+		 d->draining ? ", draining" : "");
+	if (!strcmp(line, last))
+		return; /* only changes travel */
+	memcpy(last, line, sizeof(last));
+	moed_sd_status("%s", line);
 }

@@ -92,11 +92,13 @@ static const char *const dtype_names[] = { "f32", "bf16", "f16" };
 static void usage(void)
 {
 	printf("Usage: moed-example [--model mixtral|qwen3|deepseek] [--scale N | --full]\n"
-	       "                    [--tokens M] [--socket PATH] [--moed PATH]\n"
+	       "                    [--tokens M] [--socket PATH] [--moed PATH] [--linger S]\n"
 	       "Runs fused-MoE jobs through moed and checks them against an f64 reference.\n"
 	       "Without --socket it connects to the default socket, or starts a daemon (--moed,\n"
 	       "default: the one built beside this program) on a private socket.\n"
-	       "--scale divides the model's hidden and expert sizes (default 16).\n");
+	       "--scale divides the model's hidden and expert sizes (default 16). --linger keeps\n"
+	       "the connection and the weight set for S seconds after the jobs (to watch them\n"
+	       "with moedctl).\n");
 }
 
 int main(int argc, char **argv)
@@ -105,10 +107,11 @@ int main(int argc, char **argv)
 		{ "model", required_argument, NULL, 'm' }, { "scale", required_argument, NULL, 's' },
 		{ "full", no_argument, NULL, 'f' },        { "tokens", required_argument, NULL, 't' },
 		{ "socket", required_argument, NULL, 'S' }, { "moed", required_argument, NULL, 'D' },
-		{ "help", no_argument, NULL, 'h' },         { NULL, 0, NULL, 0 },
+		{ "linger", required_argument, NULL, 'L' }, { "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	const struct model *model = &models[1];
-	unsigned scale = 16, tokens = 16;
+	unsigned scale = 16, tokens = 16, linger = 0;
 	char socket_path[108] = "", moed[PATH_MAX];
 	int c;
 
@@ -124,7 +127,7 @@ int main(int argc, char **argv)
 	snprintf(moed, sizeof(moed), "%s/../daemon/moed", dir);
 	if (access(moed, X_OK) != 0)
 		snprintf(moed, sizeof(moed), "moed");
-	while ((c = getopt_long(argc, argv, "m:s:ft:S:D:h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:s:ft:S:D:L:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			model = NULL;
@@ -141,6 +144,7 @@ int main(int argc, char **argv)
 		case 't': tokens = (unsigned)atoi(optarg); break;
 		case 'S': snprintf(socket_path, sizeof(socket_path), "%s", optarg); break;
 		case 'D': snprintf(moed, sizeof(moed), "%s", optarg); break;
+		case 'L': linger = (unsigned)atoi(optarg); break;
 		case 'h': usage(); return 0;
 		default: usage(); return 2;
 		}
@@ -291,6 +295,11 @@ int main(int argc, char **argv)
 	printf("\nempty-job round trip over %d jobs: p50 %.2f us, p99 %.2f us\n", NOPS, rt[NOPS / 2],
 	       rt[NOPS * 99 / 100]);
 
+	if (linger) {
+		printf("lingering for %u s\n", linger);
+		fflush(stdout);
+		sleep(linger);
+	}
 	moed_weights_release(cl, (uint32_t)handle);
 	moed_close(cl);
 	ref_problem_free(&p);

@@ -20,6 +20,13 @@
 
 void test_daemon_start(struct test_daemon *d, const char *const *extra)
 {
+	memset(d, 0, sizeof(*d));
+	d->listen_fd = -1;
+	test_daemon_spawn(d, extra);
+}
+
+void test_daemon_spawn(struct test_daemon *d, const char *const *extra)
+{
 	const char *top = getenv("top_builddir");
 	char bin[512];
 	const char *argv[32];
@@ -51,10 +58,21 @@ void test_daemon_start(struct test_daemon *d, const char *const *extra)
 		exit(TEST_EXIT_SETUP);
 	}
 	if (d->pid == 0) {
+		for (const char *const *e = d->env; e && *e; e++)
+			putenv((char *)*e);
+		if (d->listen_fd >= 0) { /* what systemd does for a socket unit */
+			char pid[32];
+			dup2(d->listen_fd, 3);
+			snprintf(pid, sizeof(pid), "%d", (int)getpid());
+			setenv("LISTEN_FDS", "1", 1);
+			setenv("LISTEN_PID", pid, 1);
+		}
 		execv(bin, (char *const *)argv);
 		fprintf(stderr, "cannot run %s: %s\n", bin, strerror(errno));
 		_exit(TEST_EXIT_SETUP);
 	}
+	if (d->no_wait)
+		return;
 	for (int i = 0; i < 1000; i++) { /* up to 10 s: sanitizer builds start slowly */
 		struct sockaddr_un a = { .sun_family = AF_UNIX };
 		snprintf(a.sun_path, sizeof(a.sun_path), "%s", d->socket);

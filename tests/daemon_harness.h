@@ -7,6 +7,7 @@
 #ifndef MOED_TESTS_DAEMON_HARNESS_H
 #define MOED_TESTS_DAEMON_HARNESS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -18,9 +19,15 @@ struct test_daemon {
 	pid_t pid;
 	char dir[64];
 	char socket[108];
+	const char *const *env; /* NAME=VALUE strings added to the daemon's environment */
+	int listen_fd;          /* >= 0: passed as systemd's socket (LISTEN_FDS=1) */
+	bool no_wait;           /* do not wait for the socket (for expected failures) */
 };
 
-/* Start daemon/moed with extra arguments (NULL-terminated); exits 99 on failure. */
+/* Start daemon/moed with extra arguments (NULL-terminated); exits 99 on failure. Fields
+ * env, listen_fd and no_wait are honoured when set before the call (zero them first, or
+ * use test_daemon_start, which does). */
+void test_daemon_spawn(struct test_daemon *d, const char *const *extra_args);
 void test_daemon_start(struct test_daemon *d, const char *const *extra_args);
 /* SIGTERM it and return its exit status (or -1 if it died of a signal). */
 int test_daemon_stop(struct test_daemon *d);

@@ -41,6 +41,17 @@ expect 2 "option '--no-such-option' is unknown or lacks its value" --no-such-opt
 expect 2 "Try 'moed --help'." --threads
 expect 1 "cannot listen on $tmp/missing/moed.sock" --socket "$tmp/missing/moed.sock"
 
+# The settings file: each mistake stops the start with the file and line.
+printf '%s\n' "threads = 2" "# a comment" "" "spin-us = fast" > "$tmp/bad.conf"
+expect 2 "$tmp/bad.conf:4: spin-us = fast: expected microseconds from 0 to 1000000" --config "$tmp/bad.conf"
+printf '%s\n' "colour = blue" > "$tmp/bad.conf"
+expect 2 "$tmp/bad.conf:1: unknown setting 'colour'" --config "$tmp/bad.conf"
+printf '%s\n' "threads 4" > "$tmp/bad.conf"
+expect 2 "$tmp/bad.conf:1: expected NAME = VALUE, got 'threads 4'" --config "$tmp/bad.conf"
+expect 2 "cannot read $tmp/none.conf: No such file or directory" --config "$tmp/none.conf"
+printf '%s\n' "arena-max = 1G" "arena-default = 2G" > "$tmp/bad.conf"
+expect 2 "arena-default is larger than arena-max" --config "$tmp/bad.conf"
+
 # A second daemon on a live socket refuses to steal it; a stale socket file is reused.
 "$moed" --socket "$tmp/moed.sock" --log-level error &
 pid=$!
