@@ -80,6 +80,8 @@ void moed_notifier_queue(struct moed_notifier *n, int efd)
 			return;
 		}
 	}
+#else
+	(void)n;
 #endif
 	/* EAGAIN means the counter is already huge: the client is awake enough. */
 	ssize_t r = write(efd, &one, sizeof(one));
