@@ -70,72 +70,61 @@ static int fill_sqe(struct moed_client *c, unsigned idx, const struct moed_moe_j
 	return 0;
 }
 
-/* Copy filled entries into the ring (never the sequence word) and publish them. */
-static int publish(struct moed_client *c, const struct moed_sqe *q, unsigned n)
+typedef int (*fill_fn)(struct moed_client *c, unsigned idx, const void *items, struct moed_sqe *q);
+
+/*
+ * Fill up to n entries straight into the free slots (never their sequence words) and
+ * publish them with one batch. Stops at the first entry that fill refuses: what came
+ * before it is submitted; the refusal is returned only when nothing was.
+ */
+static int submit(struct moed_client *c, unsigned n, fill_fn fill, const void *items)
 {
 	if (c->hungup)
 		return client_fail(c, -EPIPE, "the daemon has closed the connection");
 	int space = moed_ring_prod_reserve(&c->sq, n);
 	if (space < 0)
 		return client_fail(c, -EPROTO, "the submission ring is corrupt");
-	for (int i = 0; i < space; i++)
-		memcpy((unsigned char *)moed_ring_slot(&c->sq, (uint32_t)i) + sizeof(q->seq),
-		       (const unsigned char *)&q[i] + sizeof(q->seq), sizeof(*q) - sizeof(q->seq));
-	moed_ring_prod_publish(&c->sq, (uint32_t)space);
-	c->inflight += (unsigned)space;
-	if (space)
+	int done = 0, r = 0;
+	for (; done < space; done++) {
+		struct moed_sqe q;
+		if ((r = fill(c, (unsigned)done, items, &q)) < 0)
+			break;
+		memcpy((unsigned char *)moed_ring_slot(&c->sq, (uint32_t)done) + sizeof(q.seq),
+		       (const unsigned char *)&q + sizeof(q.seq), sizeof(q) - sizeof(q.seq));
+	}
+	if (done) {
+		moed_ring_prod_publish(&c->sq, (uint32_t)done);
+		c->inflight += (unsigned)done;
 		client_ring_doorbell(c);
-	return space;
+	}
+	return done ? done : r;
+}
+
+static int fill_moe(struct moed_client *c, unsigned idx, const void *items, struct moed_sqe *q)
+{
+	return fill_sqe(c, idx, &((const struct moed_moe_job *)items)[idx], q);
+}
+
+static int fill_nop(struct moed_client *c, unsigned idx, const void *items, struct moed_sqe *q)
+{
+	(void)c;
+	memset(q, 0, sizeof(*q)); /* opcode 0 is MOED_OP_NOP */
+	q->user_data = ((const uint64_t *)items)[idx];
+	return 0;
 }
 
 MOED_EXPORT int moed_submit_moe(struct moed_client *c, const struct moed_moe_job *jobs, unsigned n)
 {
-	struct moed_sqe q[32];
-	int total = 0;
-
 	if (!c || (n && !jobs))
 		return -EINVAL;
-	while (n) {
-		unsigned batch = n < 32 ? n : 32;
-		for (unsigned i = 0; i < batch; i++) {
-			int r = fill_sqe(c, (unsigned)total + i, &jobs[i], &q[i]);
-			if (r < 0)
-				return total ? total : r;
-		}
-		int sent = publish(c, q, batch);
-		if (sent < 0)
-			return total ? total : sent;
-		total += sent;
-		if ((unsigned)sent < batch)
-			break;
-		jobs += batch;
-		n -= batch;
-	}
-	return total;
+	return submit(c, n, fill_moe, jobs);
 }
 
 MOED_EXPORT int moed_submit_nop(struct moed_client *c, const uint64_t *user_data, unsigned n)
 {
-	struct moed_sqe q[32];
-	int total = 0;
-
 	if (!c || (n && !user_data))
 		return -EINVAL;
-	while (n) {
-		unsigned batch = n < 32 ? n : 32;
-		memset(q, 0, batch * sizeof(q[0]));
-		for (unsigned i = 0; i < batch; i++)
-			q[i].user_data = user_data[i]; /* opcode 0 is MOED_OP_NOP */
-		int sent = publish(c, q, batch);
-		if (sent < 0)
-			return total ? total : sent;
-		total += sent;
-		if ((unsigned)sent < batch)
-			break;
-		user_data += batch;
-		n -= batch;
-	}
-	return total;
+	return submit(c, n, fill_nop, user_data);
 }
 
 MOED_EXPORT int moed_poll(struct moed_client *c, struct moed_completion *out, unsigned max)

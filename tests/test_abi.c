@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check_run.h"
 #include "helpers.h"
 #include "moed/abi.h"
 #include "moed/kwargs_abi.h"
@@ -220,9 +221,5 @@ int main(void)
 	tcase_add_test(tc, check_refuses_bad_headers);
 	suite_add_tcase(s, tc);
 
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return test_run_suite(s);
 }

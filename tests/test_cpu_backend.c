@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "check_run.h"
 #include "helpers.h"
 #include "moe_ref.h"
 
@@ -253,9 +254,5 @@ int main(void)
 	tcase_set_timeout(tc, 300);
 	suite_add_tcase(s, tc);
 
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return test_run_suite(s);
 }

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "check_run.h"
 #include "helpers.h"
 #include "job_validate.h"
 #include "moed/kwargs_abi.h"
@@ -182,9 +183,5 @@ int main(void)
 	tcase_add_test(tc, empty_input_is_valid);
 	suite_add_tcase(s, tc);
 
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return test_run_suite(s);
 }

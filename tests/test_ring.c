@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check_run.h"
 #include "helpers.h"
 #include "ring.h"
 
@@ -380,9 +381,5 @@ int main(void)
 	suite_add_tcase(s, edge);
 	suite_add_tcase(s, procs);
 
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return test_run_suite(s);
 }

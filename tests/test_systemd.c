@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "daemon_harness.h"
+#include "check_run.h"
 #include "helpers.h"
 #include "moe_ref.h"
 #include "moed/moed.h"
@@ -307,9 +308,5 @@ int main(void)
 	tcase_set_timeout(tc, 600);
 	suite_add_tcase(s, tc);
 
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return test_run_suite(s);
 }

@@ -146,8 +146,9 @@ struct moed_moe_job {
 
 /*
  * Submit up to n jobs; returns how many were queued (fewer when the ring is full, 0
- * included), or -EINVAL (with moed_client_error) when a job's buffers are not in the
- * arena or its handle is unknown, or -EPIPE when the daemon has gone.
+ * included). A job whose buffers are not in the arena or whose handle is unknown stops
+ * the batch there: the jobs before it are queued and counted; if it is the first,
+ * -EINVAL is returned (with moed_client_error). -EPIPE when the daemon has gone.
  */
 int moed_submit_moe(struct moed_client *c, const struct moed_moe_job *jobs, unsigned n);
 
