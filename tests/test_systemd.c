@@ -38,14 +38,14 @@ static double now_s(void)
  * The notification socket systemd would give the service, read by a thread of its own as
  * systemd reads it: promptly, so that the daemon never blocks on a full queue.
  */
-#define MAX_MESSAGES 8192
+#define MAX_MESSAGES 4096
 struct notify {
 	int fd;
 	char path[108];
 	char env[128];
 	pthread_t reader;
 	pthread_mutex_t lock;
-	char *msg[MAX_MESSAGES];
+	char msg[MAX_MESSAGES][256];
 	double at[MAX_MESSAGES];
 	unsigned count, cursor; /* cursor: the next message notify_expect looks at */
 };
@@ -53,7 +53,7 @@ struct notify {
 static void *notify_reader(void *arg)
 {
 	struct notify *n = arg;
-	char buf[1024];
+	char buf[256]; /* every message moed sends is shorter */
 	for (;;) {
 		ssize_t len = recv(n->fd, buf, sizeof(buf) - 1, 0);
 		if (len <= 0)
@@ -61,7 +61,7 @@ static void *notify_reader(void *arg)
 		buf[len] = 0;
 		pthread_mutex_lock(&n->lock);
 		if (n->count < MAX_MESSAGES) {
-			n->msg[n->count] = strdup(buf);
+			snprintf(n->msg[n->count], sizeof(n->msg[0]), "%s", buf);
 			n->at[n->count++] = now_s();
 		}
 		pthread_mutex_unlock(&n->lock);
@@ -118,8 +118,9 @@ static double longest_watchdog_gap(struct notify *n, double t0, double t1)
 }
 
 static struct test_daemon d;
+static struct notify notif; /* large: not on the stack */
 
-static void start_with_notify(struct notify *n, const char *watchdog_usec, const char *const *args)
+static void start_with_notify(struct notify *nt, const char *watchdog_usec, const char *const *args)
 {
 	static char wd[64];
 	static const char *env[4];
@@ -127,10 +128,10 @@ static void start_with_notify(struct notify *n, const char *watchdog_usec, const
 	d.listen_fd = -1;
 	snprintf(d.dir, sizeof(d.dir), "/tmp/moed-sd.XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(d.dir));
-	notify_open(n, d.dir);
+	notify_open(nt, d.dir);
 	rmdir(d.dir); /* the harness makes its own directory; keep only our socket's */
 	snprintf(wd, sizeof(wd), "WATCHDOG_USEC=%s", watchdog_usec);
-	env[0] = n->env;
+	env[0] = nt->env;
 	env[1] = wd;
 	env[2] = NULL;
 	d.env = env;
@@ -139,33 +140,32 @@ static void start_with_notify(struct notify *n, const char *watchdog_usec, const
 
 START_TEST(notify_sequence)
 {
-	struct notify n;
-	start_with_notify(&n, "400000", NULL);
-	notify_expect(&n, "READY=1", 10);
-	ck_assert_ptr_nonnull(strstr(notify_expect(&n, "STATUS=", 5), "0 clients, 0 jobs waiting or running, backend cpu"));
-	notify_expect(&n, "WATCHDOG=1", 2);
-	notify_expect(&n, "WATCHDOG=1", 2); /* fed every ~200 ms while idle */
+	start_with_notify(&notif, "400000", NULL);
+	notify_expect(&notif, "READY=1", 10);
+	ck_assert_ptr_nonnull(strstr(notify_expect(&notif, "STATUS=", 5), "0 clients, 0 jobs waiting or running, backend cpu"));
+	notify_expect(&notif, "WATCHDOG=1", 2);
+	notify_expect(&notif, "WATCHDOG=1", 2); /* fed every ~200 ms while idle */
 
 	char err[256];
 	struct moed_connect_options o = { .error = err, .error_len = sizeof(err) };
 	struct moed_client *c;
 	ck_assert_int_eq(moed_connect(d.socket, &o, &c), 0);
-	ck_assert_ptr_nonnull(strstr(notify_expect(&n, "STATUS=1 clients", 5), "backend cpu"));
+	ck_assert_ptr_nonnull(strstr(notify_expect(&notif, "STATUS=1 clients", 5), "backend cpu"));
 
 	kill(d.pid, SIGHUP);
-	const char *m = notify_expect(&n, "RELOADING=1", 5);
+	const char *m = notify_expect(&notif, "RELOADING=1", 5);
 	ck_assert_ptr_nonnull(strstr(m, "MONOTONIC_USEC="));
-	notify_expect(&n, "READY=1", 5);
+	notify_expect(&notif, "READY=1", 5);
 
 	moed_close(c);
-	ck_assert_ptr_nonnull(notify_expect(&n, "STATUS=0 clients", 5));
+	ck_assert_ptr_nonnull(notify_expect(&notif, "STATUS=0 clients", 5));
 	kill(d.pid, SIGTERM);
-	notify_expect(&n, "STOPPING=1", 10);
+	notify_expect(&notif, "STOPPING=1", 10);
 	int status;
 	ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
 	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	d.pid = 0;
-	unlink(n.path);
+	unlink(notif.path);
 	test_daemon_stop(&d);
 }
 END_TEST
@@ -187,10 +187,9 @@ static double run_job(struct moed_client *c, int handle, const struct ref_proble
 
 START_TEST(watchdog_starves_while_the_poller_is_stuck)
 {
-	struct notify n;
 	const char *const args[] = { "--threads", "1", "--arena-max", "256M", NULL };
-	start_with_notify(&n, "200000", args); /* a ping every 100 ms */
-	notify_expect(&n, "READY=1", 10);
+	start_with_notify(&notif, "200000", args); /* a ping every 100 ms */
+	notify_expect(&notif, "READY=1", 10);
 
 	uint64_t rng = test_seed();
 	struct ref_problem p = { .e = 4, .h = 768, .i = 768, .k = 2, .m = 16384, .gated = true };
@@ -215,15 +214,15 @@ START_TEST(watchdog_starves_while_the_poller_is_stuck)
 	uint32_t m = (uint32_t)(64 * 1.5 / (small > 1e-4 ? small : 1e-4));
 	m = m < 64 ? 64 : m > p.m ? p.m : m;
 
-	notify_expect(&n, "WATCHDOG=1", 2);
+	notify_expect(&notif, "WATCHDOG=1", 2);
 	double t0 = now_s();
 	double took = run_job(c, h, &p, m, x, ids, tw, out); /* the poller is inside it */
 	double t1 = now_s();
-	pthread_mutex_lock(&n.lock);
-	n.cursor = n.count;
-	pthread_mutex_unlock(&n.lock);
-	notify_expect(&n, "WATCHDOG=1", 2); /* pings come again once the poller is back */
-	double gap = longest_watchdog_gap(&n, t0, t1);
+	pthread_mutex_lock(&notif.lock);
+	notif.cursor = notif.count;
+	pthread_mutex_unlock(&notif.lock);
+	notify_expect(&notif, "WATCHDOG=1", 2); /* pings come again once the poller is back */
+	double gap = longest_watchdog_gap(&notif, t0, t1);
 	if (took < 0.6) { /* too fast to tell a stall from a busy tick: nothing to judge */
 		fprintf(stderr, "the longest job took only %.2f s: watchdog stall not judged\n", took);
 		moed_close(c);
@@ -235,7 +234,7 @@ START_TEST(watchdog_starves_while_the_poller_is_stuck)
 		      "a %.2f s job left a longest gap of %.2f s between watchdog pings", took, gap);
 	moed_close(c);
 	ref_problem_free(&p);
-	unlink(n.path);
+	unlink(notif.path);
 	ck_assert_int_eq(test_daemon_stop(&d), 0);
 }
 END_TEST
