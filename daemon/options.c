@@ -87,8 +87,8 @@ static int set_socket(struct moed_options *o, const char *v, char *why, size_t l
 
 static int set_backend(struct moed_options *o, const char *v, char *why, size_t len)
 {
-	if (strcmp(v, "auto") && strcmp(v, "cpu"))
-		return bad(why, len, "unknown backend (this build has: auto, cpu)");
+	if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "hip"))
+		return bad(why, len, "unknown backend (auto, cpu or hip)");
 	snprintf(o->backend, sizeof(o->backend), "%s", v);
 	return 0;
 }
@@ -213,7 +213,7 @@ static int set_log_level(struct moed_options *o, const char *v, char *why, size_
 static const struct setting settings[] = {
 	{ "socket", 's', false, set_socket, "PATH", "listen here (default: $RUNTIME_DIRECTORY/moed.sock,\n"
 	  "                            $XDG_RUNTIME_DIR/moed.sock or /run/moed/moed.sock)" },
-	{ "backend", 'b', false, set_backend, "NAME", "auto or cpu (default auto: the GPU when present)" },
+	{ "backend", 'b', false, set_backend, "NAME", "auto, cpu or hip (default auto: the GPU when present)" },
 	{ "threads", 't', false, set_threads, "N", "CPU backend worker threads (default: one per CPU)" },
 	{ "withhold", 0, false, set_withhold, "CAP", "do not offer a capability (no_combine,\n"
 	  "                            router_weight_on_input), as an older kernel would not" },

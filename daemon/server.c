@@ -179,16 +179,6 @@ static void drop_session(struct moed_daemon *d, struct moed_session *s)
 	moed_session_put(s);
 }
 
-static const char *pick_backend(struct moed_daemon *d)
-{
-	/* "auto" takes the GPU backend when one is built and finds a device; today only
-	 * the CPU backend exists. */
-	struct moed_error err;
-	if (moed_cpu_backend.probe(&err) == 0)
-		d->ops = &moed_cpu_backend;
-	return d->ops ? d->ops->name : NULL;
-}
-
 int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 {
 	struct moed_error err = { "" };
@@ -212,8 +202,8 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	if (!pick_backend(d)) {
-		log_err("no usable backend");
+	if (!(d->ops = moed_backend_find(opt->backend, &err))) {
+		log_err("backend %s: %s", opt->backend, err.msg);
 		return -ENODEV;
 	}
 	const struct moed_backend_config cfg = { .threads = opt->threads, .withhold = opt->withhold };

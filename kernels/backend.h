@@ -77,4 +77,10 @@ int moed_backend_admit(const struct moed_backend_ops *ops, const struct moed_bac
 
 extern const struct moed_backend_ops moed_cpu_backend;
 
+/*
+ * The backend called `name`: "cpu"; "hip" (the GPU module; NULL with the reason in err
+ * when it cannot be loaded or finds no device); "auto" (the GPU when usable, else the CPU).
+ */
+const struct moed_backend_ops *moed_backend_find(const char *name, struct moed_error *err);
+
 #endif

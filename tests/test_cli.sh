@@ -31,7 +31,7 @@ expect 2 "--sq-entries=48: expected a power of two from 2 to 32768" --sq-entries
 expect 2 "--arena-max=12Q: expected a size such as 4096, 64M or 2G" --arena-max 12Q
 expect 2 "--arena-max=2T: arenas are at most 1T" --arena-max 2T
 expect 2 "arena-default is larger than arena-max" --arena-default 2G --arena-max 1G
-expect 2 "--backend=rocm: unknown backend (this build has: auto, cpu)" --backend rocm
+expect 2 "--backend=rocm: unknown backend (auto, cpu or hip)" --backend rocm
 expect 2 "--withhold=fp8: expected no_combine or router_weight_on_input" --withhold fp8
 expect 2 "--log-level=loud: expected error, warning, info or debug" --log-level loud
 expect 2 "--allow-user=no-such-user-here: no such user" --allow-user no-such-user-here

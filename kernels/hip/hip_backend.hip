@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: MIT
+//
+// The GPU backend's host side: a loadable module (moed-hip.so) that the daemon opens with
+// dlopen, so that the daemon itself links no GPU runtime. Weights live in device memory
+// once for all clients; a job's inputs are copied in, its kernels run on the backend's
+// stream, its output is copied back, and the job completes when the stream has drained.
+// Runtime errors become the job's error with the runtime's message.
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend.h"
+}
+#include "hip_compat.h"
+#include "moe_kernels.h"
+
+namespace {
+
+struct dbuf {
+	void *p;
+	size_t cap;
+};
+
+} // namespace
+
+struct moed_backend {
+	int device;
+	hipStream_t stream;
+	uint32_t caps;
+	struct moed_kwargs_schema schema;
+	dbuf x, tw, pair_of, expert_of, pos_of, act, y, out;
+	/* host side, private copies of a job's routing and its sorted order */
+	int32_t *ids;
+	float *tw_host;
+	uint32_t *h_pair_of, *h_expert_of, *h_pos_of, *counts;
+	size_t host_pairs, host_experts;
+};
+
+namespace {
+
+int gpu_error(struct moed_error *err, hipError_t e, const char *what)
+{
+	return moed_error_set(err, -EIO, "GPU %s failed: %s", what, hipGetErrorString(e));
+}
+
+int ensure(dbuf *b, size_t bytes, struct moed_error *err)
+{
+	if (bytes <= b->cap)
+		return 0;
+	if (b->p)
+		hipFree(b->p);
+	b->p = NULL;
+	b->cap = 0;
+	hipError_t e = hipMalloc(&b->p, bytes);
+	if (e != hipSuccess)
+		return gpu_error(err, e, "allocation of scratch memory");
+	b->cap = bytes;
+	return 0;
+}
+
+void release(dbuf *b)
+{
+	if (b->p)
+		hipFree(b->p);
+	b->p = NULL;
+	b->cap = 0;
+}
+
+template <typename T> bool grow(T **p, size_t n)
+{
+	T *q = (T *)realloc(*p, n * sizeof(T) + 1);
+	if (!q)
+		return false;
+	*p = q;
+	return true;
+}
+
+int hip_probe(struct moed_error *err)
+{
+	int n = 0;
+	hipError_t e = hipGetDeviceCount(&n);
+	if (e != hipSuccess)
+		return moed_error_set(err, -ENODEV, "no GPU: %s", hipGetErrorString(e));
+	if (n < 1)
+		return moed_error_set(err, -ENODEV, "no GPU device found");
+	return 0;
+}
+
+int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out, struct moed_error *err)
+{
+	int r = hip_probe(err);
+	if (r < 0)
+		return r;
+	struct moed_backend *b = (struct moed_backend *)calloc(1, sizeof(*b));
+	if (!b)
+		return moed_error_set(err, -ENOMEM, "out of memory");
+	hipError_t e = hipSetDevice(0);
+	if (e == hipSuccess)
+		e = hipStreamCreateWithFlags(&b->stream, hipStreamNonBlocking);
+	if (e != hipSuccess) {
+		free(b);
+		return gpu_error(err, e, "set-up");
+	}
+	b->caps = (MOED_CAP_NO_COMBINE | MOED_CAP_ROUTER_WEIGHT_ON_INPUT | MOED_CAP_GATED |
+		   MOED_CAP_NOT_GATED) & ~cfg->withhold;
+	b->schema.specs = NULL;
+	b->schema.count = 0;
+	*out = b;
+	return 0;
+}
+
+void hip_destroy(struct moed_backend *b)
+{
+	if (!b)
+		return;
+	dbuf *all[] = { &b->x, &b->tw, &b->pair_of, &b->expert_of, &b->pos_of, &b->act, &b->y, &b->out };
+	for (dbuf *d : all)
+		release(d);
+	hipStreamDestroy(b->stream);
+	free(b->ids);
+	free(b->tw_host);
+	free(b->h_pair_of);
+	free(b->h_expert_of);
+	free(b->h_pos_of);
+	free(b->counts);
+	free(b);
+}
+
+const struct moed_kwargs_schema *hip_schema(const struct moed_backend *b)
+{
+	return &b->schema;
+}
+
+uint32_t hip_caps(const struct moed_backend *b)
+{
+	return b->caps;
+}
+
+uint32_t hip_dtypes(const struct moed_backend *)
+{
+	return (1u << MOED_DTYPE_F32) | (1u << MOED_DTYPE_BF16) | (1u << MOED_DTYPE_F16);
+}
+
+uint32_t hip_activations(const struct moed_backend *)
+{
+	return (1u << MOED_ACT_SILU) | (1u << MOED_ACT_GELU);
+}
+
+uint64_t tensor_bytes(const struct moed_weights_shape *s, unsigned tensor)
+{
+	const uint64_t d = s->dtype == MOED_DTYPE_F32 ? 4 : 2;
+	const uint64_t rows = tensor == MOED_TENSOR_W13 ? (s->gated ? 2ull : 1ull) * s->inter_size
+							: s->hidden_size;
+	const uint64_t cols = tensor == MOED_TENSOR_W13 ? s->hidden_size : s->inter_size;
+	return s->num_experts * rows * cols * d;
+}
+
+int hip_weights_alloc(struct moed_backend *, struct moed_weights *w, struct moed_error *err)
+{
+	w->w13_bytes = tensor_bytes(&w->shape, MOED_TENSOR_W13);
+	w->w2_bytes = tensor_bytes(&w->shape, MOED_TENSOR_W2);
+	w->w13 = w->w2 = NULL;
+	hipError_t e = hipMalloc(&w->w13, w->w13_bytes);
+	if (e == hipSuccess)
+		e = hipMalloc(&w->w2, w->w2_bytes);
+	if (e != hipSuccess) {
+		if (w->w13)
+			hipFree(w->w13);
+		w->w13 = NULL;
+		return moed_error_set(err, -ENOMEM, "cannot allocate %llu bytes of GPU memory for weights: %s",
+				      (unsigned long long)(w->w13_bytes + w->w2_bytes), hipGetErrorString(e));
+	}
+	return 0;
+}
+
+int hip_weights_write(struct moed_backend *, struct moed_weights *w, unsigned tensor, uint64_t offset,
+		      const void *src, uint64_t len, struct moed_error *err)
+{
+	unsigned char *dst = (unsigned char *)(tensor == MOED_TENSOR_W13 ? w->w13 : w->w2);
+	const uint64_t size = tensor == MOED_TENSOR_W13 ? w->w13_bytes : w->w2_bytes;
+	if (offset > size || len > size - offset)
+		return moed_error_set(err, -EINVAL, "upload [%llu, +%llu) lies outside the %llu-byte tensor",
+				      (unsigned long long)offset, (unsigned long long)len,
+				      (unsigned long long)size);
+	hipError_t e = hipMemcpy(dst + offset, src, len, hipMemcpyHostToDevice);
+	return e == hipSuccess ? 0 : gpu_error(err, e, "weight upload");
+}
+
+void hip_weights_free(struct moed_backend *, struct moed_weights *w)
+{
+	if (w->w13)
+		hipFree(w->w13);
+	if (w->w2)
+		hipFree(w->w2);
+	w->w13 = w->w2 = NULL;
+}
+
+/* Read the routing once (it lives in shared memory), check it, group pairs by expert. */
+int sort_pairs(struct moed_backend *b, const struct moed_job *job, uint32_t experts,
+	       const struct moed_arena *arena, struct moed_error *err)
+{
+	const size_t pairs = (size_t)job->num_tokens * job->topk;
+	if (pairs > b->host_pairs) {
+		if (!grow(&b->ids, pairs) || !grow(&b->tw_host, pairs) || !grow(&b->h_pair_of, pairs) ||
+		    !grow(&b->h_expert_of, pairs) || !grow(&b->h_pos_of, pairs))
+			return moed_error_set(err, -ENOMEM, "out of memory");
+		b->host_pairs = pairs;
+	}
+	if (experts + 1 > b->host_experts) {
+		if (!grow(&b->counts, (size_t)experts + 1))
+			return moed_error_set(err, -ENOMEM, "out of memory");
+		b->host_experts = (size_t)experts + 1;
+	}
+	memcpy(b->ids, arena->base + job->topk_ids.offset, pairs * sizeof(int32_t));
+	memcpy(b->tw_host, arena->base + job->topk_weights.offset, pairs * sizeof(float));
+	memset(b->counts, 0, ((size_t)experts + 1) * sizeof(uint32_t));
+	for (size_t p = 0; p < pairs; p++) {
+		if (b->ids[p] < 0 || (uint32_t)b->ids[p] >= experts)
+			return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)",
+					      p / job->topk, p % job->topk, b->ids[p], experts);
+		b->counts[b->ids[p] + 1]++;
+	}
+	for (uint32_t e = 0; e < experts; e++)
+		b->counts[e + 1] += b->counts[e];
+	for (size_t p = 0; p < pairs; p++) {
+		uint32_t pos = b->counts[b->ids[p]]++;
+		b->h_pair_of[pos] = (uint32_t)p;
+		b->h_expert_of[pos] = (uint32_t)b->ids[p];
+		b->h_pos_of[p] = pos;
+	}
+	return 0;
+}
+
+int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+	    const struct moed_kwargs *, const struct moed_arena *arena, struct moed_error *err)
+{
+	const size_t m = job->num_tokens, k = job->topk, pairs = m * k;
+	const size_t h = job->hidden_size, i = w->shape.inter_size;
+	const size_t ds = job->dtype == MOED_DTYPE_F32 ? 4 : 2;
+	int r;
+	if (m == 0)
+		return 0;
+	if ((r = sort_pairs(b, job, w->shape.num_experts, arena, err)) < 0)
+		return r;
+	if ((r = ensure(&b->x, m * h * ds, err)) || (r = ensure(&b->tw, pairs * 4, err)) ||
+	    (r = ensure(&b->pair_of, pairs * 4, err)) || (r = ensure(&b->expert_of, pairs * 4, err)) ||
+	    (r = ensure(&b->pos_of, pairs * 4, err)) || (r = ensure(&b->act, pairs * i * 4, err)) ||
+	    (r = ensure(&b->y, pairs * h * 4, err)) || (r = ensure(&b->out, job->output.length, err)))
+		return r;
+
+	hipError_t e = hipMemcpyAsync(b->x.p, arena->base + job->hidden.offset, m * h * ds,
+				      hipMemcpyHostToDevice, b->stream);
+	if (e == hipSuccess)
+		e = hipMemcpyAsync(b->tw.p, b->tw_host, pairs * 4, hipMemcpyHostToDevice, b->stream);
+	if (e == hipSuccess)
+		e = hipMemcpyAsync(b->pair_of.p, b->h_pair_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
+	if (e == hipSuccess)
+		e = hipMemcpyAsync(b->expert_of.p, b->h_expert_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
+	if (e == hipSuccess)
+		e = hipMemcpyAsync(b->pos_of.p, b->h_pos_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
+	if (e != hipSuccess)
+		return gpu_error(err, e, "copy of the job's inputs");
+
+	struct moe_gpu_args a;
+	memset(&a, 0, sizeof(a));
+	a.tokens = (uint32_t)m;
+	a.topk = (uint32_t)k;
+	a.hidden = (uint32_t)h;
+	a.inter = (uint32_t)i;
+	a.experts = w->shape.num_experts;
+	a.io_dtype = job->dtype;
+	a.w_dtype = w->shape.dtype;
+	a.activation = job->activation;
+	a.gated = w->shape.gated;
+	a.no_combine = job->no_combine;
+	a.router_weight_on_input = job->router_weight_on_input;
+	a.scale = job->routed_scaling_factor;
+	a.x = b->x.p;
+	a.topk_weights = (const float *)b->tw.p;
+	a.pair_of = (const uint32_t *)b->pair_of.p;
+	a.expert_of = (const uint32_t *)b->expert_of.p;
+	a.pos_of = (const uint32_t *)b->pos_of.p;
+	a.w13 = w->w13;
+	a.w2 = w->w2;
+	a.act = (float *)b->act.p;
+	a.y = (float *)b->y.p;
+	a.out = b->out.p;
+	e = (hipError_t)moe_gpu_launch(&a, b->stream);
+	if (e != hipSuccess)
+		return gpu_error(err, e, "kernel launch");
+	e = hipMemcpyAsync(arena->base + job->output.offset, b->out.p, job->output.length,
+			   hipMemcpyDeviceToHost, b->stream);
+	if (e == hipSuccess)
+		e = hipStreamSynchronize(b->stream);
+	if (e != hipSuccess)
+		return gpu_error(err, e, "job");
+	return 0;
+}
+
+} // namespace
+
+extern "C" {
+/* The symbol the daemon looks up after dlopen (kernels/backend_load.c). */
+__attribute__((visibility("default"))) extern const struct moed_backend_ops moed_hip_backend;
+const struct moed_backend_ops moed_hip_backend = {
+	"hip",       hip_probe,         hip_create,        hip_destroy,      hip_schema,
+	hip_caps,    hip_dtypes,        hip_activations,   hip_weights_alloc, hip_weights_write,
+	hip_weights_free, hip_run,
+};
+}

@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: MIT
+//
+// Fused-MoE kernels in HIP C++ (NVIDIA through hip_compat.h). This is the first, correct
+// version: tokens are grouped by expert on the host, then
+//   gate_up: a warp per (sorted pair, row of I): a = act(x . w_gate) * (x . w_up)
+//   down:    a warp per (sorted pair, row of H): y = a . w2
+//   combine: a thread per (token, column): the weighted sum over the token's slots, or
+//            the no_combine layout, converted to the I/O dtype.
+// Loads along H and I are coalesced across the warp; accumulation is f32 throughout.
+// The tiled matrix-unit path and the wide-load decode path are the next steps.
+#include <stdint.h>
+
+#include "hip_compat.h"
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+#include <hip/hip_fp16.h>
+#else
+#include <cuda_fp16.h>
+#endif
+
+#include "moe_kernels.h"
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kWarpsPerBlock = 8;
+
+__device__ __forceinline__ float bf16_to_f32(uint16_t v)
+{
+	return __uint_as_float((uint32_t)v << 16);
+}
+
+__device__ __forceinline__ uint16_t f32_to_bf16(float f)
+{
+	uint32_t u = __float_as_uint(f);
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40);
+	u += 0x7fffu + ((u >> 16) & 1);
+	return (uint16_t)(u >> 16);
+}
+
+__device__ __forceinline__ float load(const void *base, size_t i, int dtype)
+{
+	if (dtype == MOED_GPU_F32)
+		return ((const float *)base)[i];
+	uint16_t v = ((const uint16_t *)base)[i];
+	if (dtype == MOED_GPU_BF16)
+		return bf16_to_f32(v);
+	return __half2float(__ushort_as_half(v));
+}
+
+__device__ __forceinline__ void store(void *base, size_t i, int dtype, float v)
+{
+	if (dtype == MOED_GPU_F32)
+		((float *)base)[i] = v;
+	else if (dtype == MOED_GPU_BF16)
+		((uint16_t *)base)[i] = f32_to_bf16(v);
+	else
+		((uint16_t *)base)[i] = __half_as_ushort(__float2half_rn(v));
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+	for (int o = kWarp / 2; o > 0; o /= 2)
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+		v += __shfl_xor(v, o, kWarp);
+#else
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+#endif
+	return v;
+}
+
+__device__ __forceinline__ float activate(int act, float g)
+{
+	if (act == MOED_GPU_GELU)
+		return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
+	return g / (1.0f + expf(-g));
+}
+
+// blockIdx.y: sorted pair; blockIdx.x * warps + warp: row of I.
+__global__ void gate_up_kernel(struct moe_gpu_args a)
+{
+	const int lane = threadIdx.x % kWarp;
+	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
+	const uint32_t j = blockIdx.y;
+	if (r >= a.inter)
+		return;
+	const uint32_t pair = a.pair_of[j];
+	const uint32_t m = pair / a.topk;
+	const uint32_t e = a.expert_of[j];
+	const uint32_t rows = a.gated ? 2 * a.inter : a.inter;
+	const size_t xrow = (size_t)m * a.hidden;
+	const size_t grow = ((size_t)e * rows + r) * a.hidden;
+	const size_t urow = ((size_t)e * rows + a.inter + r) * a.hidden;
+	float scale = a.router_weight_on_input ? a.topk_weights[pair] : 1.0f;
+	float g = 0, u = 0;
+	for (uint32_t h = lane; h < a.hidden; h += kWarp) {
+		const float x = scale * load(a.x, xrow + h, a.io_dtype);
+		g += x * load(a.w13, grow + h, a.w_dtype);
+		if (a.gated)
+			u += x * load(a.w13, urow + h, a.w_dtype);
+	}
+	g = warp_sum(g);
+	u = warp_sum(u);
+	if (lane == 0) {
+		const float act = activate(a.activation, g);
+		a.act[(size_t)j * a.inter + r] = a.gated ? act * u : act;
+	}
+}
+
+// blockIdx.y: sorted pair; blockIdx.x * warps + warp: row of H.
+__global__ void down_kernel(struct moe_gpu_args a)
+{
+	const int lane = threadIdx.x % kWarp;
+	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
+	const uint32_t j = blockIdx.y;
+	if (r >= a.hidden)
+		return;
+	const uint32_t e = a.expert_of[j];
+	const size_t wrow = ((size_t)e * a.hidden + r) * a.inter;
+	const float *act = a.act + (size_t)j * a.inter;
+	float s = 0;
+	for (uint32_t i = lane; i < a.inter; i += kWarp)
+		s += act[i] * load(a.w2, wrow + i, a.w_dtype);
+	s = warp_sum(s);
+	if (lane == 0)
+		a.y[(size_t)j * a.hidden + r] = s;
+}
+
+// One thread per (token, column of H).
+__global__ void combine_kernel(struct moe_gpu_args a)
+{
+	const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (idx >= (size_t)a.tokens * a.hidden)
+		return;
+	const uint32_t m = (uint32_t)(idx / a.hidden), h = (uint32_t)(idx % a.hidden);
+	if (a.no_combine) {
+		for (uint32_t k = 0; k < a.topk; k++) {
+			const uint32_t pair = m * a.topk + k;
+			store(a.out, (size_t)pair * a.hidden + h, a.io_dtype,
+			      a.y[(size_t)a.pos_of[pair] * a.hidden + h]);
+		}
+		return;
+	}
+	float s = 0;
+	for (uint32_t k = 0; k < a.topk; k++) {
+		const uint32_t pair = m * a.topk + k;
+		const float coef = a.router_weight_on_input ? 1.0f : a.topk_weights[pair];
+		s += coef * a.y[(size_t)a.pos_of[pair] * a.hidden + h];
+	}
+	store(a.out, idx, a.io_dtype, s * a.scale);
+}
+
+} // namespace
+
+extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
+{
+	const struct moe_gpu_args a = *args;
+	hipStream_t s = (hipStream_t)stream;
+	const uint32_t pairs = a.tokens * a.topk;
+	if (pairs == 0)
+		return 0;
+	const dim3 block(kWarp * kWarpsPerBlock);
+	hipLaunchKernelGGL(gate_up_kernel, dim3((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, pairs),
+			   block, 0, s, a);
+	hipLaunchKernelGGL(down_kernel, dim3((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, pairs),
+			   block, 0, s, a);
+	const size_t cells = (size_t)a.tokens * a.hidden;
+	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
+	return (int)hipGetLastError();
+}
