@@ -61,11 +61,29 @@ static void *random_tensor(uint8_t dtype, size_t n, double scale, uint64_t *rng)
 
 void ref_problem_fill(struct ref_problem *p, uint64_t *rng)
 {
+	ref_problem_fill_weights_fast(p, rng);
+	ref_problem_fill_inputs(p, rng);
+}
+
+/* Uniform in [-a, a), a = sqrt(3) * scale: the variance of a Gaussian of that scale. */
+static void *uniform_tensor(uint8_t dtype, size_t n, double scale, uint64_t *rng)
+{
+	void *t = malloc(n * ref_dtype_size(dtype) + 1);
+	const double a = 1.7320508075688772 * scale;
+	uint64_t s = test_rand(rng) | 1;
+	for (size_t i = 0; i < n; i++) {
+		s ^= s << 13, s ^= s >> 7, s ^= s << 17; /* xorshift64: cheap for billions */
+		ref_store(dtype, t, i, ((double)(s >> 11) * 0x1.0p-53 * 2 - 1) * a);
+	}
+	return t;
+}
+
+void ref_problem_fill_weights_fast(struct ref_problem *p, uint64_t *rng)
+{
 	const size_t rows = p->gated ? 2 * (size_t)p->i : p->i;
 	/* Weights scaled like a trained layer's (~1/sqrt(fan-in)) keep activations O(1). */
-	p->w13 = random_tensor(p->w_dtype, (size_t)p->e * rows * p->h, 1.0 / sqrt(p->h), rng);
-	p->w2 = random_tensor(p->w_dtype, (size_t)p->e * p->h * p->i, 1.0 / sqrt(p->i), rng);
-	ref_problem_fill_inputs(p, rng);
+	p->w13 = uniform_tensor(p->w_dtype, (size_t)p->e * rows * p->h, 1.0 / sqrt(p->h), rng);
+	p->w2 = uniform_tensor(p->w_dtype, (size_t)p->e * p->h * p->i, 1.0 / sqrt(p->i), rng);
 }
 
 void ref_problem_fill_inputs(struct ref_problem *p, uint64_t *rng)
@@ -128,11 +146,23 @@ static double act(uint8_t a, double g)
 
 void ref_moe(const struct ref_problem *p, double *out)
 {
+	uint32_t *all = malloc(p->m * sizeof(uint32_t) + 4);
+	for (uint32_t m = 0; m < p->m; m++)
+		all[m] = m;
+	ref_moe_tokens(p, all, p->m, out);
+	free(all);
+}
+
+void ref_moe_tokens(const struct ref_problem *p, const uint32_t *tokens, uint32_t n, double *out)
+{
 	const size_t rows = p->gated ? 2 * (size_t)p->i : p->i;
+	const size_t per = (size_t)(p->no_combine ? p->k : 1) * p->h;
 	double *a = malloc(p->i * sizeof(double) + 1), *y = malloc(p->h * sizeof(double) + 1);
 
-	memset(out, 0, ref_out_elems(p) * sizeof(double));
-	for (uint32_t m = 0; m < p->m; m++) {
+	memset(out, 0, n * per * sizeof(double));
+	for (uint32_t t = 0; t < n; t++) {
+		const uint32_t m = tokens[t];
+		double *o = out + t * per;
 		for (uint32_t k = 0; k < p->k; k++) {
 			const uint32_t e = (uint32_t)p->ids[m * p->k + k];
 			const double w = p->tw[m * p->k + k];
@@ -156,10 +186,9 @@ void ref_moe(const struct ref_problem *p, double *out)
 			}
 			for (uint32_t h = 0; h < p->h; h++) {
 				if (p->no_combine)
-					out[((size_t)m * p->k + k) * p->h + h] = y[h];
+					o[(size_t)k * p->h + h] = y[h];
 				else
-					out[(size_t)m * p->h + h] +=
-						p->scale * (p->router_weight_on_input ? 1.0 : w) * y[h];
+					o[h] += p->scale * (p->router_weight_on_input ? 1.0 : w) * y[h];
 			}
 		}
 	}
@@ -183,6 +212,14 @@ double ref_rel_error(uint8_t dtype, const void *out, const double *ref, size_t n
 		den += ref[i] * ref[i];
 	}
 	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+size_t ref_count_nonfinite(uint8_t dtype, const void *out, size_t n)
+{
+	size_t bad = 0;
+	for (size_t i = 0; i < n; i++)
+		bad += !isfinite(ref_load(dtype, out, i));
+	return bad;
 }
 
 void ref_poison(void *buf, size_t bytes)

@@ -32,6 +32,8 @@ void ref_store(uint8_t dtype, void *base, size_t idx, double v);
 /* Fill a problem's tensors with fresh random data (allocating them); routing is the
  * softmax of Gaussian logits, top-k distinct experts, renormalised. */
 void ref_problem_fill(struct ref_problem *p, uint64_t *rng);
+/* Weights only, drawn uniformly with a Gaussian's variance: fast enough for billions. */
+void ref_problem_fill_weights_fast(struct ref_problem *p, uint64_t *rng);
 /* Fresh inputs and routing only (x, ids, tw), keeping the weights. */
 void ref_problem_fill_inputs(struct ref_problem *p, uint64_t *rng);
 void ref_problem_free_inputs(struct ref_problem *p);
@@ -41,6 +43,11 @@ size_t ref_out_elems(const struct ref_problem *p);
 
 /* The reference output, [M, H] or [M, K, H], in f64. */
 void ref_moe(const struct ref_problem *p, double *out);
+/* The same for the n listed tokens only: [n, H] or [n, K, H]. */
+void ref_moe_tokens(const struct ref_problem *p, const uint32_t *tokens, uint32_t n, double *out);
+
+/* Elements of out that are NaN or infinite (poison left unwritten shows here). */
+size_t ref_count_nonfinite(uint8_t dtype, const void *out, size_t n);
 
 /* The TARGETS.md bound for an I/O dtype. */
 double ref_tolerance(uint8_t io_dtype);

@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: MIT
 //
 // Fused-MoE kernels in HIP C++ (NVIDIA through hip_compat.h). This is the first, correct
-// version: tokens are grouped by expert on the host, then
-//   gate_up: a warp per (sorted pair, row of I): a = act(x . w_gate) * (x . w_up)
-//   down:    a warp per (sorted pair, row of H): y = a . w2
+// version: (token, slot) pairs are grouped by expert on the host and cut into tiles of
+// up to kTile pairs of one expert, then
+//   gate_up: a warp per (tile, row of I): a = act(x . w_gate) * (x . w_up) for each pair
+//            of the tile, so each weight row is read once per tile;
+//   down:    a warp per (tile, row of H): y = a . w2;
 //   combine: a thread per (token, column): the weighted sum over the token's slots, or
 //            the no_combine layout, converted to the I/O dtype.
 // Loads along H and I are coalesced across the warp; accumulation is f32 throughout.
-// The tiled matrix-unit path and the wide-load decode path are the next steps.
+// The matrix-unit path and the wide-load decode path are the next steps.
 #include <stdint.h>
 
 #include "hip_compat.h"
@@ -23,6 +25,7 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
+constexpr int kTile = MOE_GPU_TILE;
 
 __device__ __forceinline__ float bf16_to_f32(uint16_t v)
 {
@@ -76,54 +79,80 @@ __device__ __forceinline__ float activate(int act, float g)
 	return g / (1.0f + expf(-g));
 }
 
-// blockIdx.y: sorted pair; blockIdx.x * warps + warp: row of I.
+// blockIdx.y: tile; blockIdx.x * warps + warp: row of I.
 __global__ void gate_up_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
 	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-	const uint32_t j = blockIdx.y;
+	const uint32_t t = blockIdx.y;
 	if (r >= a.inter)
 		return;
-	const uint32_t pair = a.pair_of[j];
-	const uint32_t m = pair / a.topk;
-	const uint32_t e = a.expert_of[j];
+	const uint32_t first = a.tile_first[t], n = a.tile_count[t], e = a.tile_expert[t];
 	const uint32_t rows = a.gated ? 2 * a.inter : a.inter;
-	const size_t xrow = (size_t)m * a.hidden;
 	const size_t grow = ((size_t)e * rows + r) * a.hidden;
 	const size_t urow = ((size_t)e * rows + a.inter + r) * a.hidden;
-	float scale = a.router_weight_on_input ? a.topk_weights[pair] : 1.0f;
-	float g = 0, u = 0;
-	for (uint32_t h = lane; h < a.hidden; h += kWarp) {
-		const float x = scale * load(a.x, xrow + h, a.io_dtype);
-		g += x * load(a.w13, grow + h, a.w_dtype);
-		if (a.gated)
-			u += x * load(a.w13, urow + h, a.w_dtype);
+	size_t xrow[kTile];
+	float scale[kTile], g[kTile], u[kTile];
+#pragma unroll
+	for (int q = 0; q < kTile; q++) {
+		const uint32_t pair = a.pair_of[first + (q < (int)n ? q : 0)];
+		xrow[q] = (size_t)(pair / a.topk) * a.hidden;
+		scale[q] = a.router_weight_on_input ? a.topk_weights[pair] : 1.0f;
+		g[q] = u[q] = 0;
 	}
-	g = warp_sum(g);
-	u = warp_sum(u);
-	if (lane == 0) {
-		const float act = activate(a.activation, g);
-		a.act[(size_t)j * a.inter + r] = a.gated ? act * u : act;
+	for (uint32_t h = lane; h < a.hidden; h += kWarp) {
+		const float wg = load(a.w13, grow + h, a.w_dtype);
+		const float wu = a.gated ? load(a.w13, urow + h, a.w_dtype) : 0.0f;
+#pragma unroll
+		for (int q = 0; q < kTile; q++) {
+			if (q < (int)n) {
+				const float x = scale[q] * load(a.x, xrow[q] + h, a.io_dtype);
+				g[q] += x * wg;
+				u[q] += x * wu;
+			}
+		}
+	}
+#pragma unroll
+	for (int q = 0; q < kTile; q++) {
+		if (q >= (int)n)
+			break;
+		const float gs = warp_sum(g[q]), us = warp_sum(u[q]);
+		if (lane == 0) {
+			const float act = activate(a.activation, gs);
+			a.act[(size_t)(first + q) * a.inter + r] = a.gated ? act * us : act;
+		}
 	}
 }
 
-// blockIdx.y: sorted pair; blockIdx.x * warps + warp: row of H.
+// blockIdx.y: tile; blockIdx.x * warps + warp: row of H.
 __global__ void down_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
 	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-	const uint32_t j = blockIdx.y;
+	const uint32_t t = blockIdx.y;
 	if (r >= a.hidden)
 		return;
-	const uint32_t e = a.expert_of[j];
+	const uint32_t first = a.tile_first[t], n = a.tile_count[t], e = a.tile_expert[t];
 	const size_t wrow = ((size_t)e * a.hidden + r) * a.inter;
-	const float *act = a.act + (size_t)j * a.inter;
-	float s = 0;
-	for (uint32_t i = lane; i < a.inter; i += kWarp)
-		s += act[i] * load(a.w2, wrow + i, a.w_dtype);
-	s = warp_sum(s);
-	if (lane == 0)
-		a.y[(size_t)j * a.hidden + r] = s;
+	float s[kTile];
+#pragma unroll
+	for (int q = 0; q < kTile; q++)
+		s[q] = 0;
+	for (uint32_t i = lane; i < a.inter; i += kWarp) {
+		const float w = load(a.w2, wrow + i, a.w_dtype);
+#pragma unroll
+		for (int q = 0; q < kTile; q++)
+			if (q < (int)n)
+				s[q] += a.act[(size_t)(first + q) * a.inter + i] * w;
+	}
+#pragma unroll
+	for (int q = 0; q < kTile; q++) {
+		if (q >= (int)n)
+			break;
+		const float v = warp_sum(s[q]);
+		if (lane == 0)
+			a.y[(size_t)(first + q) * a.hidden + r] = v;
+	}
 }
 
 // One thread per (token, column of H).
@@ -156,13 +185,12 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 {
 	const struct moe_gpu_args a = *args;
 	hipStream_t s = (hipStream_t)stream;
-	const uint32_t pairs = a.tokens * a.topk;
-	if (pairs == 0)
+	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
 	const dim3 block(kWarp * kWarpsPerBlock);
-	hipLaunchKernelGGL(gate_up_kernel, dim3((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, pairs),
+	hipLaunchKernelGGL(gate_up_kernel, dim3((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles),
 			   block, 0, s, a);
-	hipLaunchKernelGGL(down_kernel, dim3((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, pairs),
+	hipLaunchKernelGGL(down_kernel, dim3((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles),
 			   block, 0, s, a);
 	const size_t cells = (size_t)a.tokens * a.hidden;
 	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);

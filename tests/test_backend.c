@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The CPU backend called directly (no daemon): random shapes, dtypes and flags against
- * the tests' own f64 reference, outputs poisoned first; out-of-range expert ids; the
- * capability checks every backend shares; kwargs that change how it runs but not what.
+ * A backend called directly (no daemon): random shapes, dtypes and flags against the
+ * tests' own f64 reference, outputs poisoned first; out-of-range expert ids; the
+ * capability checks every backend shares. Built twice: as test_cpu_backend, with the
+ * CPU's kwargs; and as test_gpu_backend (TEST_GPU), which loads the GPU module, skips
+ * (77) without a device, and adds every M from 0 to 4096 and the model shapes of
+ * TARGETS.md, checked on a sample of tokens where the whole f64 reference is too slow.
  */
 #include "config.h"
 
@@ -17,7 +20,10 @@
 #include "helpers.h"
 #include "moe_ref.h"
 
-static const struct moed_backend_ops *ops = &moed_cpu_backend;
+#ifndef TEST_BACKEND
+#define TEST_BACKEND "cpu"
+#endif
+static const struct moed_backend_ops *ops;
 
 struct setup {
 	struct moed_backend *b;
@@ -42,8 +48,9 @@ static void setup_make(struct setup *s, const struct ref_problem *p, unsigned th
 	for (unsigned t = 0; t < 2; t++) {
 		uint64_t size = t ? s->w.w2_bytes : s->w.w13_bytes, at = 0;
 		const unsigned char *src = t ? p->w2 : p->w13;
+		const uint64_t chunk = size < (1u << 20) ? 1000 : UINT64_C(64) << 20; /* uneven when small */
 		while (at < size) {
-			uint64_t n = size - at < 1000 ? size - at : 1000;
+			uint64_t n = size - at < chunk ? size - at : chunk;
 			ck_assert_int_eq(ops->weights_write(s->b, &s->w, t, at, src + at, n, &err), 0);
 			at += n;
 		}
@@ -181,7 +188,9 @@ START_TEST(admission_checks)
 	ck_assert_uint_eq(ops->caps(s.b) & MOED_CAP_NO_COMBINE, 0);
 	s.job.no_combine = true;
 	ck_assert_int_eq(run(&s, &none, &err), -EOPNOTSUPP);
-	ck_assert_ptr_nonnull(strstr(err.msg, "backend 'cpu' does not support no_combine"));
+	char words[64];
+	snprintf(words, sizeof(words), "backend '%s' does not support no_combine", ops->name);
+	ck_assert_ptr_nonnull(strstr(err.msg, words));
 	s.job.num_tokens = 0; /* refused before the empty-input shortcut */
 	ck_assert_int_eq(run(&s, &none, &err), -EOPNOTSUPP);
 	s.job.no_combine = false;
@@ -200,6 +209,7 @@ START_TEST(admission_checks)
 }
 END_TEST
 
+#ifndef TEST_GPU
 START_TEST(kwargs_change_how_not_what)
 {
 	uint64_t rng = test_seed();
@@ -241,16 +251,116 @@ START_TEST(kwargs_change_how_not_what)
 	ref_problem_free(&p);
 }
 END_TEST
+#endif
+
+#ifdef TEST_GPU
+/* Compare only the rows of `tokens` (a sample) with the reference for those tokens. */
+static double sampled_error(const struct ref_problem *p, const void *out, const uint32_t *tokens,
+			    uint32_t n)
+{
+	const size_t per = (size_t)(p->no_combine ? p->k : 1) * p->h, ds = ref_dtype_size(p->io_dtype);
+	double *want = malloc(n * per * sizeof(double));
+	unsigned char *got = malloc(n * per * ds);
+	ref_moe_tokens(p, tokens, n, want);
+	for (uint32_t t = 0; t < n; t++)
+		memcpy(got + t * per * ds, (const unsigned char *)out + tokens[t] * per * ds, per * ds);
+	double e = ref_rel_error(p->io_dtype, got, want, n * per);
+	free(want);
+	free(got);
+	return e;
+}
+
+static void check_sampled(struct ref_problem *p, unsigned threads, uint64_t *rng)
+{
+	struct setup s;
+	struct moed_error err;
+	static const struct moed_kwargs none;
+	setup_make(&s, p, threads, 0);
+	ck_assert_msg(run(&s, &none, &err) == 0, "run failed: %s", err.msg);
+	/* The f64 reference of a full-size layer costs seconds a token: sample fewer there. */
+	const uint32_t want = (uint64_t)p->h * p->i > (4u << 20) ? 4 : 16;
+	uint32_t tokens[16], n = p->m < want ? p->m : want;
+	for (uint32_t t = 0; t < n; t++) /* the first and last token, and random ones */
+		tokens[t] = t == 0 ? 0 : t == 1 ? p->m - 1 : (uint32_t)test_rand_range(rng, 0, p->m - 1);
+	if (n) {
+		double e = sampled_error(p, s.arena.base + s.job.output.offset, tokens, n);
+		ck_assert_msg(e <= ref_tolerance(p->io_dtype),
+			      "error %.3g > %.3g: M %u K %u E %u H %u I %u io %u w %u no_combine %d",
+			      e, ref_tolerance(p->io_dtype), p->m, p->k, p->e, p->h, p->i, p->io_dtype,
+			      p->w_dtype, p->no_combine);
+		/* Every element written: no poison left anywhere in the output. */
+		ck_assert_uint_eq(ref_count_nonfinite(p->io_dtype, s.arena.base + s.job.output.offset,
+						      ref_out_elems(p)), 0);
+	}
+	setup_free(&s);
+}
+
+START_TEST(every_m_and_topk)
+{
+	static const uint32_t ms[] = { 0, 1, 2, 3, 5, 17, 64, 100, 255, 1024, 4096 };
+	static const uint32_t topks[] = { 1, 2, 8 };
+	uint64_t rng = test_seed() + (uint64_t)_i;
+	for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
+		struct ref_problem p = {
+			.e = (uint32_t)test_rand_range(&rng, 8, 40), .h = (uint32_t)test_rand_range(&rng, 33, 300),
+			.i = (uint32_t)test_rand_range(&rng, 17, 200), .m = ms[mi],
+			.k = topks[(mi + (size_t)_i) % 3], .gated = (mi + (size_t)_i) % 4 != 0,
+			.io_dtype = (uint8_t)((mi + (size_t)_i) % 3), .w_dtype = (uint8_t)(mi % 3),
+			.act = (uint8_t)(mi & 1), .no_combine = (mi + (size_t)_i) & 1, .scale = 1.5f,
+		};
+		p.router_weight_on_input = p.k == 1 && (mi & 2);
+		ref_problem_fill(&p, &rng);
+		check_sampled(&p, 1, &rng);
+		ref_problem_free(&p);
+	}
+}
+END_TEST
+
+/* TARGETS.md's shapes: Mixtral and Qwen3 whole, DeepSeek-V3 with 32 of its 256 experts
+ * (its full weights would take minutes to draw on the CPU). bf16, as served. */
+START_TEST(model_shapes)
+{
+	static const struct { uint32_t e, k, h, i; } shapes[] = {
+		{ 8, 2, 4096, 14336 }, { 128, 8, 2048, 768 }, { 32, 8, 7168, 2048 },
+	};
+	uint64_t rng = test_seed() + (uint64_t)_i;
+	struct ref_problem p = { .e = shapes[_i].e, .k = shapes[_i].k, .h = shapes[_i].h,
+				 .i = shapes[_i].i, .gated = true, .io_dtype = MOED_DTYPE_BF16,
+				 .w_dtype = MOED_DTYPE_BF16, .scale = 1.0f };
+	ref_problem_fill_weights_fast(&p, &rng);
+	static const uint32_t ms[] = { 1, 64, 1024 };
+	for (int mi = 0; mi < 3; mi++) {
+		p.m = ms[mi];
+		p.no_combine = mi == 1;
+		ref_problem_fill_inputs(&p, &rng);
+		check_sampled(&p, 1, &rng);
+		ref_problem_free_inputs(&p);
+	}
+	ref_problem_free(&p);
+}
+END_TEST
+#endif
 
 int main(void)
 {
-	Suite *s = suite_create("cpu_backend");
-	TCase *tc = tcase_create("cpu");
+	struct moed_error err = { "" };
+	ops = moed_backend_find(TEST_BACKEND, &err);
+	if (!ops) {
+		printf("backend %s unavailable, skipped: %s\n", TEST_BACKEND, err.msg);
+		return TEST_EXIT_SKIP;
+	}
+	Suite *s = suite_create(TEST_BACKEND "_backend");
+	TCase *tc = tcase_create(TEST_BACKEND);
 
 	tcase_add_loop_test(tc, matches_reference, 0, 3);
 	tcase_add_test(tc, expert_ids_out_of_range);
 	tcase_add_test(tc, admission_checks);
+#ifdef TEST_GPU
+	tcase_add_loop_test(tc, every_m_and_topk, 0, 3);
+	tcase_add_loop_test(tc, model_shapes, 0, 3);
+#else
 	tcase_add_test(tc, kwargs_change_how_not_what);
+#endif
 	tcase_set_timeout(tc, 300);
 	suite_add_tcase(s, tc);
 
