@@ -44,6 +44,8 @@ void test_daemon_spawn(struct test_daemon *d, const char *const *extra)
 	argv[n++] = "/dev/null";
 	argv[n++] = "--socket";
 	argv[n++] = d->socket;
+	argv[n++] = "--backend"; /* these tests are about the daemon: the CPU serves them */
+	argv[n++] = "cpu";
 	argv[n++] = "--threads";
 	argv[n++] = "2";
 	argv[n++] = "--log-level";

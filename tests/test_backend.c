@@ -38,7 +38,7 @@ static void setup_make(struct setup *s, const struct ref_problem *p, unsigned th
 {
 	struct moed_error err;
 	const struct moed_backend_config cfg = { .threads = threads, .withhold = withhold };
-	ck_assert_int_eq(ops->create(&cfg, &s->b, &err), 0);
+	ck_assert_msg(ops->create(&cfg, &s->b, &err) == 0, "create: %s", err.msg);
 
 	s->w = (struct moed_weights){ .shape = { .num_experts = p->e, .hidden_size = p->h,
 						 .inter_size = p->i, .dtype = p->w_dtype,
@@ -349,6 +349,11 @@ int main(void)
 		printf("backend %s unavailable, skipped: %s\n", TEST_BACKEND, err.msg);
 		return TEST_EXIT_SKIP;
 	}
+#ifdef TEST_GPU
+	/* The GPU runtime is set up in this process (the probe above) and does not survive
+	 * fork(): run the tests in process. */
+	setenv("CK_FORK", "no", 1);
+#endif
 	Suite *s = suite_create(TEST_BACKEND "_backend");
 	TCase *tc = tcase_create(TEST_BACKEND);
 

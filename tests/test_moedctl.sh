@@ -26,7 +26,7 @@ check() { # description, command... : the command must succeed
 has() { grep -qF -- "$1" "$tmp/out" || { echo "FAIL: output lacks '$1':"; sed 's/^/    /' "$tmp/out"; fails=$((fails + 1)); }; }
 
 printf '%s\n' "# test settings" "threads = 3" "spin-us = 50" "log-level = info" > "$tmp/moed.conf"
-"$moed" --config "$tmp/moed.conf" --socket "$sock" --threads 1 2> "$tmp/daemon.log" &
+"$moed" --config "$tmp/moed.conf" --socket "$sock" --backend cpu --threads 1 2> "$tmp/daemon.log" &
 pid=$!
 for i in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
 
