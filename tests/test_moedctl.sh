@@ -54,15 +54,15 @@ json_check "stats --json" stats
 grep -q '"moe_jobs": 6' "$tmp/j" || { echo "FAIL: JSON stats lacks 6 MoE jobs"; fails=$((fails + 1)); }
 kill $bg; wait $bg 2>/dev/null; bg=
 
-# SIGHUP: spin-us changes at once; the backend only after a restart, and we are told so.
+# SIGHUP: spin-us changes at once; withhold only after a restart, and we are told so.
 # (The socket given on the command line still wins over the file, silently.)
-printf '%s\n' "spin-us = 77" "backend = cpu" "socket = $tmp/other.sock" > "$tmp/moed.conf"
+printf '%s\n' "spin-us = 77" "withhold = no_combine" "socket = $tmp/other.sock" > "$tmp/moed.conf"
 kill -HUP $pid
 for i in $(seq 100); do grep -q "reloaded" "$tmp/daemon.log" && break; sleep 0.05; done
 check "status after reload" "$ctl" -s "$sock" status
 has "poller spins 77 us"
 cp "$tmp/daemon.log" "$tmp/out"
-has "these changed but apply only after a restart: backend"
+has "these changed but apply only after a restart: withhold"
 printf '%s\n' "spin-us = slow" > "$tmp/moed.conf"
 kill -HUP $pid
 for i in $(seq 100); do grep -q "reload failed" "$tmp/daemon.log" && break; sleep 0.05; done
