@@ -15,6 +15,7 @@ extern "C" {
 }
 #include "hip_compat.h"
 #include "moe_kernels.h"
+#include "moe_routing.h"
 
 namespace {
 
@@ -31,13 +32,11 @@ struct moed_backend {
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	dbuf x, tw, pair_of, expert_of, pos_of, act, y, out, tiles;
-	/* host side, private copies of a job's routing and its sorted order */
+	/* host side: private copies of a job's routing, and its sorted order */
 	int32_t *ids;
 	float *tw_host;
-	uint32_t *h_pair_of, *h_expert_of, *h_pos_of, *counts;
-	uint32_t *h_tiles; /* first[n], count[n], expert[n] */
-	uint32_t ntiles;
-	size_t host_pairs, host_experts, tiles_cap;
+	size_t host_pairs;
+	struct moe_routing route;
 };
 
 namespace {
@@ -124,11 +123,7 @@ void hip_destroy(struct moed_backend *b)
 	hipStreamDestroy(b->stream);
 	free(b->ids);
 	free(b->tw_host);
-	free(b->h_pair_of);
-	free(b->h_expert_of);
-	free(b->h_pos_of);
-	free(b->counts);
-	free(b->h_tiles);
+	moe_routing_free(&b->route);
 	free(b);
 }
 
@@ -207,50 +202,19 @@ int sort_pairs(struct moed_backend *b, const struct moed_job *job, uint32_t expe
 {
 	const size_t pairs = (size_t)job->num_tokens * job->topk;
 	if (pairs > b->host_pairs) {
-		if (!grow(&b->ids, pairs) || !grow(&b->tw_host, pairs) || !grow(&b->h_pair_of, pairs) ||
-		    !grow(&b->h_expert_of, pairs) || !grow(&b->h_pos_of, pairs))
+		if (!grow(&b->ids, pairs) || !grow(&b->tw_host, pairs))
 			return moed_error_set(err, -ENOMEM, "out of memory");
 		b->host_pairs = pairs;
 	}
-	if (experts + 1 > b->host_experts) {
-		if (!grow(&b->counts, (size_t)experts + 1))
-			return moed_error_set(err, -ENOMEM, "out of memory");
-		b->host_experts = (size_t)experts + 1;
-	}
-	/* At most one partial tile per expert beyond pairs / MOE_GPU_TILE: 3 words a tile. */
-	const size_t cap = pairs + (size_t)experts + 1;
-	if (cap > b->tiles_cap) {
-		if (!grow(&b->h_tiles, 3 * cap))
-			return moed_error_set(err, -ENOMEM, "out of memory");
-		b->tiles_cap = cap;
-	}
 	memcpy(b->ids, arena->base + job->topk_ids.offset, pairs * sizeof(int32_t));
 	memcpy(b->tw_host, arena->base + job->topk_weights.offset, pairs * sizeof(float));
-	memset(b->counts, 0, ((size_t)experts + 1) * sizeof(uint32_t));
-	for (size_t p = 0; p < pairs; p++) {
-		if (b->ids[p] < 0 || (uint32_t)b->ids[p] >= experts)
-			return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)",
-					      p / job->topk, p % job->topk, b->ids[p], experts);
-		b->counts[b->ids[p] + 1]++;
-	}
-	for (uint32_t e = 0; e < experts; e++)
-		b->counts[e + 1] += b->counts[e];
-	/* Tiles: each expert's range cut into pieces of at most MOE_GPU_TILE pairs. */
-	uint32_t *first = b->h_tiles, *count = first + cap, *expert = count + cap;
-	b->ntiles = 0;
-	for (uint32_t e = 0; e < experts; e++)
-		for (uint32_t at = b->counts[e]; at < b->counts[e + 1]; at += MOE_GPU_TILE) {
-			const uint32_t left = b->counts[e + 1] - at;
-			first[b->ntiles] = at;
-			count[b->ntiles] = left < MOE_GPU_TILE ? left : MOE_GPU_TILE;
-			expert[b->ntiles++] = e;
-		}
-	for (size_t p = 0; p < pairs; p++) {
-		uint32_t pos = b->counts[b->ids[p]]++;
-		b->h_pair_of[pos] = (uint32_t)p;
-		b->h_expert_of[pos] = (uint32_t)b->ids[p];
-		b->h_pos_of[p] = pos;
-	}
+	size_t bad = 0;
+	int r = moe_route(&b->route, b->ids, pairs, experts, &bad);
+	if (r == -EINVAL)
+		return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)",
+				      bad / job->topk, bad % job->topk, b->ids[bad], experts);
+	if (r < 0)
+		return moed_error_set(err, r, "out of memory");
 	return 0;
 }
 
@@ -269,25 +233,22 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	    (r = ensure(&b->pair_of, pairs * 4, err)) || (r = ensure(&b->expert_of, pairs * 4, err)) ||
 	    (r = ensure(&b->pos_of, pairs * 4, err)) || (r = ensure(&b->act, pairs * i * 4, err)) ||
 	    (r = ensure(&b->y, pairs * h * 4, err)) || (r = ensure(&b->out, job->output.length, err)) ||
-	    (r = ensure(&b->tiles, 3 * (size_t)b->ntiles * 4, err)))
+	    (r = ensure(&b->tiles, 3 * (size_t)b->route.ntiles * 4, err)))
 		return r;
-	/* first, count, expert packed back to back for the device */
-	const size_t cap = pairs + (size_t)w->shape.num_experts + 1;
-	memmove(b->h_tiles + b->ntiles, b->h_tiles + cap, b->ntiles * 4);
-	memmove(b->h_tiles + 2 * (size_t)b->ntiles, b->h_tiles + 2 * cap, b->ntiles * 4);
+	const struct moe_routing *rt = &b->route;
 
 	hipError_t e = hipMemcpyAsync(b->x.p, arena->base + job->hidden.offset, m * h * ds,
 				      hipMemcpyHostToDevice, b->stream);
 	if (e == hipSuccess)
 		e = hipMemcpyAsync(b->tw.p, b->tw_host, pairs * 4, hipMemcpyHostToDevice, b->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->pair_of.p, b->h_pair_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
+		e = hipMemcpyAsync(b->pair_of.p, rt->pair_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->expert_of.p, b->h_expert_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
+		e = hipMemcpyAsync(b->expert_of.p, rt->expert_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->pos_of.p, b->h_pos_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
+		e = hipMemcpyAsync(b->pos_of.p, rt->pos_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->tiles.p, b->h_tiles, 3 * (size_t)b->ntiles * 4, hipMemcpyHostToDevice,
+		e = hipMemcpyAsync(b->tiles.p, rt->tiles, 3 * (size_t)rt->ntiles * 4, hipMemcpyHostToDevice,
 				   b->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
@@ -311,10 +272,10 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	a.pair_of = (const uint32_t *)b->pair_of.p;
 	a.expert_of = (const uint32_t *)b->expert_of.p;
 	a.pos_of = (const uint32_t *)b->pos_of.p;
-	a.tiles = b->ntiles;
+	a.tiles = rt->ntiles;
 	a.tile_first = (const uint32_t *)b->tiles.p;
-	a.tile_count = a.tile_first + b->ntiles;
-	a.tile_expert = a.tile_count + b->ntiles;
+	a.tile_count = a.tile_first + rt->ntiles;
+	a.tile_expert = a.tile_count + rt->ntiles;
 	a.w13 = w->w13;
 	a.w2 = w->w2;
 	a.act = (float *)b->act.p;

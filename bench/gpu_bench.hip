@@ -1,0 +1,265 @@
+// SPDX-License-Identifier: MIT
+//
+// GPU benchmark (not a test), for the device machine: the rows of TARGETS.md, each timed
+// with events over many warm launches (median), beside floors measured on this card in
+// the same run: device copy bandwidth (bytes read + written) and the bf16 matrix rate of
+// cuBLAS. Floor = max(bytes that must move / bandwidth, FLOPs / rate), where the bytes
+// are the weights of every expert that at least one token uses plus input and output.
+// Prints floor/time, the anchor's time from TARGETS.md and moed's speed against it.
+// "kernel" excludes token sorting (as the anchor's figure does); "with sort" adds the
+// host-side sort and the upload of its result.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "hip_compat.h"
+#include <cublas_v2.h>
+
+#include "moe_kernels.h"
+#include "moe_routing.h"
+
+#define CHECK(x)                                                                                   \
+	do {                                                                                       \
+		hipError_t e_ = (x);                                                               \
+		if (e_ != hipSuccess) {                                                            \
+			fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, hipGetErrorString(e_)); \
+			exit(1);                                                                   \
+		}                                                                                  \
+	} while (0)
+
+struct model {
+	const char *name;
+	uint32_t e, k, h, i;
+	double anchor_us[7]; /* TARGETS.md, M = 1, 4, 16, 64, 256, 1024, 4096 */
+};
+
+static const struct model models[] = {
+	{ "Mixtral-8x7B", 8, 2, 4096, 14336, { 262, 485, 944, 977, 1073, 1818, 5518 } },
+	{ "Qwen3-30B-A3B", 128, 8, 2048, 768, { 49, 117, 283, 408, 449, 536, 971 } },
+	{ "DeepSeek-V3", 256, 8, 7168, 2048, { 261, 935, 2812, 6222, 7455, 7938, 10189 } },
+};
+static const uint32_t ms[7] = { 1, 4, 16, 64, 256, 1024, 4096 };
+
+__global__ void fill_bf16(uint16_t *p, size_t n, uint64_t seed, float scale)
+{
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+		uint64_t z = (i + 1) * 0x9e3779b97f4a7c15ull ^ seed;
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		z ^= z >> 31;
+		const float u = (float)(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
+		const uint32_t b = __float_as_uint(u * scale);
+		p[i] = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1)) >> 16);
+	}
+}
+
+static uint64_t rng_state = 0x1234567;
+static double gaussian(void)
+{
+	rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+	double u1 = ((rng_state >> 11) + 1) * 0x1.0p-53;
+	rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+	double u2 = (rng_state >> 11) * 0x1.0p-53;
+	return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Softmax of Gaussian logits, top-k, renormalised (TARGETS.md's routing). */
+static void route(uint32_t m, uint32_t e, uint32_t k, int32_t *ids, float *tw)
+{
+	double *l = (double *)malloc(e * sizeof(double));
+	for (uint32_t t = 0; t < m; t++) {
+		double mx = -1e300, sum = 0;
+		for (uint32_t j = 0; j < e; j++)
+			l[j] = gaussian(), mx = fmax(mx, l[j]);
+		for (uint32_t j = 0; j < e; j++)
+			l[j] = exp(l[j] - mx);
+		for (uint32_t s = 0; s < k; s++) {
+			uint32_t best = 0;
+			for (uint32_t j = 1; j < e; j++)
+				if (l[j] > l[best])
+					best = j;
+			ids[t * k + s] = (int32_t)best;
+			tw[t * k + s] = (float)l[best];
+			sum += l[best];
+			l[best] = -1;
+		}
+		for (uint32_t s = 0; s < k; s++)
+			tw[t * k + s] = (float)(tw[t * k + s] / sum);
+	}
+	free(l);
+}
+
+static int cmp_f(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return (x > y) - (x < y);
+}
+
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+int main(int argc, char **argv)
+{
+	const int reps = argc > 1 ? atoi(argv[1]) : 30;
+	hipStream_t st;
+	CHECK(hipSetDevice(0));
+	CHECK(hipStreamCreateWithFlags(&st, hipStreamNonBlocking));
+	cudaDeviceProp prop;
+	CHECK(cudaGetDeviceProperties(&prop, 0));
+	cudaEvent_t e0, e1;
+	cudaEventCreate(&e0);
+	cudaEventCreate(&e1);
+
+	/* Floor terms on this card. */
+	const size_t cb = (size_t)1 << 30;
+	void *ca, *cbuf;
+	CHECK(hipMalloc(&ca, cb));
+	CHECK(hipMalloc(&cbuf, cb));
+	float best_ms = 1e30f;
+	for (int r = 0; r < 10; r++) {
+		cudaEventRecord(e0, st);
+		CHECK(hipMemcpyAsync(cbuf, ca, cb, hipMemcpyDeviceToDevice, st));
+		cudaEventRecord(e1, st);
+		cudaEventSynchronize(e1);
+		float ms_ = 0;
+		cudaEventElapsedTime(&ms_, e0, e1);
+		best_ms = ms_ < best_ms ? ms_ : best_ms;
+	}
+	const double bw = 2.0 * cb / (best_ms * 1e-3);
+	CHECK(hipFree(ca));
+	CHECK(hipFree(cbuf));
+
+	cublasHandle_t blas;
+	cublasCreate(&blas);
+	cublasSetStream(blas, st);
+	const int n = 8192;
+	uint16_t *ga, *gb;
+	float *gc;
+	CHECK(hipMalloc((void **)&ga, (size_t)n * n * 2));
+	CHECK(hipMalloc((void **)&gb, (size_t)n * n * 2));
+	CHECK(hipMalloc((void **)&gc, (size_t)n * n * 4));
+	hipLaunchKernelGGL(fill_bf16, dim3(1024), dim3(256), 0, st, ga, (size_t)n * n, 1ull, 1.0f);
+	hipLaunchKernelGGL(fill_bf16, dim3(1024), dim3(256), 0, st, gb, (size_t)n * n, 2ull, 1.0f);
+	const float one = 1, zero = 0;
+	best_ms = 1e30f;
+	for (int r = 0; r < 10; r++) {
+		cudaEventRecord(e0, st);
+		cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, ga, CUDA_R_16BF, n, gb,
+			     CUDA_R_16BF, n, &zero, gc, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+		cudaEventRecord(e1, st);
+		cudaEventSynchronize(e1);
+		float ms_ = 0;
+		cudaEventElapsedTime(&ms_, e0, e1);
+		best_ms = ms_ < best_ms ? ms_ : best_ms;
+	}
+	const double rate = 2.0 * n * (double)n * n / (best_ms * 1e-3);
+	CHECK(hipFree(ga));
+	CHECK(hipFree(gb));
+	CHECK(hipFree(gc));
+
+	printf("card: %s; copy %.2f TB/s (read + written), bf16 matmul %.0f TFLOP/s (cuBLAS); "
+	       "median of %d warm launches\n",
+	       prop.name, bw / 1e12, rate / 1e12, reps);
+	printf("%-14s %5s %9s %9s %9s %7s %9s %8s\n", "model", "M", "floor us", "kernel us", "w/ sort",
+	       "floor/t", "anchor us", "vs anchor");
+
+	double log_sum = 0, log_small = 0, log_big = 0;
+	int rows = 0, small = 0, big = 0;
+	for (const struct model &md : models) {
+		const size_t w13n = (size_t)md.e * 2 * md.i * md.h, w2n = (size_t)md.e * md.h * md.i;
+		uint16_t *w13, *w2, *x, *out;
+		float *act, *y, *twd;
+		uint32_t *pair_of, *expert_of, *pos_of, *tiles;
+		const uint32_t mmax = ms[6], pmax = mmax * md.k;
+		CHECK(hipMalloc((void **)&w13, w13n * 2));
+		CHECK(hipMalloc((void **)&w2, w2n * 2));
+		CHECK(hipMalloc((void **)&x, (size_t)mmax * md.h * 2));
+		CHECK(hipMalloc((void **)&out, (size_t)mmax * md.h * 2));
+		CHECK(hipMalloc((void **)&act, (size_t)pmax * md.i * 4));
+		CHECK(hipMalloc((void **)&y, (size_t)pmax * md.h * 4));
+		CHECK(hipMalloc((void **)&twd, (size_t)pmax * 4));
+		CHECK(hipMalloc((void **)&pair_of, (size_t)pmax * 4));
+		CHECK(hipMalloc((void **)&expert_of, (size_t)pmax * 4));
+		CHECK(hipMalloc((void **)&pos_of, (size_t)pmax * 4));
+		CHECK(hipMalloc((void **)&tiles, 3 * ((size_t)pmax + md.e + 1) * 4));
+		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w13, w13n, 3ull, 1.7f / sqrtf(md.h));
+		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w2, w2n, 4ull, 1.7f / sqrtf(md.i));
+		hipLaunchKernelGGL(fill_bf16, dim3(1024), dim3(256), 0, st, x, (size_t)mmax * md.h, 5ull, 1.7f);
+		int32_t *ids = (int32_t *)malloc(pmax * 4);
+		float *tw = (float *)malloc(pmax * 4);
+		struct moe_routing rt;
+		memset(&rt, 0, sizeof(rt));
+		double last_us = 0;
+		for (int mi = 0; mi < 7; mi++) {
+			const uint32_t m = ms[mi], pairs = m * md.k;
+			if (last_us * 4 * (reps + 3) > 120e6) { /* over two minutes a row: skip */
+				printf("%-14s %5u %9s (skipped: the previous row took %.0f ms a launch)\n",
+				       md.name, m, "", last_us / 1e3);
+				continue;
+			}
+			route(m, md.e, md.k, ids, tw);
+			size_t bad;
+			double t_sort = now_us();
+			moe_route(&rt, ids, pairs, md.e, &bad);
+			CHECK(hipMemcpyAsync(pair_of, rt.pair_of, pairs * 4, hipMemcpyHostToDevice, st));
+			CHECK(hipMemcpyAsync(expert_of, rt.expert_of, pairs * 4, hipMemcpyHostToDevice, st));
+			CHECK(hipMemcpyAsync(pos_of, rt.pos_of, pairs * 4, hipMemcpyHostToDevice, st));
+			CHECK(hipMemcpyAsync(tiles, rt.tiles, 3 * (size_t)rt.ntiles * 4, hipMemcpyHostToDevice, st));
+			CHECK(hipMemcpyAsync(twd, tw, pairs * 4, hipMemcpyHostToDevice, st));
+			CHECK(hipStreamSynchronize(st));
+			t_sort = now_us() - t_sort;
+			struct moe_gpu_args a;
+			memset(&a, 0, sizeof(a));
+			a.tokens = m, a.topk = md.k, a.hidden = md.h, a.inter = md.i, a.experts = md.e;
+			a.io_dtype = MOED_GPU_BF16, a.w_dtype = MOED_GPU_BF16, a.activation = MOED_GPU_SILU;
+			a.gated = 1, a.scale = 1;
+			a.x = x, a.topk_weights = twd, a.pair_of = pair_of, a.expert_of = expert_of;
+			a.pos_of = pos_of, a.tiles = rt.ntiles, a.tile_first = tiles;
+			a.tile_count = tiles + rt.ntiles, a.tile_expert = tiles + 2 * rt.ntiles;
+			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out;
+			for (int r = 0; r < 3; r++)
+				CHECK((hipError_t)moe_gpu_launch(&a, st));
+			CHECK(hipStreamSynchronize(st));
+			float *t = (float *)malloc(reps * sizeof(float));
+			for (int r = 0; r < reps; r++) {
+				cudaEventRecord(e0, st);
+				CHECK((hipError_t)moe_gpu_launch(&a, st));
+				cudaEventRecord(e1, st);
+				cudaEventSynchronize(e1);
+				cudaEventElapsedTime(&t[r], e0, e1);
+			}
+			qsort(t, reps, sizeof(float), cmp_f);
+			const double kern = t[reps / 2] * 1e3;
+			last_us = kern;
+			free(t);
+			const double bytes = (double)rt.used_experts * 3 * md.i * md.h * 2 + 2.0 * m * md.h * 2;
+			const double flops = 2.0 * pairs * 3 * md.i * md.h;
+			const double floor_us = fmax(bytes / bw, flops / rate) * 1e6;
+			const double ratio = floor_us / kern, anchor = md.anchor_us[mi];
+			printf("%-14s %5u %9.0f %9.0f %9.0f %7.2f %9.0f %7.2fx\n", md.name, m, floor_us, kern,
+			       kern + t_sort, ratio, anchor, anchor / kern);
+			log_sum += log(ratio), rows++;
+			if (m <= 64)
+				log_small += log(ratio), small++;
+			if (m >= 256)
+				log_big += log(ratio), big++;
+		}
+		moe_routing_free(&rt);
+		free(ids);
+		free(tw);
+		void *bufs[] = { w13, w2, x, out, act, y, twd, pair_of, expert_of, pos_of, tiles };
+		for (void *p : bufs)
+			CHECK(hipFree(p));
+	}
+	printf("geometric mean of floor/time over the %d rows timed: all %.3f (target 0.90), "
+	       "M <= 64 %.3f (target 0.95), M >= 256 %.3f (target 0.85)\n",
+	       rows, exp(log_sum / rows), small ? exp(log_small / small) : 0.0,
+	       big ? exp(log_big / big) : 0.0);
+	return 0;
+}

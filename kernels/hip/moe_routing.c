@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_kernels.h"
+#include "moe_routing.h"
+
+static int grow(uint32_t **p, size_t n)
+{
+	uint32_t *q = (uint32_t *)realloc(*p, n * sizeof(**p) + 1); /* C and C++ */
+	if (!q)
+		return -ENOMEM;
+	*p = q;
+	return 0;
+}
+
+int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t experts, size_t *bad)
+{
+	/* Tiles: at most pairs / TILE full ones plus one partial per expert. */
+	const size_t tiles_cap = pairs / MOE_GPU_TILE + experts + 1;
+	if (pairs > r->pairs_cap || experts + 1 > r->experts_cap) {
+		const size_t p = pairs > r->pairs_cap ? pairs : r->pairs_cap;
+		const size_t e = experts + 1 > r->experts_cap ? experts + 1 : r->experts_cap;
+		if (grow(&r->pair_of, p) || grow(&r->expert_of, p) || grow(&r->pos_of, p) ||
+		    grow(&r->counts, e) || grow(&r->tiles, 3 * (p / MOE_GPU_TILE + e)))
+			return -ENOMEM;
+		r->pairs_cap = p;
+		r->experts_cap = e;
+	}
+	memset(r->counts, 0, ((size_t)experts + 1) * sizeof(uint32_t));
+	for (size_t p = 0; p < pairs; p++) {
+		if (ids[p] < 0 || (uint32_t)ids[p] >= experts) {
+			*bad = p;
+			return -EINVAL;
+		}
+		r->counts[ids[p] + 1]++;
+	}
+	for (uint32_t e = 0; e < experts; e++)
+		r->counts[e + 1] += r->counts[e];
+
+	uint32_t n = 0, used = 0;
+	uint32_t *count = r->tiles + tiles_cap, *expert = count + tiles_cap;
+	for (uint32_t e = 0; e < experts; e++) {
+		used += r->counts[e + 1] > r->counts[e];
+		for (uint32_t at = r->counts[e]; at < r->counts[e + 1]; at += MOE_GPU_TILE) {
+			const uint32_t left = r->counts[e + 1] - at;
+			r->tiles[n] = at;
+			count[n] = left < MOE_GPU_TILE ? left : MOE_GPU_TILE;
+			expert[n++] = e;
+		}
+	}
+	/* Pack the three arrays back to back for one copy to the device. */
+	memmove(r->tiles + n, count, n * sizeof(uint32_t));
+	memmove(r->tiles + 2 * (size_t)n, expert, n * sizeof(uint32_t));
+	r->ntiles = n;
+	r->used_experts = used;
+
+	for (size_t p = 0; p < pairs; p++) {
+		const uint32_t pos = r->counts[ids[p]]++;
+		r->pair_of[pos] = (uint32_t)p;
+		r->expert_of[pos] = (uint32_t)ids[p];
+		r->pos_of[p] = pos;
+	}
+	return 0;
+}
+
+void moe_routing_free(struct moe_routing *r)
+{
+	free(r->pair_of);
+	free(r->expert_of);
+	free(r->pos_of);
+	free(r->tiles);
+	free(r->counts);
+	memset(r, 0, sizeof(*r));
+}

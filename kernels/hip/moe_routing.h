@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Token sorting for the GPU kernels, on the host: (token, slot) pairs grouped by expert
+ * (a stable counting sort), each expert's range cut into tiles of at most MOE_GPU_TILE
+ * pairs. Shared by the backend and the GPU benchmark.
+ */
+#ifndef MOED_HIP_MOE_ROUTING_H
+#define MOED_HIP_MOE_ROUTING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_routing {
+	uint32_t *pair_of;   /* [pairs] sorted position -> pair (m * K + k) */
+	uint32_t *expert_of; /* [pairs] sorted position -> expert */
+	uint32_t *pos_of;    /* [pairs] pair -> sorted position */
+	uint32_t *tiles;     /* [3 * ntiles]: first positions, then counts, then experts */
+	uint32_t ntiles;
+	uint32_t used_experts;
+	/* capacities, private */
+	size_t pairs_cap, experts_cap;
+	uint32_t *counts;
+};
+
+/*
+ * Sort `pairs` expert ids (each must lie in [0, experts)). Returns 0, -EINVAL with the
+ * offending position in *bad, or -ENOMEM. Buffers grow as needed and are reused.
+ */
+int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t experts,
+	      size_t *bad);
+
+void moe_routing_free(struct moe_routing *r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
