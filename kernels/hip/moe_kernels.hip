@@ -61,6 +61,32 @@ __device__ __forceinline__ void store(void *base, size_t i, int dtype, float v)
 		((uint16_t *)base)[i] = __half_as_ushort(__float2half_rn(v));
 }
 
+// Eight consecutive elements from index i (a multiple of 8, 16-byte aligned) in one or
+// two 16-byte loads: the wide loads that keep the memory system busy.
+__device__ __forceinline__ void load8(const void *base, size_t i, int dtype, float out[8])
+{
+	if (dtype == MOED_GPU_F32) {
+		const float4 *p = (const float4 *)((const float *)base + i);
+		const float4 a = p[0], b = p[1];
+		out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+		out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+		return;
+	}
+	const uint4 v = *(const uint4 *)((const uint16_t *)base + i);
+	const uint32_t w[4] = { v.x, v.y, v.z, v.w };
+#pragma unroll
+	for (int k = 0; k < 4; k++) {
+		const uint16_t lo = (uint16_t)(w[k] & 0xffff), hi = (uint16_t)(w[k] >> 16);
+		if (dtype == MOED_GPU_BF16) {
+			out[2 * k] = bf16_to_f32(lo);
+			out[2 * k + 1] = bf16_to_f32(hi);
+		} else {
+			out[2 * k] = __half2float(__ushort_as_half(lo));
+			out[2 * k + 1] = __half2float(__ushort_as_half(hi));
+		}
+	}
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 	for (int o = kWarp / 2; o > 0; o /= 2)
@@ -79,8 +105,9 @@ __device__ __forceinline__ float activate(int act, float g)
 	return g / (1.0f + expf(-g));
 }
 
-// blockIdx.y: tile; blockIdx.x * warps + warp: row of I.
-__global__ void gate_up_kernel(struct moe_gpu_args a)
+// blockIdx.y: tile; blockIdx.x * warps + warp: row of I. kVec: H is a multiple of 8,
+// so every row starts 16-byte aligned and each lane loads 8 elements at a time.
+template <bool kVec> __global__ void gate_up_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
 	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -100,15 +127,36 @@ __global__ void gate_up_kernel(struct moe_gpu_args a)
 		scale[q] = a.router_weight_on_input ? a.topk_weights[pair] : 1.0f;
 		g[q] = u[q] = 0;
 	}
-	for (uint32_t h = lane; h < a.hidden; h += kWarp) {
-		const float wg = load(a.w13, grow + h, a.w_dtype);
-		const float wu = a.gated ? load(a.w13, urow + h, a.w_dtype) : 0.0f;
+	if (kVec) {
+		for (uint32_t h = lane * 8; h < a.hidden; h += kWarp * 8) {
+			float wg[8], wu[8] = { 0 };
+			load8(a.w13, grow + h, a.w_dtype, wg);
+			if (a.gated)
+				load8(a.w13, urow + h, a.w_dtype, wu);
 #pragma unroll
-		for (int q = 0; q < kTile; q++) {
-			if (q < (int)n) {
-				const float x = scale[q] * load(a.x, xrow[q] + h, a.io_dtype);
-				g[q] += x * wg;
-				u[q] += x * wu;
+			for (int q = 0; q < kTile; q++) {
+				if (q < (int)n) {
+					float x[8];
+					load8(a.x, xrow[q] + h, a.io_dtype, x);
+#pragma unroll
+					for (int k = 0; k < 8; k++) {
+						g[q] += scale[q] * x[k] * wg[k];
+						u[q] += scale[q] * x[k] * wu[k];
+					}
+				}
+			}
+		}
+	} else {
+		for (uint32_t h = lane; h < a.hidden; h += kWarp) {
+			const float wg = load(a.w13, grow + h, a.w_dtype);
+			const float wu = a.gated ? load(a.w13, urow + h, a.w_dtype) : 0.0f;
+#pragma unroll
+			for (int q = 0; q < kTile; q++) {
+				if (q < (int)n) {
+					const float x = scale[q] * load(a.x, xrow[q] + h, a.io_dtype);
+					g[q] += x * wg;
+					u[q] += x * wu;
+				}
 			}
 		}
 	}
@@ -124,8 +172,8 @@ __global__ void gate_up_kernel(struct moe_gpu_args a)
 	}
 }
 
-// blockIdx.y: tile; blockIdx.x * warps + warp: row of H.
-__global__ void down_kernel(struct moe_gpu_args a)
+// blockIdx.y: tile; blockIdx.x * warps + warp: row of H. kVec: I is a multiple of 8.
+template <bool kVec> __global__ void down_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
 	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -138,12 +186,29 @@ __global__ void down_kernel(struct moe_gpu_args a)
 #pragma unroll
 	for (int q = 0; q < kTile; q++)
 		s[q] = 0;
-	for (uint32_t i = lane; i < a.inter; i += kWarp) {
-		const float w = load(a.w2, wrow + i, a.w_dtype);
+	if (kVec) {
+		for (uint32_t i = lane * 8; i < a.inter; i += kWarp * 8) {
+			float w[8];
+			load8(a.w2, wrow + i, a.w_dtype, w);
 #pragma unroll
-		for (int q = 0; q < kTile; q++)
-			if (q < (int)n)
-				s[q] += a.act[(size_t)(first + q) * a.inter + i] * w;
+			for (int q = 0; q < kTile; q++) {
+				if (q < (int)n) {
+					float v[8];
+					load8(a.act, (size_t)(first + q) * a.inter + i, MOED_GPU_F32, v);
+#pragma unroll
+					for (int k = 0; k < 8; k++)
+						s[q] += v[k] * w[k];
+				}
+			}
+		}
+	} else {
+		for (uint32_t i = lane; i < a.inter; i += kWarp) {
+			const float w = load(a.w2, wrow + i, a.w_dtype);
+#pragma unroll
+			for (int q = 0; q < kTile; q++)
+				if (q < (int)n)
+					s[q] += a.act[(size_t)(first + q) * a.inter + i] * w;
+		}
 	}
 #pragma unroll
 	for (int q = 0; q < kTile; q++) {
@@ -188,10 +253,16 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
 	const dim3 block(kWarp * kWarpsPerBlock);
-	hipLaunchKernelGGL(gate_up_kernel, dim3((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles),
-			   block, 0, s, a);
-	hipLaunchKernelGGL(down_kernel, dim3((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles),
-			   block, 0, s, a);
+	const dim3 gu((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
+	const dim3 dn((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
+	if (a.hidden % 8 == 0)
+		hipLaunchKernelGGL(gate_up_kernel<true>, gu, block, 0, s, a);
+	else
+		hipLaunchKernelGGL(gate_up_kernel<false>, gu, block, 0, s, a);
+	if (a.inter % 8 == 0)
+		hipLaunchKernelGGL(down_kernel<true>, dn, block, 0, s, a);
+	else
+		hipLaunchKernelGGL(down_kernel<false>, dn, block, 0, s, a);
 	const size_t cells = (size_t)a.tokens * a.hidden;
 	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
 	return (int)hipGetLastError();
