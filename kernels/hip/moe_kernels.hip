@@ -128,8 +128,6 @@ template <bool kVec> __global__ void gate_up_kernel(struct moe_gpu_args a)
 		g[q] = u[q] = 0;
 	}
 	if (kVec) {
-		/* Unrolled so that several iterations' loads are in flight before the first use. */
-#pragma unroll 4
 		for (uint32_t h = lane * 8; h < a.hidden; h += kWarp * 8) {
 			float wg[8], wu[8] = { 0 };
 			load8(a.w13, grow + h, a.w_dtype, wg);
@@ -189,7 +187,6 @@ template <bool kVec> __global__ void down_kernel(struct moe_gpu_args a)
 	for (int q = 0; q < kTile; q++)
 		s[q] = 0;
 	if (kVec) {
-#pragma unroll 4
 		for (uint32_t i = lane * 8; i < a.inter; i += kWarp * 8) {
 			float w[8];
 			load8(a.w2, wrow + i, a.w_dtype, w);
