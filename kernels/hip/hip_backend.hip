@@ -14,6 +14,9 @@ extern "C" {
 #include "backend.h"
 }
 #include "hip_compat.h"
+
+/* Host code only: the device pass of a HIP compiler must not see the ops table. */
+#if !defined(__HIP_DEVICE_COMPILE__)
 #include "moe_kernels.h"
 #include "moe_routing.h"
 
@@ -51,7 +54,7 @@ int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 	if (bytes <= b->cap)
 		return 0;
 	if (b->p)
-		hipFree(b->p);
+		(void)hipFree(b->p);
 	b->p = NULL;
 	b->cap = 0;
 	hipError_t e = hipMalloc(&b->p, bytes);
@@ -64,7 +67,7 @@ int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 void release(dbuf *b)
 {
 	if (b->p)
-		hipFree(b->p);
+		(void)hipFree(b->p);
 	b->p = NULL;
 	b->cap = 0;
 }
@@ -120,7 +123,7 @@ void hip_destroy(struct moed_backend *b)
 			&b->tiles };
 	for (dbuf *d : all)
 		release(d);
-	hipStreamDestroy(b->stream);
+	(void)hipStreamDestroy(b->stream);
 	free(b->ids);
 	free(b->tw_host);
 	moe_routing_free(&b->route);
@@ -166,7 +169,7 @@ int hip_weights_alloc(struct moed_backend *, struct moed_weights *w, struct moed
 		e = hipMalloc(&w->w2, w->w2_bytes);
 	if (e != hipSuccess) {
 		if (w->w13)
-			hipFree(w->w13);
+			(void)hipFree(w->w13);
 		w->w13 = NULL;
 		return moed_error_set(err, -ENOMEM, "cannot allocate %llu bytes of GPU memory for weights: %s",
 				      (unsigned long long)(w->w13_bytes + w->w2_bytes), hipGetErrorString(e));
@@ -190,9 +193,9 @@ int hip_weights_write(struct moed_backend *, struct moed_weights *w, unsigned te
 void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 {
 	if (w->w13)
-		hipFree(w->w13);
+		(void)hipFree(w->w13);
 	if (w->w2)
-		hipFree(w->w2);
+		(void)hipFree(w->w2);
 	w->w13 = w->w2 = NULL;
 }
 
@@ -304,3 +307,4 @@ const struct moed_backend_ops moed_hip_backend = {
 	hip_weights_free, hip_run,
 };
 }
+#endif /* !__HIP_DEVICE_COMPILE__ */

@@ -162,12 +162,12 @@ template <bool kVec> __global__ void gate_up_kernel(struct moe_gpu_args a)
 	}
 #pragma unroll
 	for (int q = 0; q < kTile; q++) {
-		if (q >= (int)n)
-			break;
-		const float gs = warp_sum(g[q]), us = warp_sum(u[q]);
-		if (lane == 0) {
-			const float act = activate(a.activation, gs);
-			a.act[(size_t)(first + q) * a.inter + r] = a.gated ? act * us : act;
+		if (q < (int)n) {
+			const float gs = warp_sum(g[q]), us = warp_sum(u[q]);
+			if (lane == 0) {
+				const float act = activate(a.activation, gs);
+				a.act[(size_t)(first + q) * a.inter + r] = a.gated ? act * us : act;
+			}
 		}
 	}
 }
@@ -212,11 +212,11 @@ template <bool kVec> __global__ void down_kernel(struct moe_gpu_args a)
 	}
 #pragma unroll
 	for (int q = 0; q < kTile; q++) {
-		if (q >= (int)n)
-			break;
-		const float v = warp_sum(s[q]);
-		if (lane == 0)
-			a.y[(size_t)(first + q) * a.hidden + r] = v;
+		if (q < (int)n) {
+			const float v = warp_sum(s[q]);
+			if (lane == 0)
+				a.y[(size_t)(first + q) * a.hidden + r] = v;
+		}
 	}
 }
 
