@@ -45,6 +45,17 @@ static struct moed_weight_set *find(struct moed_weight_registry *reg, const char
 	return NULL;
 }
 
+/* Another holder of a set (under the registry lock): only a committed one. */
+static int hold_committed(struct moed_weight_set *s, struct moed_weight_set **out,
+			  struct moed_error *err)
+{
+	if (!s->committed)
+		return moed_error_set(err, -EBUSY, "weight set '%s' is still being uploaded", s->name);
+	s->refs++;
+	*out = s;
+	return 0;
+}
+
 static uint64_t set_bytes(const struct moed_weights_shape *shape)
 {
 	return moed_weights_tensor_bytes(shape, MOED_TENSOR_W13) +
@@ -94,13 +105,8 @@ int moed_weights_register(struct moed_weight_registry *reg, const char *name,
 					   "weight set '%s' exists with another shape (E %u, H %u, I %u)",
 					   name, s->w.shape.num_experts, s->w.shape.hidden_size,
 					   s->w.shape.inter_size);
-		else if (!s->committed)
-			r = moed_error_set(err, -EBUSY, "weight set '%s' is still being uploaded", name);
-		else {
-			s->refs++;
-			*out = s;
+		else if ((r = hold_committed(s, out, err)) == 0)
 			*created = false;
-		}
 		pthread_mutex_unlock(&reg->lock);
 		return r;
 	}
@@ -153,12 +159,8 @@ int moed_weights_attach(struct moed_weight_registry *reg, const char *name,
 	struct moed_weight_set *s = find(reg, name);
 	if (!s)
 		r = moed_error_set(err, -ENOENT, "no weight set named '%s'", name);
-	else if (!s->committed)
-		r = moed_error_set(err, -EBUSY, "weight set '%s' is still being uploaded", name);
-	else {
-		s->refs++;
-		*out = s;
-	}
+	else
+		r = hold_committed(s, out, err);
 	pthread_mutex_unlock(&reg->lock);
 	return r;
 }
