@@ -220,7 +220,7 @@ int main(int argc, char **argv)
 			a.io_dtype = MOED_GPU_BF16, a.w_dtype = MOED_GPU_BF16, a.activation = MOED_GPU_SILU;
 			a.gated = 1, a.scale = 1;
 			a.x = x, a.topk_weights = twd, a.pair_of = pair_of, a.expert_of = expert_of;
-			a.pos_of = pos_of, a.tiles = rt.ntiles, a.tile_first = tiles;
+			a.pos_of = pos_of, a.tiles = rt.ntiles, a.max_tile = rt.max_tile, a.tile_first = tiles;
 			a.tile_count = tiles + rt.ntiles, a.tile_expert = tiles + 2 * rt.ntiles;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out;
 			for (int r = 0; r < 3; r++)

@@ -276,6 +276,7 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	a.expert_of = (const uint32_t *)b->expert_of.p;
 	a.pos_of = (const uint32_t *)b->pos_of.p;
 	a.tiles = rt->ntiles;
+	a.max_tile = rt->max_tile;
 	a.tile_first = (const uint32_t *)b->tiles.p;
 	a.tile_count = a.tile_first + rt->ntiles;
 	a.tile_expert = a.tile_count + rt->ntiles;

@@ -25,6 +25,7 @@ struct moe_gpu_args {
 	const uint32_t *expert_of; /* sorted position -> expert */
 	const uint32_t *pos_of;    /* m * K + k -> sorted position */
 	uint32_t tiles;
+	uint32_t max_tile;         /* the most pairs in any tile (1..MOE_GPU_TILE) */
 	const uint32_t *tile_first, *tile_count, *tile_expert; /* per tile: sorted range, expert */
 	const void *w13, *w2;      /* w_dtype */
 	float *act;                /* [P, I] scratch */

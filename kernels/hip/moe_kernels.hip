@@ -25,7 +25,6 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
-constexpr int kTile = MOE_GPU_TILE;
 
 __device__ __forceinline__ float bf16_to_f32(uint16_t v)
 {
@@ -107,7 +106,7 @@ __device__ __forceinline__ float activate(int act, float g)
 
 // blockIdx.y: tile; blockIdx.x * warps + warp: row of I. kVec: H is a multiple of 8,
 // so every row starts 16-byte aligned and each lane loads 8 elements at a time.
-template <bool kVec> __global__ void gate_up_kernel(struct moe_gpu_args a)
+template <bool kVec, int kTile> __global__ void gate_up_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
 	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -173,7 +172,7 @@ template <bool kVec> __global__ void gate_up_kernel(struct moe_gpu_args a)
 }
 
 // blockIdx.y: tile; blockIdx.x * warps + warp: row of H. kVec: I is a multiple of 8.
-template <bool kVec> __global__ void down_kernel(struct moe_gpu_args a)
+template <bool kVec, int kTile> __global__ void down_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
 	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -255,14 +254,24 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	const dim3 block(kWarp * kWarpsPerBlock);
 	const dim3 gu((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
 	const dim3 dn((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
-	if (a.hidden % 8 == 0)
-		hipLaunchKernelGGL(gate_up_kernel<true>, gu, block, 0, s, a);
-	else
-		hipLaunchKernelGGL(gate_up_kernel<false>, gu, block, 0, s, a);
-	if (a.inter % 8 == 0)
-		hipLaunchKernelGGL(down_kernel<true>, dn, block, 0, s, a);
-	else
-		hipLaunchKernelGGL(down_kernel<false>, dn, block, 0, s, a);
+	/* Few pairs per expert (decode): a smaller register tile, more warps in flight. */
+	const bool vh = a.hidden % 8 == 0, vi = a.inter % 8 == 0;
+	if (a.max_tile <= 1) {
+		if (vh) hipLaunchKernelGGL((gate_up_kernel<true, 1>), gu, block, 0, s, a);
+		else hipLaunchKernelGGL((gate_up_kernel<false, 1>), gu, block, 0, s, a);
+		if (vi) hipLaunchKernelGGL((down_kernel<true, 1>), dn, block, 0, s, a);
+		else hipLaunchKernelGGL((down_kernel<false, 1>), dn, block, 0, s, a);
+	} else if (a.max_tile <= 4) {
+		if (vh) hipLaunchKernelGGL((gate_up_kernel<true, 4>), gu, block, 0, s, a);
+		else hipLaunchKernelGGL((gate_up_kernel<false, 4>), gu, block, 0, s, a);
+		if (vi) hipLaunchKernelGGL((down_kernel<true, 4>), dn, block, 0, s, a);
+		else hipLaunchKernelGGL((down_kernel<false, 4>), dn, block, 0, s, a);
+	} else {
+		if (vh) hipLaunchKernelGGL((gate_up_kernel<true, MOE_GPU_TILE>), gu, block, 0, s, a);
+		else hipLaunchKernelGGL((gate_up_kernel<false, MOE_GPU_TILE>), gu, block, 0, s, a);
+		if (vi) hipLaunchKernelGGL((down_kernel<true, MOE_GPU_TILE>), dn, block, 0, s, a);
+		else hipLaunchKernelGGL((down_kernel<false, MOE_GPU_TILE>), dn, block, 0, s, a);
+	}
 	const size_t cells = (size_t)a.tokens * a.hidden;
 	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
 	return (int)hipGetLastError();

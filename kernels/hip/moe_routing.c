@@ -39,7 +39,7 @@ int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t 
 	for (uint32_t e = 0; e < experts; e++)
 		r->counts[e + 1] += r->counts[e];
 
-	uint32_t n = 0, used = 0;
+	uint32_t n = 0, used = 0, max_tile = 0;
 	uint32_t *count = r->tiles + tiles_cap, *expert = count + tiles_cap;
 	for (uint32_t e = 0; e < experts; e++) {
 		used += r->counts[e + 1] > r->counts[e];
@@ -47,6 +47,7 @@ int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t 
 			const uint32_t left = r->counts[e + 1] - at;
 			r->tiles[n] = at;
 			count[n] = left < MOE_GPU_TILE ? left : MOE_GPU_TILE;
+			max_tile = count[n] > max_tile ? count[n] : max_tile;
 			expert[n++] = e;
 		}
 	}
@@ -54,6 +55,7 @@ int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t 
 	memmove(r->tiles + n, count, n * sizeof(uint32_t));
 	memmove(r->tiles + 2 * (size_t)n, expert, n * sizeof(uint32_t));
 	r->ntiles = n;
+	r->max_tile = max_tile;
 	r->used_experts = used;
 
 	for (size_t p = 0; p < pairs; p++) {

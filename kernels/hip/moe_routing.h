@@ -20,6 +20,7 @@ struct moe_routing {
 	uint32_t *pos_of;    /* [pairs] pair -> sorted position */
 	uint32_t *tiles;     /* [3 * ntiles]: first positions, then counts, then experts */
 	uint32_t ntiles;
+	uint32_t max_tile; /* the most pairs in one tile */
 	uint32_t used_experts;
 	/* capacities, private */
 	size_t pairs_cap, experts_cap;
