@@ -8,17 +8,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "daemon.h"
 #include "log.h"
 #include "poller.h"
 #include "sd.h"
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static unsigned ready_clients(const struct moed_daemon *d)
 {
@@ -37,7 +32,7 @@ static int status(struct moed_daemon *d, struct moed_admin_status *st)
 	snprintf(st->backend, sizeof(st->backend), "%s", d->ops->name);
 	st->abi_version = MOED_ABI_VERSION;
 	st->pid = (uint32_t)getpid();
-	st->uptime_ns = now_ns() - d->started_ns;
+	st->uptime_ns = moed_now_ns() - d->started_ns;
 	st->clients = ready_clients(d);
 	st->queued = moed_poller_queued(d->poller);
 	st->draining = d->draining;

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "daemon.h"
 #include "log.h"
 #include "notify.h"
@@ -48,19 +49,8 @@ struct moed_poller {
 	uint64_t queue_ns[LATENCY_SAMPLES], run_ns[LATENCY_SAMPLES];
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#endif
-}
+#define now_ns moed_now_ns
+#define cpu_relax moed_cpu_relax
 
 static int push(struct moed_session ***arr, unsigned *n, unsigned *cap, struct moed_session *s)
 {

@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "daemon.h"
 #include "log.h"
 #include "poller.h"
@@ -187,9 +188,7 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 	memset(d, 0, sizeof(*d));
 	d->opt = *opt;
 	d->listen_fd = d->epoll_fd = d->signal_fd = d->doorbell_fd = d->timer_fd = -1;
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	d->started_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	d->started_ns = moed_now_ns();
 	moed_log_set_level(opt->log_level);
 
 	/* Block the signals we read from a signalfd before any thread exists: every thread

@@ -10,14 +10,10 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "clock.h"
 #include "export.h"
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+#define now_ns moed_now_ns
 
 /* A pointer and length as a span of the arena; -EINVAL if it is not inside. */
 static int span(struct moed_client *c, unsigned job, const char *what, const void *p,
