@@ -408,7 +408,7 @@ int moed_options_parse(struct moed_options *o, int argc, char **argv)
 	return 0;
 }
 
-/* Byte ranges of struct moed_options that belong to each non-reloadable setting. */
+/* Whether a setting that needs a restart differs between two sets of options. */
 static bool same(const struct moed_options *a, const struct moed_options *b, const char *name)
 {
 	if (!strcmp(name, "socket"))

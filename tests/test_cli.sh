@@ -39,6 +39,7 @@ expect 2 "--spin-us=-1: expected microseconds from 0 to 1000000" --spin-us -1
 expect 2 "unexpected argument 'extra'" extra
 expect 2 "option '--no-such-option' is unknown or lacks its value" --no-such-option
 expect 2 "Try 'moed --help'." --threads
+MOED_MODULE_DIR=$tmp/no-modules expect 1 "backend hip: GPU backend unavailable: cannot load $tmp/no-modules/moed-hip.so" --backend hip --socket "$tmp/x.sock"
 expect 1 "cannot listen on $tmp/missing/moed.sock" --socket "$tmp/missing/moed.sock"
 
 # The settings file: each mistake stops the start with the file and line.

@@ -9,6 +9,7 @@
 
 #include <check.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -532,6 +533,8 @@ START_TEST(hostile_raw_clients)
 	struct raw_client good;
 	ck_assert_int_eq(raw_connect(&good, daemon_.socket, MOED_ABI_VERSION, &rep), 0);
 
+
+
 	/* An impossible completion-ring head: the daemon disconnects that client only. */
 	struct moed_raw_ctl { uint32_t head; } *cq_head = (void *)(rc.region + rc.hdr.cq.ctl_offset);
 	cq_head->head += 12345;
@@ -545,12 +548,93 @@ START_TEST(hostile_raw_clients)
 	ck_assert_int_eq(recv(rc.sock, &b, 1, 0), 0); /* hung up on */
 	raw_close(&rc);
 
+	/* Weight uploads out of order, outside the arena, incomplete, or after commit. */
+	struct raw_client up_c;
+	ck_assert_int_eq(raw_connect(&up_c, daemon_.socket, MOED_ABI_VERSION, &rep), 0);
+	struct moed_weights_register reg = { .name = "raw", .shape = { .num_experts = 1,
+		.hidden_size = 8, .inter_size = 8, .dtype = MOED_DTYPE_F32, .gated = 1 } };
+	struct moed_weights_reply wr;
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_REGISTER, &reg, sizeof(reg), &rep,
+				     &wr, sizeof(wr)), 0);
+	ck_assert_uint_eq(wr.must_upload, 1);
+	struct moed_weights_attach att = { .name = "raw" };
+	ck_assert_int_eq(raw_request(good.sock, MOED_MSG_WEIGHTS_ATTACH, &att, sizeof(att), &rep, NULL, 0),
+			 -EBUSY);
+	ck_assert_ptr_nonnull(strstr(rep.message, "weight set 'raw' is still being uploaded"));
+	struct moed_weights_upload up = { .weights_id = wr.weights_id, .tensor = MOED_TENSOR_W13,
+					  .tensor_offset = 8, .arena_offset = 0, .length = 504 };
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
+			 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(rep.message, "upload of w13 must continue at byte 0, not 8"));
+	up.tensor_offset = 0;
+	up.length = 1024;
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
+			 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(rep.message, "upload of 1024 bytes runs past the end of w13 (512 bytes)"));
+	up.arena_offset = arena - 100;
+	up.length = 512;
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
+			 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(rep.message, "upload source ["));
+	up.arena_offset = 0;
+	up.tensor = 7;
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
+			 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(rep.message, "unknown tensor 7"));
+	up.tensor = MOED_TENSOR_W13;
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0), 0);
+	struct moed_weights_ref ref = { .weights_id = wr.weights_id };
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_COMMIT, &ref, sizeof(ref), &rep, NULL, 0),
+			 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(rep.message, "'raw' is incomplete: w13 has 512 of 512 bytes, w2 0 of 256"));
+	up.tensor = MOED_TENSOR_W2;
+	up.length = 256;
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0), 0);
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_COMMIT, &ref, sizeof(ref), &rep, NULL, 0), 0);
+	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
+			 -EPERM);
+	ck_assert_ptr_nonnull(strstr(rep.message, "'raw' is not open for upload by this client"));
+	ck_assert_int_eq(raw_request(good.sock, MOED_MSG_WEIGHTS_ATTACH, &att, sizeof(att), &rep, NULL, 0), 0);
+	raw_close(&up_c);
 	struct moed_sqe nop = { .opcode = MOED_OP_NOP, .user_data = 42 };
 	raw_submit(&good, &nop);
 	ck_assert_int_eq(raw_reap(&good, &cqe, NULL, 0), 0);
 	ck_assert_int_eq(cqe.status, 0);
 	ck_assert_uint_eq(cqe.user_data, 42);
 	raw_close(&good);
+	ck_assert_int_eq(test_daemon_stop(&daemon_), 0);
+}
+END_TEST
+
+/* An event loop's way to wait: arm the wake-up, poll the completion eventfd, reap. */
+START_TEST(event_loop_wakeup)
+{
+	test_daemon_start(&daemon_, NULL);
+	struct moed_client *c = connect_or_die("event-loop");
+	const int fd = moed_completion_fd(c);
+	ck_assert_int_ge(fd, 0);
+	for (uint64_t i = 0; i < 200; i++) {
+		ck_assert_int_eq(moed_submit_nop(c, &i, 1), 1);
+		struct moed_completion done;
+		int got = 0;
+		while (!got) {
+			if (moed_arm_wakeup(c) == 0) { /* nothing yet: sleep until signalled */
+				struct pollfd p = { .fd = fd, .events = POLLIN };
+				ck_assert_int_eq(poll(&p, 1, 10000), 1); /* a lost wake-up fails here */
+				uint64_t v;
+				ck_assert_int_eq(read(fd, &v, sizeof(v)), (int)sizeof(v));
+			}
+			got = moed_poll(c, &done, 1);
+			ck_assert_int_ge(got, 0);
+		}
+		ck_assert_uint_eq(done.user_data, i);
+		ck_assert_int_eq(done.status, 0);
+	}
+	ck_assert_uint_eq(moed_inflight(c), 0);
+	size_t size;
+	ck_assert_ptr_nonnull(moed_arena_base(c, &size));
+	ck_assert_uint_eq(size, 8 << 20);
+	moed_close(c);
 	ck_assert_int_eq(test_daemon_stop(&daemon_), 0);
 }
 END_TEST
@@ -652,6 +736,7 @@ int main(void)
 	tcase_add_test(tc, withheld_no_combine);
 	tcase_add_test(tc, limits_and_handshake_errors);
 	tcase_add_test(tc, hostile_raw_clients);
+	tcase_add_test(tc, event_loop_wakeup);
 	tcase_add_test(tc, sigkill_one_client);
 	tcase_add_test(tc, sigterm_finishes_inflight_jobs);
 	tcase_set_timeout(tc, 300);
