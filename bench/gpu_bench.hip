@@ -107,6 +107,15 @@ static double now_us(void)
 int main(int argc, char **argv)
 {
 	const int reps = argc > 1 ? atoi(argv[1]) : 30;
+	/* A kernel by name (warp, mma16, mma64, mma128) instead of the plan's, for comparisons. */
+	int forced = -1;
+	for (int k = MOE_GPU_WARP; argc > 2 && k <= MOE_GPU_MMA128; k++)
+		if (!strcmp(argv[2], moe_gpu_kernel_name((enum moe_gpu_kernel)k)))
+			forced = k;
+	if (argc > 2 && forced < 0) {
+		fprintf(stderr, "usage: %s [repetitions [warp|mma16|mma64|mma128]]\n", argv[0]);
+		return 2;
+	}
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
 	CHECK(hipStreamCreateWithFlags(&st, hipStreamNonBlocking));
@@ -166,22 +175,23 @@ int main(int argc, char **argv)
 	printf("card: %s; copy %.2f TB/s (read + written), bf16 matmul %.0f TFLOP/s (cuBLAS); "
 	       "median of %d warm launches\n",
 	       prop.name, bw / 1e12, rate / 1e12, reps);
-	printf("%-14s %5s %9s %9s %9s %7s %9s %8s\n", "model", "M", "floor us", "kernel us", "w/ sort",
-	       "floor/t", "anchor us", "vs anchor");
+	printf("%-14s %5s %9s %9s %9s %7s %9s %8s %s\n", "model", "M", "floor us", "kernel us", "w/ sort",
+	       "floor/t", "anchor us", "vs anchor", "kernel");
 
 	double log_sum = 0, log_small = 0, log_big = 0;
 	int rows = 0, small = 0, big = 0;
 	for (const struct model &md : models) {
 		const size_t w13n = (size_t)md.e * 2 * md.i * md.h, w2n = (size_t)md.e * md.h * md.i;
 		uint16_t *w13, *w2, *x, *out;
-		float *act, *y, *twd;
+		float *y, *twd;
+		void *act;
 		uint32_t *pair_of, *expert_of, *pos_of, *tiles;
 		const uint32_t mmax = ms[6], pmax = mmax * md.k;
 		CHECK(hipMalloc((void **)&w13, w13n * 2));
 		CHECK(hipMalloc((void **)&w2, w2n * 2));
 		CHECK(hipMalloc((void **)&x, (size_t)mmax * md.h * 2));
 		CHECK(hipMalloc((void **)&out, (size_t)mmax * md.h * 2));
-		CHECK(hipMalloc((void **)&act, (size_t)pmax * md.i * 4));
+		CHECK(hipMalloc(&act, (size_t)pmax * md.i * 4));
 		CHECK(hipMalloc((void **)&y, (size_t)pmax * md.h * 4));
 		CHECK(hipMalloc((void **)&twd, (size_t)pmax * 4));
 		CHECK(hipMalloc((void **)&pair_of, (size_t)pmax * 4));
@@ -206,7 +216,14 @@ int main(int argc, char **argv)
 			route(m, md.e, md.k, ids, tw);
 			size_t bad;
 			double t_sort = now_us();
-			moe_route(&rt, ids, pairs, md.e, &bad);
+			moe_route_count(&rt, ids, pairs, md.e, &bad);
+			struct moe_gpu_plan plan = moe_gpu_plan(rt.most_pairs, MOED_GPU_BF16, MOED_GPU_BF16,
+								md.h, md.i);
+			if (forced >= 0)
+				plan.kernel = (enum moe_gpu_kernel)forced,
+				plan.tile = forced == MOE_GPU_WARP ? MOE_GPU_TILE : forced == MOE_GPU_MMA16 ? 16
+					    : forced == MOE_GPU_MMA64 ? 64 : 128;
+			moe_route_cut(&rt, plan.tile);
 			CHECK(hipMemcpyAsync(pair_of, rt.pair_of, pairs * 4, hipMemcpyHostToDevice, st));
 			CHECK(hipMemcpyAsync(expert_of, rt.expert_of, pairs * 4, hipMemcpyHostToDevice, st));
 			CHECK(hipMemcpyAsync(pos_of, rt.pos_of, pairs * 4, hipMemcpyHostToDevice, st));
@@ -218,7 +235,7 @@ int main(int argc, char **argv)
 			memset(&a, 0, sizeof(a));
 			a.tokens = m, a.topk = md.k, a.hidden = md.h, a.inter = md.i, a.experts = md.e;
 			a.io_dtype = MOED_GPU_BF16, a.w_dtype = MOED_GPU_BF16, a.activation = MOED_GPU_SILU;
-			a.gated = 1, a.scale = 1;
+			a.gated = 1, a.scale = 1, a.kernel = plan.kernel;
 			a.x = x, a.topk_weights = twd, a.pair_of = pair_of, a.expert_of = expert_of;
 			a.pos_of = pos_of, a.tiles = rt.ntiles, a.max_tile = rt.max_tile, a.tile_first = tiles;
 			a.tile_count = tiles + rt.ntiles, a.tile_expert = tiles + 2 * rt.ntiles;
@@ -242,8 +259,8 @@ int main(int argc, char **argv)
 			const double flops = 2.0 * pairs * 3 * md.i * md.h;
 			const double floor_us = fmax(bytes / bw, flops / rate) * 1e6;
 			const double ratio = floor_us / kern, anchor = md.anchor_us[mi];
-			printf("%-14s %5u %9.0f %9.0f %9.0f %7.2f %9.0f %7.2fx\n", md.name, m, floor_us, kern,
-			       kern + t_sort, ratio, anchor, anchor / kern);
+			printf("%-14s %5u %9.0f %9.0f %9.0f %7.2f %9.0f %7.2fx %s\n", md.name, m, floor_us, kern,
+			       kern + t_sort, ratio, anchor, anchor / kern, moe_gpu_kernel_name(plan.kernel));
 			log_sum += log(ratio), rows++;
 			if (m <= 64)
 				log_small += log(ratio), small++;

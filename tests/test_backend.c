@@ -316,6 +316,68 @@ START_TEST(every_m_and_topk)
 }
 END_TEST
 
+static uint32_t most_pairs_per_expert(const struct ref_problem *p)
+{
+	uint32_t *n = calloc(p->e, sizeof(uint32_t)), most = 0;
+	for (size_t j = 0; j < (size_t)p->m * p->k; j++)
+		most = ++n[p->ids[j]] > most ? n[p->ids[j]] : most;
+	free(n);
+	return most;
+}
+
+/*
+ * The matrix-unit kernels (NVIDIA) take 16-bit I/O with hidden and intermediate sizes
+ * that are multiples of 8, and are picked by the most pairs any expert has: up to 2 the
+ * warp kernels, then tiles of 16, 64 and 128 pairs. Each round draws sizes that are
+ * multiples of 8 but of no tile (64 k-values, 64 or 128 columns), and an M for each band,
+ * with few experts so that experts hold several tiles. Compared whole where the f64
+ * reference is cheap, else on sampled tokens.
+ */
+START_TEST(matrix_unit_tiles)
+{
+	static const uint32_t ms[] = { 2, 9, 30, 120, 700 };
+	static const uint32_t topks[] = { 1, 2, 8 };
+	uint64_t rng = test_seed() + (uint64_t)_i * 104729;
+	for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
+		const uint8_t dtype = (mi + (size_t)_i) % 2 ? MOED_DTYPE_BF16 : MOED_DTYPE_F16;
+		struct ref_problem p = {
+			.e = (uint32_t)test_rand_range(&rng, 2, 9), .m = ms[mi],
+			.h = 8 * (uint32_t)test_rand_range(&rng, 5, 70), .i = 8 * (uint32_t)test_rand_range(&rng, 3, 50),
+			.k = topks[test_rand_range(&rng, 0, 2)], .gated = test_rand(&rng) % 4 != 0,
+			.io_dtype = dtype, .w_dtype = dtype, .act = (uint8_t)(test_rand(&rng) & 1),
+			.no_combine = test_rand(&rng) & 1,
+			.scale = test_rand(&rng) & 1 ? 1.0f : (float)(0.5 + 2 * test_rand_double(&rng)),
+		};
+		if (p.k > p.e)
+			p.k = p.e;
+		p.router_weight_on_input = p.k == 1 && (test_rand(&rng) & 1);
+		ref_problem_fill(&p, &rng);
+		const uint32_t most = most_pairs_per_expert(&p);
+		if ((double)p.m * p.k * p.h * p.i > 1.5e8) {
+			check_sampled(&p, 1, &rng);
+		} else {
+			struct setup s;
+			struct moed_error err;
+			static const struct moed_kwargs none;
+			setup_make(&s, &p, 1, 0);
+			ck_assert_msg(run(&s, &none, &err) == 0, "run failed: %s", err.msg);
+			double *want = malloc(ref_out_elems(&p) * sizeof(double) + 8);
+			ref_moe(&p, want);
+			double e = ref_rel_error(p.io_dtype, s.arena.base + s.job.output.offset, want,
+						 ref_out_elems(&p));
+			ck_assert_msg(e <= ref_tolerance(p.io_dtype),
+				      "error %.3g > %.3g: M %u K %u E %u H %u I %u dtype %u gated %d "
+				      "no_combine %d rwoi %d act %u, most pairs of one expert %u",
+				      e, ref_tolerance(p.io_dtype), p.m, p.k, p.e, p.h, p.i, p.io_dtype,
+				      p.gated, p.no_combine, p.router_weight_on_input, p.act, most);
+			free(want);
+			setup_free(&s);
+		}
+		ref_problem_free(&p);
+	}
+}
+END_TEST
+
 /* TARGETS.md's shapes: Mixtral and Qwen3 whole, DeepSeek-V3 with 32 of its 256 experts
  * (its full weights would take minutes to draw on the CPU). bf16, as served. */
 START_TEST(model_shapes)
@@ -363,6 +425,7 @@ int main(void)
 #ifdef TEST_GPU
 	tcase_add_loop_test(tc, every_m_and_topk, 0, 3);
 	tcase_add_loop_test(tc, model_shapes, 0, 3);
+	tcase_add_loop_test(tc, matrix_unit_tiles, 0, 4);
 #else
 	tcase_add_test(tc, kwargs_change_how_not_what);
 #endif

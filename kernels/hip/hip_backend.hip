@@ -199,10 +199,12 @@ void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 	w->w13 = w->w2 = NULL;
 }
 
-/* Read the routing once (it lives in shared memory), check it, group pairs by expert. */
-int sort_pairs(struct moed_backend *b, const struct moed_job *job, uint32_t experts,
-	       const struct moed_arena *arena, struct moed_error *err)
+/* Read the routing once (it lives in shared memory), check it, pick the kernels from the
+ * most pairs any expert has, group the pairs by expert into the kernels' tiles. */
+int sort_pairs(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+	       const struct moed_arena *arena, struct moe_gpu_plan *plan, struct moed_error *err)
 {
+	const uint32_t experts = w->shape.num_experts;
 	const size_t pairs = (size_t)job->num_tokens * job->topk;
 	if (pairs > b->host_pairs) {
 		if (!grow(&b->ids, pairs) || !grow(&b->tw_host, pairs))
@@ -212,13 +214,15 @@ int sort_pairs(struct moed_backend *b, const struct moed_job *job, uint32_t expe
 	memcpy(b->ids, arena->base + job->topk_ids.offset, pairs * sizeof(int32_t));
 	memcpy(b->tw_host, arena->base + job->topk_weights.offset, pairs * sizeof(float));
 	size_t bad = 0;
-	int r = moe_route(&b->route, b->ids, pairs, experts, &bad);
+	int r = moe_route_count(&b->route, b->ids, pairs, experts, &bad);
 	if (r == -EINVAL)
 		return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)",
 				      bad / job->topk, bad % job->topk, b->ids[bad], experts);
 	if (r < 0)
 		return moed_error_set(err, r, "out of memory");
-	return 0;
+	*plan = moe_gpu_plan(b->route.most_pairs, job->dtype, w->shape.dtype, job->hidden_size,
+			     w->shape.inter_size);
+	return moe_route_cut(&b->route, plan->tile);
 }
 
 int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
@@ -230,7 +234,8 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	int r;
 	if (m == 0)
 		return 0;
-	if ((r = sort_pairs(b, job, w->shape.num_experts, arena, err)) < 0)
+	struct moe_gpu_plan plan;
+	if ((r = sort_pairs(b, job, w, arena, &plan, err)) < 0)
 		return r;
 	if ((r = ensure(&b->x, m * h * ds, err)) || (r = ensure(&b->tw, pairs * 4, err)) ||
 	    (r = ensure(&b->pair_of, pairs * 4, err)) || (r = ensure(&b->expert_of, pairs * 4, err)) ||
@@ -270,6 +275,7 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	a.no_combine = job->no_combine;
 	a.router_weight_on_input = job->router_weight_on_input;
 	a.scale = job->routed_scaling_factor;
+	a.kernel = plan.kernel;
 	a.x = b->x.p;
 	a.topk_weights = (const float *)b->tw.p;
 	a.pair_of = (const uint32_t *)b->pair_of.p;
@@ -282,7 +288,7 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	a.tile_expert = a.tile_count + rt->ntiles;
 	a.w13 = w->w13;
 	a.w2 = w->w2;
-	a.act = (float *)b->act.p;
+	a.act = b->act.p;
 	a.y = (float *)b->y.p;
 	a.out = b->out.p;
 	e = (hipError_t)moe_gpu_launch(&a, b->stream);

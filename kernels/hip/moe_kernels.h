@@ -12,29 +12,58 @@ extern "C" {
 enum { MOED_GPU_F32 = 0, MOED_GPU_BF16 = 1, MOED_GPU_F16 = 2 };  /* = enum moed_dtype */
 enum { MOED_GPU_SILU = 0, MOED_GPU_GELU = 1 };                    /* = enum moed_activation */
 
-/* Pairs of one expert per tile: each weight row is read once per tile. */
+/* The kernels that can run a job, chosen per job by moe_gpu_plan(). */
+enum moe_gpu_kernel {
+	MOE_GPU_WARP,   /* a warp per (tile, weight row), CUDA cores: few pairs per expert, f32,
+			   rows that are not multiples of 8, and every AMD build for now */
+	MOE_GPU_MMA16,  /* matrix units (NVIDIA mma.sync), tiles of 16 pairs: weight streaming */
+	MOE_GPU_MMA64,  /* matrix units, tiles of 64 pairs */
+	MOE_GPU_MMA128, /* matrix units, tiles of 128 pairs: prefill */
+};
+
+/* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
+
+struct moe_gpu_plan {
+	enum moe_gpu_kernel kernel;
+	uint32_t tile; /* pairs per tile the routing must cut */
+};
+
+/*
+ * Pick the kernel for a job from the most pairs any one expert has and the dtypes and
+ * shapes (the matrix-unit kernels need I/O and weights of one 16-bit dtype, and hidden
+ * and intermediate sizes that are multiples of 8, for 16-byte copies).
+ */
+struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype, uint32_t hidden,
+				 uint32_t inter);
+
+/* The kernel's name, for logs and the benchmark. */
+const char *moe_gpu_kernel_name(enum moe_gpu_kernel k);
 
 struct moe_gpu_args {
 	uint32_t tokens, topk, hidden, inter, experts;
 	int io_dtype, w_dtype, activation, gated, no_combine, router_weight_on_input;
 	float scale;
+	enum moe_gpu_kernel kernel; /* from the plan the routing was cut for */
 	const void *x;             /* [M, H] io_dtype */
 	const float *topk_weights; /* [M, K] */
 	const uint32_t *pair_of;   /* sorted position -> m * K + k */
 	const uint32_t *expert_of; /* sorted position -> expert */
 	const uint32_t *pos_of;    /* m * K + k -> sorted position */
 	uint32_t tiles;
-	uint32_t max_tile;         /* the most pairs in any tile (1..MOE_GPU_TILE) */
+	uint32_t max_tile;         /* the most pairs in any tile */
 	const uint32_t *tile_first, *tile_count, *tile_expert; /* per tile: sorted range, expert */
 	const void *w13, *w2;      /* w_dtype */
-	float *act;                /* [P, I] scratch */
+	void *act;                 /* [P, I] scratch, P * I * 4 bytes: f32, or the 16-bit dtype */
 	float *y;                  /* [P, H] scratch */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 };
 
-/* Queue the three kernels on `stream`; returns the runtime's error code (0 = none). */
+/* Queue the job's kernels on `stream`; returns the runtime's error code (0 = none). */
 int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
+
+/* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch. */
+int moe_gpu_launch_mma(const struct moe_gpu_args *args, void *stream);
 
 #ifdef __cplusplus
 }

@@ -1,64 +1,26 @@
 // SPDX-License-Identifier: MIT
 //
-// Fused-MoE kernels in HIP C++ (NVIDIA through hip_compat.h). This is the first, correct
-// version: (token, slot) pairs are grouped by expert on the host and cut into tiles of
-// up to kTile pairs of one expert, then
+// Fused-MoE kernels in HIP C++ (NVIDIA through hip_compat.h): the warp kernels, the
+// combine, and the per-job choice between them and the matrix-unit kernels (moe_mma.hip).
+// (token, slot) pairs are grouped by expert on the host and cut into tiles of pairs of
+// one expert, then
 //   gate_up: a warp per (tile, row of I): a = act(x . w_gate) * (x . w_up) for each pair
 //            of the tile, so each weight row is read once per tile;
 //   down:    a warp per (tile, row of H): y = a . w2;
 //   combine: a thread per (token, column): the weighted sum over the token's slots, or
 //            the no_combine layout, converted to the I/O dtype.
-// Loads along H and I are coalesced across the warp; accumulation is f32 throughout.
-// The matrix-unit path and the wide-load decode path are the next steps.
+// Loads along H and I are coalesced across the warp (16 bytes a lane where rows allow);
+// accumulation is f32 throughout. These serve few pairs per expert (decode: the weights
+// are streamed once, the rest is free) and every case the matrix units cannot take.
 #include <stdint.h>
 
-#include "hip_compat.h"
-#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-#include <hip/hip_fp16.h>
-#else
-#include <cuda_fp16.h>
-#endif
-
-#include "moe_kernels.h"
+#include "moe_device.h"
 
 namespace {
 
-constexpr int kWarp = 32;
+using namespace moe;
+
 constexpr int kWarpsPerBlock = 8;
-
-__device__ __forceinline__ float bf16_to_f32(uint16_t v)
-{
-	return __uint_as_float((uint32_t)v << 16);
-}
-
-__device__ __forceinline__ uint16_t f32_to_bf16(float f)
-{
-	uint32_t u = __float_as_uint(f);
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40);
-	u += 0x7fffu + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
-}
-
-__device__ __forceinline__ float load(const void *base, size_t i, int dtype)
-{
-	if (dtype == MOED_GPU_F32)
-		return ((const float *)base)[i];
-	uint16_t v = ((const uint16_t *)base)[i];
-	if (dtype == MOED_GPU_BF16)
-		return bf16_to_f32(v);
-	return __half2float(__ushort_as_half(v));
-}
-
-__device__ __forceinline__ void store(void *base, size_t i, int dtype, float v)
-{
-	if (dtype == MOED_GPU_F32)
-		((float *)base)[i] = v;
-	else if (dtype == MOED_GPU_BF16)
-		((uint16_t *)base)[i] = f32_to_bf16(v);
-	else
-		((uint16_t *)base)[i] = __half_as_ushort(__float2half_rn(v));
-}
 
 // Eight consecutive elements from index i (a multiple of 8, 16-byte aligned) in one or
 // two 16-byte loads: the wide loads that keep the memory system busy.
@@ -84,24 +46,6 @@ __device__ __forceinline__ void load8(const void *base, size_t i, int dtype, flo
 			out[2 * k + 1] = __half2float(__ushort_as_half(hi));
 		}
 	}
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-	for (int o = kWarp / 2; o > 0; o /= 2)
-#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-		v += __shfl_xor(v, o, kWarp);
-#else
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-#endif
-	return v;
-}
-
-__device__ __forceinline__ float activate(int act, float g)
-{
-	if (act == MOED_GPU_GELU)
-		return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
-	return g / (1.0f + expf(-g));
 }
 
 // blockIdx.y: tile; blockIdx.x * warps + warp: row of I. kVec: H is a multiple of 8,
@@ -165,7 +109,7 @@ template <bool kVec, int kTile> __global__ void gate_up_kernel(struct moe_gpu_ar
 			const float gs = warp_sum(g[q]), us = warp_sum(u[q]);
 			if (lane == 0) {
 				const float act = activate(a.activation, gs);
-				a.act[(size_t)(first + q) * a.inter + r] = a.gated ? act * us : act;
+				((float *)a.act)[(size_t)(first + q) * a.inter + r] = a.gated ? act * us : act;
 			}
 		}
 	}
@@ -206,7 +150,7 @@ template <bool kVec, int kTile> __global__ void down_kernel(struct moe_gpu_args 
 #pragma unroll
 			for (int q = 0; q < kTile; q++)
 				if (q < (int)n)
-					s[q] += a.act[(size_t)(first + q) * a.inter + i] * w;
+					s[q] += ((const float *)a.act)[(size_t)(first + q) * a.inter + i] * w;
 		}
 	}
 #pragma unroll
@@ -243,6 +187,52 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 	store(a.out, idx, a.io_dtype, s * a.scale);
 }
 
+/* Up to this many pairs per expert the warp kernels stream the weights as fast as the
+ * matrix-unit ones, with less work per byte (measured: bench/RESULTS.md, version 5). */
+constexpr uint32_t kWarpMostPairs = 2;
+
+} // namespace
+
+extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
+					     uint32_t hidden, uint32_t inter)
+{
+	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+	(void)most_pairs, (void)io_dtype, (void)w_dtype, (void)hidden, (void)inter;
+#else
+	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
+			 inter % 8 == 0;
+	if (!mma || most_pairs <= kWarpMostPairs)
+		return p;
+	if (most_pairs <= 16)
+		p.kernel = MOE_GPU_MMA16, p.tile = 16;
+	else if (most_pairs <= 64)
+		p.kernel = MOE_GPU_MMA64, p.tile = 64;
+	else
+		p.kernel = MOE_GPU_MMA128, p.tile = 128;
+#endif
+	return p;
+}
+
+extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
+{
+	switch (k) {
+	case MOE_GPU_WARP: return "warp";
+	case MOE_GPU_MMA16: return "mma16";
+	case MOE_GPU_MMA64: return "mma64";
+	case MOE_GPU_MMA128: return "mma128";
+	}
+	return "?";
+}
+
+namespace {
+
+void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
+{
+	const size_t cells = (size_t)a.tokens * a.hidden;
+	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
+}
+
 } // namespace
 
 extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
@@ -251,6 +241,13 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	hipStream_t s = (hipStream_t)stream;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
+	if (a.kernel != MOE_GPU_WARP) {
+		const int e = moe_gpu_launch_mma(&a, stream);
+		if (e)
+			return e;
+		launch_combine(a, s);
+		return (int)hipGetLastError();
+	}
 	const dim3 block(kWarp * kWarpsPerBlock);
 	const dim3 gu((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
 	const dim3 dn((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
@@ -272,7 +269,6 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 		if (vi) hipLaunchKernelGGL((down_kernel<true, MOE_GPU_TILE>), dn, block, 0, s, a);
 		else hipLaunchKernelGGL((down_kernel<false, MOE_GPU_TILE>), dn, block, 0, s, a);
 	}
-	const size_t cells = (size_t)a.tokens * a.hidden;
-	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
+	launch_combine(a, s);
 	return (int)hipGetLastError();
 }

@@ -15,15 +15,14 @@ static int grow(uint32_t **p, size_t n)
 	return 0;
 }
 
-int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t experts, size_t *bad)
+int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t experts,
+		    size_t *bad)
 {
-	/* Tiles: at most pairs / TILE full ones plus one partial per expert. */
-	const size_t tiles_cap = pairs / MOE_GPU_TILE + experts + 1;
 	if (pairs > r->pairs_cap || experts + 1 > r->experts_cap) {
 		const size_t p = pairs > r->pairs_cap ? pairs : r->pairs_cap;
 		const size_t e = experts + 1 > r->experts_cap ? experts + 1 : r->experts_cap;
 		if (grow(&r->pair_of, p) || grow(&r->expert_of, p) || grow(&r->pos_of, p) ||
-		    grow(&r->counts, e) || grow(&r->tiles, 3 * (p / MOE_GPU_TILE + e)))
+		    grow(&r->counts, e) || grow(&r->tiles, 3 * (p + e + 1)))
 			return -ENOMEM;
 		r->pairs_cap = p;
 		r->experts_cap = e;
@@ -36,17 +35,36 @@ int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t 
 		}
 		r->counts[ids[p] + 1]++;
 	}
-	for (uint32_t e = 0; e < experts; e++)
+	uint32_t used = 0, most = 0;
+	for (uint32_t e = 0; e < experts; e++) {
+		used += r->counts[e + 1] > 0;
+		most = r->counts[e + 1] > most ? r->counts[e + 1] : most;
+	}
+	r->used_experts = used;
+	r->most_pairs = most;
+	r->ids = ids;
+	r->pairs = pairs;
+	r->experts = experts;
+	return 0;
+}
+
+int moe_route_cut(struct moe_routing *r, uint32_t tile)
+{
+	const uint32_t experts = r->experts;
+	if (tile == 0)
+		return -EINVAL;
+	for (uint32_t e = 0; e < experts; e++) /* counts become start positions */
 		r->counts[e + 1] += r->counts[e];
 
-	uint32_t n = 0, used = 0, max_tile = 0;
+	/* Tiles: at most pairs / tile full ones plus one partial per expert. */
+	const size_t tiles_cap = r->pairs / tile + experts + 1;
+	uint32_t n = 0, max_tile = 0;
 	uint32_t *count = r->tiles + tiles_cap, *expert = count + tiles_cap;
 	for (uint32_t e = 0; e < experts; e++) {
-		used += r->counts[e + 1] > r->counts[e];
-		for (uint32_t at = r->counts[e]; at < r->counts[e + 1]; at += MOE_GPU_TILE) {
+		for (uint32_t at = r->counts[e]; at < r->counts[e + 1]; at += tile) {
 			const uint32_t left = r->counts[e + 1] - at;
 			r->tiles[n] = at;
-			count[n] = left < MOE_GPU_TILE ? left : MOE_GPU_TILE;
+			count[n] = left < tile ? left : tile;
 			max_tile = count[n] > max_tile ? count[n] : max_tile;
 			expert[n++] = e;
 		}
@@ -56,12 +74,11 @@ int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t 
 	memmove(r->tiles + 2 * (size_t)n, expert, n * sizeof(uint32_t));
 	r->ntiles = n;
 	r->max_tile = max_tile;
-	r->used_experts = used;
 
-	for (size_t p = 0; p < pairs; p++) {
-		const uint32_t pos = r->counts[ids[p]]++;
+	for (size_t p = 0; p < r->pairs; p++) {
+		const uint32_t pos = r->counts[r->ids[p]]++;
 		r->pair_of[pos] = (uint32_t)p;
-		r->expert_of[pos] = (uint32_t)ids[p];
+		r->expert_of[pos] = (uint32_t)r->ids[p];
 		r->pos_of[p] = pos;
 	}
 	return 0;

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Token sorting for the GPU kernels, on the host: (token, slot) pairs grouped by expert
- * (a stable counting sort), each expert's range cut into tiles of at most MOE_GPU_TILE
- * pairs. Shared by the backend and the GPU benchmark.
+ * (a stable counting sort), each expert's range cut into tiles of at most the kernel's
+ * tile size. Shared by the backend and the GPU benchmark. Two steps, since the kernel
+ * (and so the tile) is chosen from the counts: moe_route_count(), then moe_route_cut().
  */
 #ifndef MOED_HIP_MOE_ROUTING_H
 #define MOED_HIP_MOE_ROUTING_H
@@ -22,17 +23,26 @@ struct moe_routing {
 	uint32_t ntiles;
 	uint32_t max_tile; /* the most pairs in one tile */
 	uint32_t used_experts;
+	uint32_t most_pairs; /* the most pairs of any one expert */
 	/* capacities, private */
 	size_t pairs_cap, experts_cap;
 	uint32_t *counts;
+	const int32_t *ids;
+	size_t pairs;
+	uint32_t experts;
 };
 
 /*
- * Sort `pairs` expert ids (each must lie in [0, experts)). Returns 0, -EINVAL with the
- * offending position in *bad, or -ENOMEM. Buffers grow as needed and are reused.
+ * Count the pairs of each expert among `pairs` expert ids (each must lie in
+ * [0, experts)); sets most_pairs and used_experts. `ids` must stay valid until
+ * moe_route_cut(). Returns 0, -EINVAL with the offending position in *bad, or -ENOMEM.
+ * Buffers grow as needed and are reused.
  */
-int moe_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t experts,
-	      size_t *bad);
+int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t experts,
+		    size_t *bad);
+
+/* Sort the counted pairs by expert and cut each expert's range into tiles of `tile`. */
+int moe_route_cut(struct moe_routing *r, uint32_t tile);
 
 void moe_routing_free(struct moe_routing *r);
 

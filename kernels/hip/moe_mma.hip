@@ -1,0 +1,304 @@
+// SPDX-License-Identifier: MIT
+//
+// The matrix-unit kernels of the fused MoE: NVIDIA mma.sync m16n8k16 (bf16 or f16 in,
+// f32 accumulate) through inline PTX, for sm_80 and later. Both GEMMs multiply rows of
+// activations by rows of weights, each stored with K contiguous, so a tile of either is
+// copied to shared memory as rows of 64 k-values (128 bytes) by cp.async, kStages deep,
+// and read back with ldmatrix, whose 8x8 fragments are what mma wants for a row-major A
+// and a column-major B.
+//   gate_up: block = (tile of BM pairs of one expert, BN rows of w13). For gated experts
+//            each warp's rows are half gate rows and half the matching up rows, so the
+//            epilogue a = act(g) * u needs no exchange between warps. a is written in the
+//            I/O dtype, the down kernel's A operand.
+//   down:    block = (tile, BN rows of w2); writes y (f32) for the combine kernel.
+// Blocks run tiles fastest, so the tiles of one expert share a slice of its weights in L2.
+// Shared-memory rows are XOR-swizzled by 16-byte chunk (chunk ^ row % 8): the eight rows
+// one ldmatrix reads at a given k fall in eight different bank groups.
+// AMD builds compile none of this (MFMA kernels are still to come); the plan never picks
+// these kernels there.
+#include <stdint.h>
+
+#include "moe_device.h"
+
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+
+extern "C" int moe_gpu_launch_mma(const struct moe_gpu_args *, void *)
+{
+	return (int)hipErrorInvalidValue;
+}
+
+#else
+
+namespace {
+
+using namespace moe;
+
+constexpr int kBK = 64; // k-values per stage: one 128-byte row of 16-bit elements
+constexpr int kStages = 3;
+
+// A block tile of BM pairs by BN weight rows, WM x WN warps.
+template <int BM_, int BN_, int WM_, int WN_> struct Shape {
+	static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+	static constexpr int kThreads = WM * WN * kWarp;
+	static constexpr int kWarpRows = BM / WM, kWarpCols = BN / WN;
+	static constexpr int kMT = kWarpRows / 16, kNT = kWarpCols / 8; // mma tiles per warp
+	static constexpr int kRowsPerPass = kThreads / 8;               // 8 chunks of 16 B a row
+	static constexpr int kAPasses = BM / kRowsPerPass, kBPasses = BN / kRowsPerPass;
+	static constexpr int kABytes = BM * kBK * 2;
+	static constexpr int kStageBytes = (BM + BN) * kBK * 2;
+	static constexpr int kSmem = kStages * kStageBytes;
+	static_assert(kNT % 4 == 0, "a warp's rows must split into gate and up halves of 16");
+	static_assert(BM % kRowsPerPass == 0 && BN % kRowsPerPass == 0, "whole copy passes");
+};
+
+using Shape16 = Shape<16, 128, 1, 4>;
+using Shape64 = Shape<64, 128, 2, 2>;
+using Shape128 = Shape<128, 128, 2, 4>;
+
+__device__ __forceinline__ uint32_t smem_address(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// Byte offset of 16-byte chunk `chunk` of tile row `row`.
+__device__ __forceinline__ uint32_t swizzle(int row, int chunk)
+{
+	return (uint32_t)(row * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+// 16 bytes from global to shared memory, or 16 zero bytes where `in_bounds` is false
+// (the source is then not read).
+__device__ __forceinline__ void copy16(uint32_t dst, const void *src, bool in_bounds)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+		     "r"(in_bounds ? 16 : 0));
+}
+
+__device__ __forceinline__ void copy_commit()
+{
+	asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int kPending> __device__ __forceinline__ void copy_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void ldmatrix4(uint32_t r[4], uint32_t address)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(address));
+}
+
+template <bool kBf16> __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+	if (kBf16)
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+		    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+		    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+	else
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+		    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+		    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <bool kBf16> __device__ __forceinline__ uint32_t pack2(float lo, float hi)
+{
+	return kBf16 ? (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16
+		     : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
+}
+
+template <class S, bool kGateUp, bool kBf16>
+__global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
+{
+	extern __shared__ __align__(128) unsigned char smem[];
+	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
+	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
+	const uint32_t tile = blockIdx.x;
+	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile], e = a.tile_expert[tile];
+	const uint32_t K = kGateUp ? a.hidden : a.inter;
+	const uint32_t N = kGateUp ? a.inter : a.hidden; // output columns
+	const bool gated = kGateUp && a.gated;
+	const uint32_t n0 = blockIdx.y * (gated ? S::BN / 2 : S::BN);
+	const uint16_t *w = (const uint16_t *)(kGateUp ? a.w13 : a.w2);
+	const size_t w_rows = kGateUp ? (gated ? 2 * (size_t)a.inter : a.inter) : a.hidden;
+
+	// Every stage, each thread copies the same 16-byte chunk of k of the same rows.
+	const int chunk = tid % 8;
+	const uint32_t kc = (uint32_t)chunk * 8;
+	const uint16_t *a_src[S::kAPasses], *b_src[S::kBPasses];
+#pragma unroll
+	for (int p = 0; p < S::kAPasses; p++) {
+		const uint32_t row = tid / 8 + p * S::kRowsPerPass;
+		a_src[p] = nullptr;
+		if (row < count && kGateUp)
+			a_src[p] = (const uint16_t *)a.x + (size_t)(a.pair_of[first + row] / a.topk) * K + kc;
+		else if (row < count)
+			a_src[p] = (const uint16_t *)a.act + (size_t)(first + row) * K + kc;
+	}
+#pragma unroll
+	for (int p = 0; p < S::kBPasses; p++) {
+		const uint32_t rr = tid / 8 + p * S::kRowsPerPass;
+		uint32_t col = n0 + rr, wrow = col;
+		if (gated) {
+			const uint32_t half = S::kWarpCols / 2, q = rr % S::kWarpCols;
+			col = n0 + rr / S::kWarpCols * half + q % half;
+			wrow = (q >= half ? a.inter : 0) + col;
+		}
+		b_src[p] = col < N ? w + ((size_t)e * w_rows + wrow) * K + kc : nullptr;
+	}
+
+	const uint32_t base = smem_address(smem);
+	auto load_stage = [&](int stage, uint32_t k0) {
+		const uint32_t as = base + stage * S::kStageBytes, bs = as + S::kABytes;
+		const bool k_in = k0 + kc < K;
+#pragma unroll
+		for (int p = 0; p < S::kAPasses; p++) {
+			const bool ok = a_src[p] && k_in;
+			copy16(as + swizzle(tid / 8 + p * S::kRowsPerPass, chunk), ok ? a_src[p] + k0 : w, ok);
+		}
+#pragma unroll
+		for (int p = 0; p < S::kBPasses; p++) {
+			const bool ok = b_src[p] && k_in;
+			copy16(bs + swizzle(tid / 8 + p * S::kRowsPerPass, chunk), ok ? b_src[p] + k0 : w, ok);
+		}
+	};
+
+	float acc[S::kMT][S::kNT][4];
+#pragma unroll
+	for (int mt = 0; mt < S::kMT; mt++)
+#pragma unroll
+		for (int nt = 0; nt < S::kNT; nt++)
+			acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+
+	const uint32_t ktiles = (K + kBK - 1) / kBK;
+#pragma unroll
+	for (int s = 0; s < kStages - 1; s++) {
+		if ((uint32_t)s < ktiles)
+			load_stage(s, s * kBK);
+		copy_commit();
+	}
+	for (uint32_t kt = 0; kt < ktiles; kt++) {
+		copy_wait<kStages - 2>(); // this thread's copies of stage kt have landed...
+		__syncthreads();          // ...and everyone's; stage kt - 1 is free again
+		const uint32_t next = kt + kStages - 1;
+		if (next < ktiles)
+			load_stage(next % kStages, next * kBK);
+		copy_commit();
+		const uint32_t as = base + (kt % kStages) * S::kStageBytes, bs = as + S::kABytes;
+#pragma unroll
+		for (int kk = 0; kk < kBK / 16; kk++) {
+			uint32_t af[S::kMT][4], bf[S::kNT][2];
+#pragma unroll
+			for (int mt = 0; mt < S::kMT; mt++)
+				ldmatrix4(af[mt], as + swizzle(warp_m * S::kWarpRows + mt * 16 + lane % 16,
+							       2 * kk + lane / 16));
+#pragma unroll
+			for (int p = 0; p < S::kNT / 2; p++) {
+				uint32_t r[4];
+				ldmatrix4(r, bs + swizzle(warp_n * S::kWarpCols + p * 16 + lane % 8 + lane / 16 * 8,
+							  2 * kk + lane / 8 % 2));
+				bf[2 * p][0] = r[0], bf[2 * p][1] = r[1];
+				bf[2 * p + 1][0] = r[2], bf[2 * p + 1][1] = r[3];
+			}
+#pragma unroll
+			for (int mt = 0; mt < S::kMT; mt++)
+#pragma unroll
+				for (int nt = 0; nt < S::kNT; nt++)
+					mma<kBf16>(acc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+		}
+	}
+
+	// Accumulator (mt, nt): elements 0, 1 at row lane / 4, columns 2 * (lane % 4) + 0, 1;
+	// elements 2, 3 eight rows further down.
+	const int frag_row = lane / 4, frag_col = lane % 4 * 2;
+#pragma unroll
+	for (int mt = 0; mt < S::kMT; mt++) {
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			const uint32_t row = warp_m * S::kWarpRows + mt * 16 + frag_row + 8 * h;
+			if (row >= count)
+				continue;
+			const size_t pos = first + row;
+			if (!kGateUp) {
+#pragma unroll
+				for (int nt = 0; nt < S::kNT; nt++) {
+					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
+					if (col < N)
+						*(float2 *)(a.y + pos * N + col) =
+							make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+				}
+				continue;
+			}
+			const float s = a.router_weight_on_input ? a.topk_weights[a.pair_of[pos]] : 1.0f;
+			uint32_t *act = (uint32_t *)a.act;
+			if (gated) {
+#pragma unroll
+				for (int nt = 0; nt < S::kNT / 2; nt++) {
+					const uint32_t col = n0 + warp_n * (S::kWarpCols / 2) + nt * 8 + frag_col;
+					const float *g = acc[mt][nt], *u = acc[mt][nt + S::kNT / 2];
+					if (col < N)
+						act[(pos * N + col) / 2] = pack2<kBf16>(
+							activate(a.activation, s * g[2 * h]) * (s * u[2 * h]),
+							activate(a.activation, s * g[2 * h + 1]) * (s * u[2 * h + 1]));
+				}
+			} else {
+#pragma unroll
+				for (int nt = 0; nt < S::kNT; nt++) {
+					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
+					if (col < N)
+						act[(pos * N + col) / 2] =
+							pack2<kBf16>(activate(a.activation, s * acc[mt][nt][2 * h]),
+								     activate(a.activation, s * acc[mt][nt][2 * h + 1]));
+				}
+			}
+		}
+	}
+}
+
+template <class S, bool kBf16> int launch(const struct moe_gpu_args &a, cudaStream_t stream)
+{
+	static bool smem_raised; // the kernels want more than the default 48 KiB of shared memory
+	const auto gate_up = mma_kernel<S, true, kBf16>;
+	const auto down = mma_kernel<S, false, kBf16>;
+	if (!smem_raised) {
+		cudaError_t e = cudaFuncSetAttribute(gate_up, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+		if (e == cudaSuccess)
+			e = cudaFuncSetAttribute(down, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+		if (e != cudaSuccess)
+			return (int)e;
+		smem_raised = true;
+	}
+	const uint32_t gate_cols = a.gated ? S::BN / 2 : S::BN;
+	const dim3 g1(a.tiles, (a.inter + gate_cols - 1) / gate_cols);
+	const dim3 g2(a.tiles, (a.hidden + S::BN - 1) / S::BN);
+	gate_up<<<g1, S::kThreads, S::kSmem, stream>>>(a);
+	down<<<g2, S::kThreads, S::kSmem, stream>>>(a);
+	return (int)cudaGetLastError();
+}
+
+template <bool kBf16> int launch_dtype(const struct moe_gpu_args &a, cudaStream_t stream)
+{
+	switch (a.kernel) {
+	case MOE_GPU_MMA16: return launch<Shape16, kBf16>(a, stream);
+	case MOE_GPU_MMA64: return launch<Shape64, kBf16>(a, stream);
+	case MOE_GPU_MMA128: return launch<Shape128, kBf16>(a, stream);
+	default: return (int)cudaErrorInvalidValue;
+	}
+}
+
+} // namespace
+
+extern "C" int moe_gpu_launch_mma(const struct moe_gpu_args *args, void *stream)
+{
+	const struct moe_gpu_args &a = *args;
+	if (a.io_dtype != a.w_dtype || a.io_dtype == MOED_GPU_F32 || a.hidden % 8 || a.inter % 8)
+		return (int)cudaErrorInvalidValue;
+	return a.io_dtype == MOED_GPU_BF16 ? launch_dtype<true>(a, (cudaStream_t)stream)
+					   : launch_dtype<false>(a, (cudaStream_t)stream);
+}
+
+#endif
