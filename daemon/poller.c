@@ -16,6 +16,7 @@
 #include "log.h"
 #include "notify.h"
 #include "poller.h"
+#include "sd.h"
 
 /* Entries taken from one client per round; a MoE job ends its client's turn. */
 #define ROUND_BATCH 32u
@@ -31,6 +32,7 @@ struct moed_poller {
 	unsigned changes;               /* atomic: sessions were added or died since the last look */
 	unsigned round_queued;          /* poller thread: entries seen this round */
 	bool drain_started;             /* poller thread: drain budgets are set */
+	bool backend_lost;              /* poller thread: the backend reported a lost device */
 	struct moed_session **sessions; /* poller thread only */
 	unsigned n, cap, rr;
 	int stop; /* atomic */
@@ -135,6 +137,12 @@ static int run_moe(struct moed_poller *p, struct moed_session *s, const struct m
 	if (r == 0 && job->num_tokens)
 		r = d->ops->run(d->backend, job, &w->w, &p->kwargs, &s->arena, err);
 	moed_weights_put(&d->weights, w);
+	if (r == -ENOTRECOVERABLE && !p->backend_lost) {
+		/* Said once, loudly: every later job fails the same way until a restart. */
+		p->backend_lost = true;
+		log_err("backend %s lost its device: %s", d->ops->name, err->msg);
+		moed_sd_status("backend %s lost its device: restart moed", d->ops->name);
+	}
 	return r;
 }
 

@@ -57,7 +57,11 @@ struct moed_backend_ops {
 	int (*weights_write)(struct moed_backend *b, struct moed_weights *w, unsigned tensor,
 			     uint64_t offset, const void *src, uint64_t len, struct moed_error *err);
 	void (*weights_free)(struct moed_backend *b, struct moed_weights *w);
-	/* Run one validated job to completion. 0 or a negative errno with err set. */
+	/*
+	 * Run one validated job to completion. 0 or a negative errno with err set.
+	 * -ENOTRECOVERABLE: the device is lost (a kernel fault); this job and every later one
+	 * fail so, and only a restart of the daemon brings the backend back.
+	 */
 	int (*run)(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
 		   const struct moed_kwargs *kwargs, const struct moed_arena *arena,
 		   struct moed_error *err);

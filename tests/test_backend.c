@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "backend_setup.h"
 #include "check_run.h"
 #include "helpers.h"
 #include "moe_ref.h"
@@ -23,76 +24,6 @@
 #ifndef TEST_BACKEND
 #define TEST_BACKEND "cpu"
 #endif
-static const struct moed_backend_ops *ops;
-
-struct setup {
-	struct moed_backend *b;
-	struct moed_weights w;
-	struct moed_arena arena;
-	struct moed_job job;
-};
-
-/* Upload a problem's weights and lay its tensors out in a fresh arena. */
-static void setup_make(struct setup *s, const struct ref_problem *p, unsigned threads,
-		       uint32_t withhold)
-{
-	struct moed_error err;
-	const struct moed_backend_config cfg = { .threads = threads, .withhold = withhold };
-	ck_assert_msg(ops->create(&cfg, &s->b, &err) == 0, "create: %s", err.msg);
-
-	s->w = (struct moed_weights){ .shape = { .num_experts = p->e, .hidden_size = p->h,
-						 .inter_size = p->i, .dtype = p->w_dtype,
-						 .gated = p->gated } };
-	ck_assert_int_eq(ops->weights_alloc(s->b, &s->w, &err), 0);
-	/* Upload in uneven chunks, as a client would through its arena. */
-	for (unsigned t = 0; t < 2; t++) {
-		uint64_t size = t ? s->w.w2_bytes : s->w.w13_bytes, at = 0;
-		const unsigned char *src = t ? p->w2 : p->w13;
-		const uint64_t chunk = size < (1u << 20) ? 1000 : UINT64_C(64) << 20; /* uneven when small */
-		while (at < size) {
-			uint64_t n = size - at < chunk ? size - at : chunk;
-			ck_assert_int_eq(ops->weights_write(s->b, &s->w, t, at, src + at, n, &err), 0);
-			at += n;
-		}
-	}
-
-	const size_t ds = ref_dtype_size(p->io_dtype), pairs = (size_t)p->m * p->k;
-	const size_t xb = (size_t)p->m * p->h * ds, ob = ref_out_elems(p) * ds;
-	s->arena.size = (xb + pairs * 8 + ob + 4096) / 64 * 64 + 64;
-	s->arena.base = malloc(s->arena.size);
-	uint64_t at = 0;
-	s->job = (struct moed_job){
-		.opcode = MOED_OP_MOE, .dtype = p->io_dtype, .activation = p->act,
-		.no_combine = p->no_combine, .router_weight_on_input = p->router_weight_on_input,
-		.gated = p->gated, .num_tokens = p->m, .topk = p->k, .hidden_size = p->h,
-		.routed_scaling_factor = p->scale,
-	};
-	s->job.hidden = (struct moed_buf){ at, xb };
-	memcpy(s->arena.base + at, p->x, xb);
-	at += (xb + 63) / 64 * 64;
-	s->job.topk_ids = (struct moed_buf){ at, pairs * 4 };
-	memcpy(s->arena.base + at, p->ids, pairs * 4);
-	at += (pairs * 4 + 63) / 64 * 64;
-	s->job.topk_weights = (struct moed_buf){ at, pairs * 4 };
-	memcpy(s->arena.base + at, p->tw, pairs * 4);
-	at += (pairs * 4 + 63) / 64 * 64;
-	s->job.output = (struct moed_buf){ at, ob };
-	ref_poison(s->arena.base + at, ob);
-}
-
-static void setup_free(struct setup *s)
-{
-	ops->weights_free(s->b, &s->w);
-	ops->destroy(s->b);
-	free(s->arena.base);
-}
-
-static int run(struct setup *s, const struct moed_kwargs *kw, struct moed_error *err)
-{
-	int r = moed_backend_admit(ops, s->b, &s->job, &s->w.shape, err);
-	return r ? r : ops->run(s->b, &s->job, &s->w, kw, &s->arena, err);
-}
-
 static void random_problem(struct ref_problem *p, uint64_t *rng)
 {
 	static const uint32_t topks[] = { 1, 2, 8 };
@@ -144,14 +75,6 @@ START_TEST(matches_reference)
 	}
 }
 END_TEST
-
-/* A small fixed problem for the error cases. */
-static void small_problem(struct ref_problem *p, uint64_t *rng)
-{
-	*p = (struct ref_problem){ .e = 4, .h = 16, .i = 8, .m = 3, .k = 2, .gated = true,
-				   .scale = 1.0f };
-	ref_problem_fill(p, rng);
-}
 
 START_TEST(expert_ids_out_of_range)
 {
@@ -327,8 +250,8 @@ static uint32_t most_pairs_per_expert(const struct ref_problem *p)
 
 /*
  * The matrix-unit kernels (NVIDIA) take 16-bit I/O with hidden and intermediate sizes
- * that are multiples of 8, and are picked by the most pairs any expert has: up to 2 the
- * warp kernels, then tiles of 16, 64 and 128 pairs. Each round draws sizes that are
+ * that are multiples of 8, in tiles of 16, 64 or 128 pairs picked by the most pairs any
+ * expert has (and K split for small down GEMMs). Each round draws sizes that are
  * multiples of 8 but of no tile (64 k-values, 64 or 128 columns), and an M for each band,
  * with few experts so that experts hold several tiles. Compared whole where the f64
  * reference is cheap, else on sampled tokens.
@@ -342,7 +265,8 @@ START_TEST(matrix_unit_tiles)
 		const uint8_t dtype = (mi + (size_t)_i) % 2 ? MOED_DTYPE_BF16 : MOED_DTYPE_F16;
 		struct ref_problem p = {
 			.e = (uint32_t)test_rand_range(&rng, 2, 9), .m = ms[mi],
-			.h = 8 * (uint32_t)test_rand_range(&rng, 5, 70), .i = 8 * (uint32_t)test_rand_range(&rng, 3, 50),
+			.h = 8 * (uint32_t)test_rand_range(&rng, 5, 70),
+			.i = 8 * (uint32_t)test_rand_range(&rng, 3, 96),
 			.k = topks[test_rand_range(&rng, 0, 2)], .gated = test_rand(&rng) % 4 != 0,
 			.io_dtype = dtype, .w_dtype = dtype, .act = (uint8_t)(test_rand(&rng) & 1),
 			.no_combine = test_rand(&rng) & 1,

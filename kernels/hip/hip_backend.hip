@@ -4,7 +4,10 @@
 // dlopen, so that the daemon itself links no GPU runtime. Weights live in device memory
 // once for all clients; a job's inputs are copied in, its kernels run on the backend's
 // stream, its output is copied back, and the job completes when the stream has drained.
-// Runtime errors become the job's error with the runtime's message.
+// Runtime errors become the job's error with the runtime's message. An error that the
+// device keeps returning (a kernel fault: the context is lost) fails this job and every
+// later one with -ENOTRECOVERABLE, which the daemon reports; only a restart recovers.
+// MOED_HIP_INJECT_FAULT=1 in the environment makes the first job trap, for that test.
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,14 +35,18 @@ struct dbuf {
 struct moed_backend {
 	int device;
 	hipStream_t stream;
+	hipError_t lost;   /* the sticky error that lost the device, or hipSuccess */
+	bool inject_fault; /* trap in the next job (the fault-handling test) */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
-	dbuf x, tw, pair_of, expert_of, pos_of, act, y, out, tiles;
-	/* host side: private copies of a job's routing, and its sorted order */
+	dbuf x, routing, act, y, out;
+	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
+	 * buffer the sorted routing is packed into for one asynchronous copy */
 	int32_t *ids;
-	float *tw_host;
 	size_t host_pairs;
 	struct moe_routing route;
+	void *stage;
+	size_t stage_cap;
 };
 
 namespace {
@@ -61,6 +68,21 @@ int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 	if (e != hipSuccess)
 		return gpu_error(err, e, "allocation of scratch memory");
 	b->cap = bytes;
+	return 0;
+}
+
+int ensure_stage(struct moed_backend *b, size_t bytes, struct moed_error *err)
+{
+	if (bytes <= b->stage_cap)
+		return 0;
+	if (b->stage)
+		(void)hipHostFree(b->stage);
+	b->stage = NULL;
+	b->stage_cap = 0;
+	hipError_t e = hipHostMalloc(&b->stage, bytes, hipHostMallocDefault);
+	if (e != hipSuccess)
+		return gpu_error(err, e, "allocation of pinned host memory");
+	b->stage_cap = bytes;
 	return 0;
 }
 
@@ -111,6 +133,8 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 		   MOED_CAP_NOT_GATED) & ~cfg->withhold;
 	b->schema.specs = NULL;
 	b->schema.count = 0;
+	const char *inject = getenv("MOED_HIP_INJECT_FAULT");
+	b->inject_fault = inject && !strcmp(inject, "1");
 	*out = b;
 	return 0;
 }
@@ -119,13 +143,13 @@ void hip_destroy(struct moed_backend *b)
 {
 	if (!b)
 		return;
-	dbuf *all[] = { &b->x, &b->tw, &b->pair_of, &b->expert_of, &b->pos_of, &b->act, &b->y, &b->out,
-			&b->tiles };
+	dbuf *all[] = { &b->x, &b->routing, &b->act, &b->y, &b->out };
 	for (dbuf *d : all)
 		release(d);
 	(void)hipStreamDestroy(b->stream);
+	if (b->stage)
+		(void)hipHostFree(b->stage);
 	free(b->ids);
-	free(b->tw_host);
 	moe_routing_free(&b->route);
 	free(b);
 }
@@ -207,12 +231,11 @@ int sort_pairs(struct moed_backend *b, const struct moed_job *job, const struct 
 	const uint32_t experts = w->shape.num_experts;
 	const size_t pairs = (size_t)job->num_tokens * job->topk;
 	if (pairs > b->host_pairs) {
-		if (!grow(&b->ids, pairs) || !grow(&b->tw_host, pairs))
+		if (!grow(&b->ids, pairs))
 			return moed_error_set(err, -ENOMEM, "out of memory");
 		b->host_pairs = pairs;
 	}
 	memcpy(b->ids, arena->base + job->topk_ids.offset, pairs * sizeof(int32_t));
-	memcpy(b->tw_host, arena->base + job->topk_weights.offset, pairs * sizeof(float));
 	size_t bad = 0;
 	int r = moe_route_count(&b->route, b->ids, pairs, experts, &bad);
 	if (r == -EINVAL)
@@ -225,8 +248,8 @@ int sort_pairs(struct moed_backend *b, const struct moed_job *job, const struct 
 	return moe_route_cut(&b->route, plan->tile);
 }
 
-int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
-	    const struct moed_kwargs *, const struct moed_arena *arena, struct moed_error *err)
+int run_job(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+	    const struct moed_arena *arena, struct moed_error *err)
 {
 	const size_t m = job->num_tokens, k = job->topk, pairs = m * k;
 	const size_t h = job->hidden_size, i = w->shape.inter_size;
@@ -237,27 +260,19 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	struct moe_gpu_plan plan;
 	if ((r = sort_pairs(b, job, w, arena, &plan, err)) < 0)
 		return r;
-	if ((r = ensure(&b->x, m * h * ds, err)) || (r = ensure(&b->tw, pairs * 4, err)) ||
-	    (r = ensure(&b->pair_of, pairs * 4, err)) || (r = ensure(&b->expert_of, pairs * 4, err)) ||
-	    (r = ensure(&b->pos_of, pairs * 4, err)) || (r = ensure(&b->act, pairs * i * 4, err)) ||
-	    (r = ensure(&b->y, pairs * h * 4, err)) || (r = ensure(&b->out, job->output.length, err)) ||
-	    (r = ensure(&b->tiles, 3 * (size_t)b->route.ntiles * 4, err)))
-		return r;
 	const struct moe_routing *rt = &b->route;
+	const size_t routing_bytes = moe_route_packed_bytes(rt);
+	if ((r = ensure(&b->x, m * h * ds, err)) || (r = ensure(&b->routing, routing_bytes, err)) ||
+	    (r = ensure(&b->act, pairs * i * 4, err)) || (r = ensure(&b->y, pairs * h * 4, err)) ||
+	    (r = ensure(&b->out, job->output.length, err)) || (r = ensure_stage(b, routing_bytes, err)))
+		return r;
+	/* The stage is free: the previous job's copy finished before that job completed. */
+	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), b->stage);
 
 	hipError_t e = hipMemcpyAsync(b->x.p, arena->base + job->hidden.offset, m * h * ds,
 				      hipMemcpyHostToDevice, b->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->tw.p, b->tw_host, pairs * 4, hipMemcpyHostToDevice, b->stream);
-	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->pair_of.p, rt->pair_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
-	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->expert_of.p, rt->expert_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
-	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->pos_of.p, rt->pos_of, pairs * 4, hipMemcpyHostToDevice, b->stream);
-	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->tiles.p, rt->tiles, 3 * (size_t)rt->ntiles * 4, hipMemcpyHostToDevice,
-				   b->stream);
+		e = hipMemcpyAsync(b->routing.p, b->stage, routing_bytes, hipMemcpyHostToDevice, b->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
 
@@ -277,13 +292,12 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	a.scale = job->routed_scaling_factor;
 	a.kernel = plan.kernel;
 	a.x = b->x.p;
-	a.topk_weights = (const float *)b->tw.p;
-	a.pair_of = (const uint32_t *)b->pair_of.p;
-	a.expert_of = (const uint32_t *)b->expert_of.p;
-	a.pos_of = (const uint32_t *)b->pos_of.p;
+	a.topk_weights = MOE_ROUTE_WEIGHTS(b->routing.p, rt);
+	a.pair_of = MOE_ROUTE_PAIR_OF(b->routing.p, rt);
+	a.pos_of = MOE_ROUTE_POS_OF(b->routing.p, rt);
 	a.tiles = rt->ntiles;
 	a.max_tile = rt->max_tile;
-	a.tile_first = (const uint32_t *)b->tiles.p;
+	a.tile_first = MOE_ROUTE_TILES(b->routing.p, rt);
 	a.tile_count = a.tile_first + rt->ntiles;
 	a.tile_expert = a.tile_count + rt->ntiles;
 	a.w13 = w->w13;
@@ -301,6 +315,40 @@ int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moe
 	if (e != hipSuccess)
 		return gpu_error(err, e, "job");
 	return 0;
+}
+
+/*
+ * After a failed job: a fault that the device keeps reporting (illegal address, trap,
+ * hardware error) has lost the context, while a one-off error (a bad launch) is cleared
+ * by reading it. Synchronising tells them apart.
+ */
+int check_lost(struct moed_backend *b, int r, struct moed_error *err)
+{
+	(void)hipGetLastError();
+	const hipError_t e = hipDeviceSynchronize();
+	if (e == hipSuccess)
+		return r;
+	b->lost = e;
+	return moed_error_set(err, -ENOTRECOVERABLE,
+			      "GPU fault: %s; the device is lost to this daemon, every later job fails "
+			      "until moed restarts", hipGetErrorString(e));
+}
+
+int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+	    const struct moed_kwargs *, const struct moed_arena *arena, struct moed_error *err)
+{
+	if (b->lost != hipSuccess)
+		return moed_error_set(err, -ENOTRECOVERABLE,
+				      "the GPU faulted earlier (%s): no job can run until moed restarts",
+				      hipGetErrorString(b->lost));
+	if (b->inject_fault) {
+		b->inject_fault = false;
+		const hipError_t e = (hipError_t)moe_gpu_inject_fault(b->stream);
+		if (e != hipSuccess)
+			return check_lost(b, gpu_error(err, e, "fault injection"), err);
+	}
+	const int r = run_job(b, job, w, arena, err);
+	return r < 0 ? check_lost(b, r, err) : r;
 }
 
 } // namespace

@@ -14,8 +14,8 @@ enum { MOED_GPU_SILU = 0, MOED_GPU_GELU = 1 };                    /* = enum moed
 
 /* The kernels that can run a job, chosen per job by moe_gpu_plan(). */
 enum moe_gpu_kernel {
-	MOE_GPU_WARP,   /* a warp per (tile, weight row), CUDA cores: few pairs per expert, f32,
-			   rows that are not multiples of 8, and every AMD build for now */
+	MOE_GPU_WARP,   /* a warp per (tile, weight row), CUDA cores: f32, rows that are not
+			   multiples of 8, and every AMD build for now */
 	MOE_GPU_MMA16,  /* matrix units (NVIDIA mma.sync), tiles of 16 pairs: weight streaming */
 	MOE_GPU_MMA64,  /* matrix units, tiles of 64 pairs */
 	MOE_GPU_MMA128, /* matrix units, tiles of 128 pairs: prefill */
@@ -48,7 +48,6 @@ struct moe_gpu_args {
 	const void *x;             /* [M, H] io_dtype */
 	const float *topk_weights; /* [M, K] */
 	const uint32_t *pair_of;   /* sorted position -> m * K + k */
-	const uint32_t *expert_of; /* sorted position -> expert */
 	const uint32_t *pos_of;    /* m * K + k -> sorted position */
 	uint32_t tiles;
 	uint32_t max_tile;         /* the most pairs in any tile */
@@ -61,6 +60,9 @@ struct moe_gpu_args {
 
 /* Queue the job's kernels on `stream`; returns the runtime's error code (0 = none). */
 int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
+
+/* Queue a kernel that traps, losing the device: for the test of fault handling only. */
+int moe_gpu_inject_fault(void *stream);
 
 /* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch. */
 int moe_gpu_launch_mma(const struct moe_gpu_args *args, void *stream);

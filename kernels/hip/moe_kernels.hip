@@ -187,10 +187,6 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 	store(a.out, idx, a.io_dtype, s * a.scale);
 }
 
-/* Up to this many pairs per expert the warp kernels stream the weights as fast as the
- * matrix-unit ones, with less work per byte (measured: bench/RESULTS.md, version 5). */
-constexpr uint32_t kWarpMostPairs = 2;
-
 } // namespace
 
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
@@ -202,7 +198,9 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 #else
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
-	if (!mma || most_pairs <= kWarpMostPairs)
+	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
+	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
+	if (!mma)
 		return p;
 	if (most_pairs <= 16)
 		p.kernel = MOE_GPU_MMA16, p.tile = 16;
@@ -270,5 +268,24 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 		else hipLaunchKernelGGL((down_kernel<false, MOE_GPU_TILE>), dn, block, 0, s, a);
 	}
 	launch_combine(a, s);
+	return (int)hipGetLastError();
+}
+
+namespace {
+
+__global__ void trap_kernel()
+{
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+	__builtin_trap();
+#else
+	__trap();
+#endif
+}
+
+} // namespace
+
+extern "C" int moe_gpu_inject_fault(void *stream)
+{
+	hipLaunchKernelGGL(trap_kernel, dim3(1), dim3(1), 0, (hipStream_t)stream);
 	return (int)hipGetLastError();
 }

@@ -3,14 +3,15 @@
 // The matrix-unit kernels of the fused MoE: NVIDIA mma.sync m16n8k16 (bf16 or f16 in,
 // f32 accumulate) through inline PTX, for sm_80 and later. Both GEMMs multiply rows of
 // activations by rows of weights, each stored with K contiguous, so a tile of either is
-// copied to shared memory as rows of 64 k-values (128 bytes) by cp.async, kStages deep,
+// copied to shared memory as rows of 64 k-values (128 bytes) by cp.async, 3 to 5 deep,
 // and read back with ldmatrix, whose 8x8 fragments are what mma wants for a row-major A
 // and a column-major B.
 //   gate_up: block = (tile of BM pairs of one expert, BN rows of w13). For gated experts
 //            each warp's rows are half gate rows and half the matching up rows, so the
 //            epilogue a = act(g) * u needs no exchange between warps. a is written in the
 //            I/O dtype, the down kernel's A operand.
-//   down:    block = (tile, BN rows of w2); writes y (f32) for the combine kernel.
+//   down:    block = (tile, BN rows of w2[, part of K]); writes y (f32) for the combine
+//            kernel, or adds into it where K is split to fill the GPU.
 // Blocks run tiles fastest, so the tiles of one expert share a slice of its weights in L2.
 // Shared-memory rows are XOR-swizzled by 16-byte chunk (chunk ^ row % 8): the eight rows
 // one ldmatrix reads at a given k fall in eight different bank groups.
@@ -34,11 +35,10 @@ namespace {
 using namespace moe;
 
 constexpr int kBK = 64; // k-values per stage: one 128-byte row of 16-bit elements
-constexpr int kStages = 3;
 
-// A block tile of BM pairs by BN weight rows, WM x WN warps.
-template <int BM_, int BN_, int WM_, int WN_> struct Shape {
-	static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+// A block tile of BM pairs by BN weight rows, WM x WN warps, copies kStages deep.
+template <int BM_, int BN_, int WM_, int WN_, int kStages_> struct Shape {
+	static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, kStages = kStages_;
 	static constexpr int kThreads = WM * WN * kWarp;
 	static constexpr int kWarpRows = BM / WM, kWarpCols = BN / WN;
 	static constexpr int kMT = kWarpRows / 16, kNT = kWarpCols / 8; // mma tiles per warp
@@ -51,9 +51,11 @@ template <int BM_, int BN_, int WM_, int WN_> struct Shape {
 	static_assert(BM % kRowsPerPass == 0 && BN % kRowsPerPass == 0, "whole copy passes");
 };
 
-using Shape16 = Shape<16, 128, 1, 4>;
-using Shape64 = Shape<64, 128, 2, 2>;
-using Shape128 = Shape<128, 128, 2, 4>;
+// Few pairs (weight streaming): more stages, more bytes in flight per block. Many pairs:
+// 64 x 64 warp tiles, which read half the shared memory per mma of 64 x 32 ones.
+using Shape16 = Shape<16, 128, 1, 4, 5>;
+using Shape64 = Shape<64, 128, 2, 2, 4>;
+using Shape128 = Shape<128, 128, 2, 2, 3>;
 
 __device__ __forceinline__ uint32_t smem_address(const void *p)
 {
@@ -174,11 +176,15 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		for (int nt = 0; nt < S::kNT; nt++)
 			acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
 
-	const uint32_t ktiles = (K + kBK - 1) / kBK;
+	// Split K (blockIdx.z of gridDim.z, the down GEMM only): this block's run of k-tiles.
+	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
+	const uint32_t kt0 = blockIdx.z * per;
+	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
+	constexpr int kStages = S::kStages;
 #pragma unroll
 	for (int s = 0; s < kStages - 1; s++) {
 		if ((uint32_t)s < ktiles)
-			load_stage(s, s * kBK);
+			load_stage(s, (kt0 + s) * kBK);
 		copy_commit();
 	}
 	for (uint32_t kt = 0; kt < ktiles; kt++) {
@@ -186,7 +192,7 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		__syncthreads();          // ...and everyone's; stage kt - 1 is free again
 		const uint32_t next = kt + kStages - 1;
 		if (next < ktiles)
-			load_stage(next % kStages, next * kBK);
+			load_stage(next % kStages, (kt0 + next) * kBK);
 		copy_commit();
 		const uint32_t as = base + (kt % kStages) * S::kStageBytes, bs = as + S::kABytes;
 #pragma unroll
@@ -227,9 +233,15 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 #pragma unroll
 				for (int nt = 0; nt < S::kNT; nt++) {
 					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
-					if (col < N)
-						*(float2 *)(a.y + pos * N + col) =
-							make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+					if (col >= N)
+						continue;
+					float *y = a.y + pos * N + col;
+					if (gridDim.z > 1) { // partial sums over K: y was zeroed
+						atomicAdd(y, acc[mt][nt][2 * h]);
+						atomicAdd(y + 1, acc[mt][nt][2 * h + 1]);
+					} else {
+						*(float2 *)y = make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+					}
 				}
 				continue;
 			}
@@ -259,6 +271,14 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	}
 }
 
+int sm_count()
+{
+	static int sms; // device 0, the backend's
+	if (!sms && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess)
+		sms = 132;
+	return sms;
+}
+
 template <class S, bool kBf16> int launch(const struct moe_gpu_args &a, cudaStream_t stream)
 {
 	static bool smem_raised; // the kernels want more than the default 48 KiB of shared memory
@@ -274,7 +294,19 @@ template <class S, bool kBf16> int launch(const struct moe_gpu_args &a, cudaStre
 	}
 	const uint32_t gate_cols = a.gated ? S::BN / 2 : S::BN;
 	const dim3 g1(a.tiles, (a.inter + gate_cols - 1) / gate_cols);
-	const dim3 g2(a.tiles, (a.hidden + S::BN - 1) / S::BN);
+	// A down GEMM of few blocks (few tiles, small H) would leave SMs idle: split its K
+	// (= I) over more blocks, each of at least 4 k-tiles, adding into a zeroed y.
+	const uint32_t blocks = a.tiles * ((a.hidden + S::BN - 1) / S::BN), want = 2 * sm_count();
+	uint32_t splits = blocks >= want ? 1 : (want + blocks - 1) / blocks;
+	const uint32_t most = (a.inter / kBK) / 4;
+	splits = splits > most ? (most ? most : 1) : splits;
+	splits = splits > 8 ? 8 : splits;
+	const dim3 g2(a.tiles, (a.hidden + S::BN - 1) / S::BN, splits);
+	if (splits > 1) {
+		const cudaError_t e = cudaMemsetAsync(a.y, 0, (size_t)a.tokens * a.topk * a.hidden * 4, stream);
+		if (e != cudaSuccess)
+			return (int)e;
+	}
 	gate_up<<<g1, S::kThreads, S::kSmem, stream>>>(a);
 	down<<<g2, S::kThreads, S::kSmem, stream>>>(a);
 	return (int)cudaGetLastError();

@@ -21,7 +21,7 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 	if (pairs > r->pairs_cap || experts + 1 > r->experts_cap) {
 		const size_t p = pairs > r->pairs_cap ? pairs : r->pairs_cap;
 		const size_t e = experts + 1 > r->experts_cap ? experts + 1 : r->experts_cap;
-		if (grow(&r->pair_of, p) || grow(&r->expert_of, p) || grow(&r->pos_of, p) ||
+		if (grow(&r->pair_of, p) || grow(&r->pos_of, p) ||
 		    grow(&r->counts, e) || grow(&r->tiles, 3 * (p + e + 1)))
 			return -ENOMEM;
 		r->pairs_cap = p;
@@ -78,16 +78,29 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile)
 	for (size_t p = 0; p < r->pairs; p++) {
 		const uint32_t pos = r->counts[r->ids[p]]++;
 		r->pair_of[pos] = (uint32_t)p;
-		r->expert_of[pos] = (uint32_t)r->ids[p];
 		r->pos_of[p] = pos;
 	}
 	return 0;
 }
 
+size_t moe_route_packed_bytes(const struct moe_routing *r)
+{
+	return (3 * r->pairs + 3 * (size_t)r->ntiles) * sizeof(uint32_t);
+}
+
+void moe_route_pack(const struct moe_routing *r, const float *topk_weights, void *dst)
+{
+	unsigned char *d = (unsigned char *)dst;
+	const size_t p = r->pairs * sizeof(uint32_t);
+	memcpy(d, r->pair_of, p);
+	memcpy(d + p, r->pos_of, p);
+	memcpy(d + 2 * p, topk_weights, p);
+	memcpy(d + 3 * p, r->tiles, 3 * (size_t)r->ntiles * sizeof(uint32_t));
+}
+
 void moe_routing_free(struct moe_routing *r)
 {
 	free(r->pair_of);
-	free(r->expert_of);
 	free(r->pos_of);
 	free(r->tiles);
 	free(r->counts);

@@ -17,7 +17,6 @@ extern "C" {
 
 struct moe_routing {
 	uint32_t *pair_of;   /* [pairs] sorted position -> pair (m * K + k) */
-	uint32_t *expert_of; /* [pairs] sorted position -> expert */
 	uint32_t *pos_of;    /* [pairs] pair -> sorted position */
 	uint32_t *tiles;     /* [3 * ntiles]: first positions, then counts, then experts */
 	uint32_t ntiles;
@@ -43,6 +42,20 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 
 /* Sort the counted pairs by expert and cut each expert's range into tiles of `tile`. */
 int moe_route_cut(struct moe_routing *r, uint32_t tile);
+
+/*
+ * Everything the kernels read about a job's routing, in one buffer for one copy to the
+ * device (from pinned memory, an asynchronous DMA): pair_of, pos_of and the topk
+ * weights ([pairs] each), then the tile table (first, count, expert: [ntiles] each).
+ */
+size_t moe_route_packed_bytes(const struct moe_routing *r);
+void moe_route_pack(const struct moe_routing *r, const float *topk_weights, void *dst);
+
+/* The kernels' pointers into a packed copy at `dev` (see moe_route_pack). */
+#define MOE_ROUTE_PAIR_OF(dev, r) ((const uint32_t *)(dev))
+#define MOE_ROUTE_POS_OF(dev, r) ((const uint32_t *)(dev) + (r)->pairs)
+#define MOE_ROUTE_WEIGHTS(dev, r) ((const float *)(dev) + 2 * (r)->pairs)
+#define MOE_ROUTE_TILES(dev, r) ((const uint32_t *)(dev) + 3 * (r)->pairs)
 
 void moe_routing_free(struct moe_routing *r);
 

@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: MIT */
+/* A backend called directly by a test: weights uploaded, a job laid out in an arena. */
+#ifndef MOED_TESTS_BACKEND_SETUP_H
+#define MOED_TESTS_BACKEND_SETUP_H
+
+#include "backend.h"
+#include "moe_ref.h"
+
+/* The backend under test: set by the test's main(). */
+extern const struct moed_backend_ops *ops;
+
+struct setup {
+	struct moed_backend *b;
+	struct moed_weights w;
+	struct moed_arena arena;
+	struct moed_job job;
+};
+
+/* A fresh backend with the problem's weights, and its tensors laid out in a fresh arena
+ * with the output poisoned. */
+void setup_make(struct setup *s, const struct ref_problem *p, unsigned threads, uint32_t withhold);
+void setup_free(struct setup *s);
+/* Admission checks, then the backend's run(). */
+int run(struct setup *s, const struct moed_kwargs *kw, struct moed_error *err);
+/* A small fixed problem (fresh random tensors) for the error cases. */
+void small_problem(struct ref_problem *p, uint64_t *rng);
+
+#endif
