@@ -16,7 +16,7 @@
 #include "log.h"
 #include "notify.h"
 #include "poller.h"
-#include "sd.h"
+#include "runner.h"
 
 /* Entries taken from one client per round; a MoE job ends its client's turn. */
 #define ROUND_BATCH 32u
@@ -32,13 +32,13 @@ struct moed_poller {
 	unsigned changes;               /* atomic: sessions were added or died since the last look */
 	unsigned round_queued;          /* poller thread: entries seen this round */
 	bool drain_started;             /* poller thread: drain budgets are set */
-	bool backend_lost;              /* poller thread: the backend reported a lost device */
 	struct moed_session **sessions; /* poller thread only */
 	unsigned n, cap, rr;
 	int stop; /* atomic */
 	struct moed_notifier *notify;
-	unsigned char kwargs_blob[MOED_KWARGS_MAX_SIZE];
-	struct moed_kwargs kwargs;
+	struct moed_runner *runner;
+	unsigned running;                  /* poller thread: jobs at the runner */
+	struct moed_run_item *free_items;  /* poller thread */
 
 	/* read by the control thread (atomics) */
 	unsigned spin_us;
@@ -119,67 +119,83 @@ static void absorb_and_prune(struct moed_poller *p)
 	p->n = kept;
 }
 
-static int run_moe(struct moed_poller *p, struct moed_session *s, const struct moed_job *job,
-		   struct moed_error *err)
+/* An item for a job at the runner: reused, as each session has at most one there. */
+static struct moed_run_item *item_get(struct moed_poller *p)
+{
+	struct moed_run_item *it = p->free_items;
+	if (it) {
+		p->free_items = it->next;
+		return it;
+	}
+	return malloc(sizeof(*it));
+}
+
+static void item_put(struct moed_poller *p, struct moed_run_item *it)
+{
+	it->next = p->free_items;
+	p->free_items = it;
+}
+
+/*
+ * The checks of a MoE job that need the daemon's state (its weight set, the backend's
+ * signature, its kwargs), then an item for the runner with everything the run needs.
+ * Returns 0 with *out NULL for an empty job (done already), 0 with *out set, or an error.
+ */
+static int prepare_moe(struct moed_poller *p, struct moed_session *s, const struct moed_job *job,
+		       struct moed_run_item **out, struct moed_error *err)
 {
 	struct moed_daemon *d = p->d;
 	struct moed_weight_set *w;
+	*out = NULL;
 	int r = moed_session_use_weights(s, job->weights_id, &d->weights, &w, err);
 	if (r < 0)
 		return r;
 	r = moed_backend_admit(d->ops, d->backend, job, &w->w.shape, err);
+	struct moed_run_item *it = NULL;
+	if (r == 0 && !(it = item_get(p)))
+		r = moed_error_set(err, -ENOMEM, "out of memory");
 	if (r == 0) {
-		/* The blob lives in shared memory: parse a private copy. */
+		/* The blob lives in shared memory: parse a private copy (also for an empty job,
+		 * which is refused for the same mistakes). */
 		const size_t len = job->kwargs.length;
-		memcpy(p->kwargs_blob, s->arena.base + job->kwargs.offset, len);
-		r = moed_kwargs_accept(p->kwargs_blob, len, d->ops->schema(d->backend), &p->kwargs, err);
+		memcpy(it->blob, s->arena.base + job->kwargs.offset, len);
+		r = moed_kwargs_accept(it->blob, len, d->ops->schema(d->backend), &it->kwargs, err);
 	}
-	if (r == 0 && job->num_tokens)
-		r = d->ops->run(d->backend, job, &w->w, &p->kwargs, &s->arena, err);
-	moed_weights_put(&d->weights, w);
-	if (r == -ENOTRECOVERABLE && !p->backend_lost) {
-		/* Said once, loudly: every later job fails the same way until a restart. */
-		p->backend_lost = true;
-		log_err("backend %s lost its device: %s", d->ops->name, err->msg);
-		moed_sd_status("backend %s lost its device: restart moed", d->ops->name);
+	if (it && (r < 0 || job->num_tokens == 0)) {
+		item_put(p, it);
+		it = NULL;
 	}
-	return r;
+	if (!it) {
+		moed_weights_put(&d->weights, w);
+		return r;
+	}
+	it->w = w;
+	it->job = *job;
+	*out = it;
+	return 0;
 }
 
-/* Run one entry (a private copy) and fill its completion (everything but seq). */
-static void process(struct moed_poller *p, struct moed_session *s, const struct moed_sqe *sqe,
-		    struct moed_cqe *out, struct moed_msg *msg, const uint64_t *t_seen)
+/* Fill a completion (everything but seq) and count it. */
+static void complete(struct moed_poller *p, struct moed_session *s, uint64_t user_data, int status,
+		     struct moed_error *err, const struct moed_job *job, uint64_t queue_ns,
+		     uint64_t run_ns, struct moed_cqe *out, struct moed_msg *msg)
 {
-	struct moed_error err = { "" };
-	struct moed_job job;
 	struct moed_cqe c;
-	uint64_t t_read = 0, t_run = 0; /* a NOP reads no clock: it measures the IPC alone */
-
 	memset(&c, 0, sizeof(c));
-	int status = moed_job_from_sqe(sqe, s->arena.size, &job, &err);
-	if (status == 0 && s->drain_left == 0)
-		status = moed_error_set(&err, -ESHUTDOWN, "the daemon is draining: it takes no new jobs");
-	else if (s->drain_left > 0)
-		s->drain_left--;
-	if (status == 0 && job.opcode == MOED_OP_MOE) {
-		t_read = *t_seen;
-		t_run = now_ns();
-		status = run_moe(p, s, &job, &err);
-		c.run_ns = now_ns() - t_run;
-		if (status == 0) {
-			c.out_rank = job.no_combine ? 3 : 2;
-			c.out_shape[0] = job.num_tokens;
-			c.out_shape[1] = job.no_combine ? job.topk : job.hidden_size;
-			c.out_shape[2] = job.no_combine ? job.hidden_size : 0;
-		}
-	}
 	c.status = status;
-	c.user_data = sqe->user_data;
-	c.queue_ns = t_run - t_read;
+	c.user_data = user_data;
+	c.queue_ns = queue_ns;
+	c.run_ns = run_ns;
+	if (status == 0 && job->opcode == MOED_OP_MOE) {
+		c.out_rank = job->no_combine ? 3 : 2;
+		c.out_shape[0] = job->num_tokens;
+		c.out_shape[1] = job->no_combine ? job->topk : job->hidden_size;
+		c.out_shape[2] = job->no_combine ? job->hidden_size : 0;
+	}
 	if (status < 0) {
-		if (!err.msg[0])
-			snprintf(err.msg, sizeof(err.msg), "%s", strerror(-status));
-		memcpy(msg->text, err.msg, sizeof(msg->text));
+		if (!err->msg[0])
+			snprintf(err->msg, sizeof(err->msg), "%s", strerror(-status));
+		memcpy(msg->text, err->msg, sizeof(msg->text));
 		c.flags |= MOED_CQE_F_MESSAGE;
 		__atomic_fetch_add(&s->job_errors, 1, __ATOMIC_RELAXED);
 	}
@@ -187,7 +203,7 @@ static void process(struct moed_poller *p, struct moed_session *s, const struct 
 	__atomic_fetch_add(&p->jobs, 1, __ATOMIC_RELAXED);
 	if (status < 0)
 		__atomic_fetch_add(&p->errors, 1, __ATOMIC_RELAXED);
-	if (job.opcode == MOED_OP_MOE && status == 0) {
+	if (job->opcode == MOED_OP_MOE && status == 0) {
 		uint64_t n = __atomic_fetch_add(&p->moe_jobs, 1, __ATOMIC_RELAXED) % LATENCY_SAMPLES;
 		__atomic_store_n(&p->queue_ns[n], c.queue_ns, __ATOMIC_RELAXED);
 		__atomic_store_n(&p->run_ns[n], c.run_ns, __ATOMIC_RELAXED);
@@ -195,6 +211,71 @@ static void process(struct moed_poller *p, struct moed_session *s, const struct 
 	/* Never the sequence word: only publishing writes it (see common/ring.h). */
 	memcpy((unsigned char *)out + sizeof(c.seq), (unsigned char *)&c + sizeof(c.seq),
 	       sizeof(c) - sizeof(c.seq));
+}
+
+/*
+ * One entry (a private copy): complete it now into `out` and return false, or hand its
+ * MoE job to the runner and return true; its completion then comes later, into the
+ * same (reserved) slot.
+ */
+static bool process(struct moed_poller *p, struct moed_session *s, const struct moed_sqe *sqe,
+		    struct moed_cqe *out, struct moed_msg *msg, const uint64_t *t_seen)
+{
+	struct moed_error err = { "" };
+	struct moed_job job;
+	uint64_t queue_ns = 0, run_ns = 0; /* a NOP reads no clock: it measures the IPC alone */
+
+	memset(&job, 0, sizeof(job));
+	int status = moed_job_from_sqe(sqe, s->arena.size, &job, &err);
+	if (status == 0 && s->drain_left == 0)
+		status = moed_error_set(&err, -ESHUTDOWN, "the daemon is draining: it takes no new jobs");
+	else if (s->drain_left > 0)
+		s->drain_left--;
+	if (status == 0 && job.opcode == MOED_OP_MOE) {
+		const uint64_t t_check = now_ns();
+		struct moed_run_item *it;
+		status = prepare_moe(p, s, &job, &it, &err);
+		if (it) {
+			moed_session_get(s);
+			it->s = s;
+			it->user_data = sqe->user_data;
+			it->t_seen = *t_seen;
+			s->running = true;
+			p->running++;
+			moed_runner_submit(p->runner, it);
+			return true;
+		}
+		queue_ns = t_check - *t_seen;
+		run_ns = now_ns() - t_check;
+	}
+	complete(p, s, sqe->user_data, status, &err, &job, queue_ns, run_ns, out, msg);
+	return false;
+}
+
+/* Post the completions of the jobs the runner finished; returns how many. */
+static unsigned post_finished(struct moed_poller *p)
+{
+	unsigned posted = 0;
+	struct moed_run_item *next;
+	for (struct moed_run_item *it = moed_runner_take_done(p->runner); it; it = next) {
+		next = it->next;
+		struct moed_session *s = it->s;
+		s->running = false;
+		p->running--;
+		/* The slot was reserved when the job was taken: the client can only free more. */
+		if (!__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE) &&
+		    !__atomic_load_n(&s->broken, __ATOMIC_RELAXED) && moed_ring_prod_reserve(&s->cq, 1) == 1) {
+			complete(p, s, it->user_data, it->status, &it->err, &it->job, it->t_run - it->t_seen,
+				 it->run_ns, moed_ring_slot(&s->cq, 0), &s->msgs[s->cq.pos & s->cq.mask]);
+			moed_ring_prod_publish(&s->cq, 1);
+			if (moed_ring_prod_needs_wakeup(&s->cq))
+				moed_notifier_queue(p->notify, s->completion_fd);
+			posted++;
+		}
+		moed_session_put(s);
+		item_put(p, it);
+	}
+	return posted;
 }
 
 static void disconnect_broken(struct moed_session *s, const char *why)
@@ -206,38 +287,43 @@ static void disconnect_broken(struct moed_session *s, const char *why)
 	shutdown(s->sock, SHUT_RDWR); /* the control thread sees the hang-up and tears down */
 }
 
-/* Serve one session's ring; returns how many entries it completed. */
+/*
+ * Serve one session's ring; returns how many entries it took. A MoE job goes to the
+ * runner and ends the session's turn: its completion slot stays reserved, and the
+ * session is skipped until the job is back, so completions keep submission order.
+ */
 static unsigned serve(struct moed_poller *p, struct moed_session *s)
 {
 	if (__atomic_load_n(&s->broken, __ATOMIC_RELAXED))
 		return 0;
 	uint32_t ready = moed_ring_cons_ready(&s->sq, ROUND_BATCH);
-	p->round_queued += ready;
-	if (!ready)
+	p->round_queued += ready + s->running;
+	if (!ready || s->running)
 		return 0;
 	int space = moed_ring_prod_reserve(&s->cq, ready);
 	if (space < 0) {
 		disconnect_broken(s, "its completion ring has an impossible head");
 		return 0;
 	}
-	unsigned done = 0;
+	unsigned taken = 0, done = 0;
 	const uint64_t t_seen = now_ns(); /* when this round found the entries */
-	while (done < (unsigned)space) {
+	while (taken < (unsigned)space) {
 		struct moed_sqe sqe;
-		memcpy(&sqe, moed_ring_slot(&s->sq, done), sizeof(sqe));
-		process(p, s, &sqe, moed_ring_slot(&s->cq, done),
-			&s->msgs[(s->cq.pos + done) & s->cq.mask], &t_seen);
-		done++;
-		if (sqe.opcode == MOED_OP_MOE)
+		memcpy(&sqe, moed_ring_slot(&s->sq, taken), sizeof(sqe));
+		taken++;
+		if (process(p, s, &sqe, moed_ring_slot(&s->cq, done),
+			    &s->msgs[(s->cq.pos + done) & s->cq.mask], &t_seen))
 			break;
+		done++;
 	}
+	if (taken)
+		moed_ring_cons_release(&s->sq, taken);
 	if (done) {
-		moed_ring_cons_release(&s->sq, done);
 		moed_ring_prod_publish(&s->cq, done);
 		if (moed_ring_prod_needs_wakeup(&s->cq))
 			moed_notifier_queue(p->notify, s->completion_fd);
 	}
-	return done;
+	return taken;
 }
 
 /*
@@ -251,11 +337,14 @@ static void sleep_on_doorbell(struct moed_poller *p)
 	for (unsigned i = 0; i < p->n; i++) {
 		struct moed_session *s = p->sessions[i];
 		moed_ring_cons_set_need_wakeup(&s->sq);
-		if (!__atomic_load_n(&s->broken, __ATOMIC_RELAXED) && moed_ring_cons_ready(&s->sq, 1) &&
-		    moed_ring_prod_reserve(&s->cq, 1) > 0)
+		if (!__atomic_load_n(&s->broken, __ATOMIC_RELAXED) && !s->running &&
+		    moed_ring_cons_ready(&s->sq, 1) && moed_ring_prod_reserve(&s->cq, 1) > 0)
 			work = true;
 	}
-	if (!work && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+	/* The runner rings the doorbell after each job, so none finishing now is missed. */
+	if (moed_runner_has_done(p->runner))
+		work = true;
+	if (!work && !(__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) && !p->running)) {
 		struct pollfd pfd = { .fd = p->d->doorbell_fd, .events = POLLIN };
 		/* The timeout only bounds how long a dead session lingers unpruned. */
 		if (poll(&pfd, 1, 1000) > 0) {
@@ -287,7 +376,7 @@ static void *poller_main(void *arg)
 		absorb_and_prune(p);
 		if (!p->drain_started && __atomic_load_n(&p->drain, __ATOMIC_ACQUIRE))
 			start_drain(p);
-		unsigned did = 0;
+		unsigned did = post_finished(p);
 		p->round_queued = 0;
 		for (unsigned i = 0; i < p->n; i++)
 			did += serve(p, p->sessions[(p->rr + i) % p->n]);
@@ -298,7 +387,7 @@ static void *poller_main(void *arg)
 			idle_since = now_ns();
 			continue;
 		}
-		if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) && !p->running)
 			break; /* a whole round found nothing: what was submitted is done */
 		const uint64_t spin_ns = (uint64_t)__atomic_load_n(&p->spin_us, __ATOMIC_RELAXED) * 1000;
 		if (now_ns() - idle_since < spin_ns) {
@@ -380,8 +469,16 @@ int moed_poller_start(struct moed_daemon *d, struct moed_poller **out)
 		free(p);
 		return r;
 	}
+	r = moed_runner_start(d, &p->runner);
+	if (r < 0) {
+		moed_notifier_free(p->notify);
+		free(p);
+		return r;
+	}
 	r = pthread_create(&p->thread, NULL, poller_main, p);
 	if (r) {
+		moed_runner_stop(p->runner);
+		moed_runner_free(p->runner);
 		moed_notifier_free(p->notify);
 		free(p);
 		return -r;
@@ -398,7 +495,14 @@ void moed_poller_stop(struct moed_poller *p)
 		return;
 	__atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
 	moed_poller_kick(p);
-	pthread_join(p->thread, NULL);
+	pthread_join(p->thread, NULL); /* it returns once the runner has nothing left */
+	moed_runner_stop(p->runner);
+	moed_runner_free(p->runner);
+	while (p->free_items) {
+		struct moed_run_item *it = p->free_items;
+		p->free_items = it->next;
+		free(it);
+	}
 	absorb_and_prune(p);
 	for (unsigned i = 0; i < p->n; i++)
 		moed_session_put(p->sessions[i]);

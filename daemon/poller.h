@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The poller: one thread that serves every client's submission ring in turn, runs the
- * jobs, posts completions and signals waiting clients. When there is nothing to do it
- * spins for --spin-us, then raises need-wakeup on every ring and sleeps on the doorbell.
+ * The poller: one thread that serves every client's submission ring in turn, checks each
+ * job, hands MoE jobs to the runner (daemon/runner.h) and completes everything else at
+ * once, posts completions and signals waiting clients. When there is nothing to do it
+ * spins for --spin-us, then raises need-wakeup on every ring and sleeps on the doorbell,
+ * which clients and the runner ring.
  */
 #ifndef MOED_DAEMON_POLLER_H
 #define MOED_DAEMON_POLLER_H
@@ -27,7 +29,8 @@ void moed_poller_set_spin_us(struct moed_poller *p, unsigned spin_us);
 
 /*
  * For the watchdog: true when the poller has gone round its loop since the last call,
- * or is asleep waiting for work; false when it is stuck (in one job, or worse).
+ * or is asleep waiting for work; false when it is stuck. (A long job is the runner's,
+ * and does not stop the poller.)
  */
 bool moed_poller_healthy(struct moed_poller *p);
 

@@ -55,6 +55,7 @@ struct moed_session {
 
 	uint64_t jobs, job_errors; /* atomic counters */
 	int64_t drain_left;        /* poller: entries still served once draining; -1 = not draining */
+	bool running;              /* poller: a job of this session is at the runner */
 };
 
 struct moed_session *moed_session_new(int sock, pid_t pid, uid_t uid, gid_t gid, uint64_t id);

@@ -49,3 +49,10 @@ double test_rand_double(uint64_t *s)
 {
 	return (double)(test_rand(s) >> 11) * 0x1.0p-53;
 }
+
+double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

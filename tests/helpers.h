@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Shared test support: reproducible fresh randomness and the exit-code convention. */
+/* Shared test support: reproducible fresh randomness, a clock, the exit-code convention. */
 #ifndef MOED_TESTS_HELPERS_H
 #define MOED_TESTS_HELPERS_H
 
@@ -19,5 +19,8 @@ uint64_t test_rand(uint64_t *state);
 /* Uniform in [lo, hi]. */
 uint64_t test_rand_range(uint64_t *state, uint64_t lo, uint64_t hi);
 double test_rand_double(uint64_t *state); /* [0, 1) */
+
+/* Seconds on the monotonic clock. */
+double now_s(void);
 
 #endif

@@ -2,7 +2,8 @@
 /*
  * The daemon end to end: the real moed binary, real client processes through libmoed,
  * every result against the tests' own f64 reference; shared weight sets; the errors a
- * client can cause, with their messages; hostile clients speaking the protocol by hand;
+ * client can cause, with their messages; a long job beside another client's no-ops;
+ * hostile clients speaking the protocol by hand;
  * a client killed mid-stream; SIGTERM with jobs in flight.
  */
 #include "config.h"
@@ -381,6 +382,86 @@ START_TEST(errors_reach_the_client)
 }
 END_TEST
 
+/*
+ * MoE jobs run on the daemon's runner thread, not in the poller: while one client's long
+ * job runs, another client's no-ops complete; and one client's completions keep the order
+ * of its submissions (a long job, then no-ops behind it).
+ */
+START_TEST(long_job_holds_up_no_other_client)
+{
+	test_daemon_start(&daemon_, NULL);
+	uint64_t rng = test_seed();
+	struct ref_problem p = { .e = 4, .h = 512, .i = 2048, .k = 2, .m = 64, .gated = true,
+				 .io_dtype = MOED_DTYPE_BF16, .w_dtype = MOED_DTYPE_BF16, .scale = 1.0f };
+	ref_problem_fill(&p, &rng);
+	struct moed_client *slow = connect_or_die("slow"), *quick = connect_or_die("quick");
+	const struct moed_weights_shape shape = shape_of(&p);
+	int h = moed_weights_register(slow, "long", &shape, p.w13, p.w2);
+	ck_assert_msg(h > 0, "%s", moed_client_error(slow));
+
+	/* Size the job from a shorter one to run about 0.8 s here. */
+	struct job_bufs b;
+	ck_assert_int_eq(stage(slow, &p, &b), 0);
+	struct moed_moe_job job = job_for(&p, h, &b);
+	struct moed_completion done[4];
+	double t0 = now_s();
+	ck_assert_int_eq(moed_submit_moe(slow, &job, 1), 1);
+	ck_assert_int_eq(moed_wait(slow, done, 1, 30000), 1);
+	const double per_token = (now_s() - t0) / p.m;
+	unstage(slow, &b);
+	ref_problem_free_inputs(&p);
+	p.m = (uint32_t)(0.8 / (per_token > 1e-6 ? per_token : 1e-6));
+	p.m = p.m < 8 ? 8 : p.m > 3500 ? 3500 : p.m; /* what the 8 MiB arena holds */
+	ref_problem_fill_inputs(&p, &rng);
+	ck_assert_int_eq(stage(slow, &p, &b), 0);
+	job = job_for(&p, h, &b);
+	job.user_data = 100;
+
+	t0 = now_s();
+	ck_assert_int_eq(moed_submit_moe(slow, &job, 1), 1);
+	const uint64_t after[2] = { 101, 102 };
+	ck_assert_int_eq(moed_submit_nop(slow, after, 2), 2);
+	usleep(20000); /* the runner has the job by now */
+	const double t_nop = now_s();
+	const uint64_t one = 7;
+	ck_assert_int_eq(moed_submit_nop(quick, &one, 1), 1);
+	ck_assert_int_eq(moed_wait(quick, done, 1, 30000), 1);
+	const double nop_s = now_s() - t_nop;
+	ck_assert_uint_eq(done[0].user_data, 7);
+
+	int got = 0;
+	while (got < 3) {
+		int n = moed_wait(slow, done + got, 3 - got, 30000);
+		ck_assert_int_gt(n, 0);
+		got += n;
+	}
+	const double job_s = now_s() - t0;
+	for (int i = 0; i < 3; i++) /* in submission order */
+		ck_assert_uint_eq(done[i].user_data, 100 + (uint64_t)i);
+	ck_assert_msg(done[0].status == 0, "%s", done[0].message);
+	/* The first, middle and last tokens against the reference (all of them: seconds). */
+	const uint32_t rows[3] = { 0, p.m / 2, p.m - 1 };
+	double want[3 * 512];
+	uint16_t rows_out[3 * 512];
+	ref_moe_tokens(&p, rows, 3, want);
+	for (int r = 0; r < 3; r++)
+		memcpy(rows_out + r * 512, (const uint16_t *)b.out + (size_t)rows[r] * 512, 512 * 2);
+	ck_assert_double_le(ref_rel_error(p.io_dtype, rows_out, want, 3 * 512),
+			    ref_tolerance(p.io_dtype));
+	fprintf(stderr, "M %u, %.3f s; no-op %.4f s\n", p.m, job_s, nop_s);
+	if (job_s < 0.3)
+		fprintf(stderr, "the long job took only %.2f s: hold-up not judged\n", job_s);
+	else
+		ck_assert_msg(nop_s < 0.5 * job_s,
+			      "another client's no-op took %.3f s during a %.2f s job", nop_s, job_s);
+	unstage(slow, &b);
+	moed_close(slow);
+	moed_close(quick);
+	ref_problem_free(&p);
+	ck_assert_int_eq(test_daemon_stop(&daemon_), 0);
+}
+END_TEST
+
 START_TEST(withheld_no_combine)
 {
 	const char *const args[] = { "--withhold", "no_combine", NULL };
@@ -733,6 +814,7 @@ int main(void)
 	tcase_add_test(tc, many_clients_correct);
 	tcase_add_test(tc, clients_share_weights);
 	tcase_add_test(tc, errors_reach_the_client);
+	tcase_add_test(tc, long_job_holds_up_no_other_client);
 	tcase_add_test(tc, withheld_no_combine);
 	tcase_add_test(tc, limits_and_handshake_errors);
 	tcase_add_test(tc, hostile_raw_clients);

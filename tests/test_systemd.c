@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * moed under systemd, with this test playing systemd: the notification socket
- * (READY, STATUS, WATCHDOG, RELOADING/READY, STOPPING), a watchdog that stops being fed
- * while the poller is stuck in a long job, and socket activation (LISTEN_FDS).
+ * (READY, STATUS, WATCHDOG, RELOADING/READY, STOPPING), a watchdog that goes on being fed
+ * while a long job runs (the runner's, not the poller's), and socket activation
+ * (LISTEN_FDS).
  */
 #include "config.h"
 
@@ -26,13 +27,6 @@
 #include "helpers.h"
 #include "moe_ref.h"
 #include "moed/moed.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /*
  * The notification socket systemd would give the service, read by a thread of its own as
@@ -185,7 +179,7 @@ static double run_job(struct moed_client *c, int handle, const struct ref_proble
 	return now_s() - t0;
 }
 
-START_TEST(watchdog_starves_while_the_poller_is_stuck)
+START_TEST(watchdog_fed_through_a_long_job)
 {
 	const char *const args[] = { "--threads", "1", "--arena-max", "256M", NULL };
 	start_with_notify(&notif, "200000", args); /* a ping every 100 ms */
@@ -216,22 +210,19 @@ START_TEST(watchdog_starves_while_the_poller_is_stuck)
 
 	notify_expect(&notif, "WATCHDOG=1", 2);
 	double t0 = now_s();
-	double took = run_job(c, h, &p, m, x, ids, tw, out); /* the poller is inside it */
+	double took = run_job(c, h, &p, m, x, ids, tw, out); /* the runner is inside it */
 	double t1 = now_s();
-	pthread_mutex_lock(&notif.lock);
-	notif.cursor = notif.count;
-	pthread_mutex_unlock(&notif.lock);
-	notify_expect(&notif, "WATCHDOG=1", 2); /* pings come again once the poller is back */
 	double gap = longest_watchdog_gap(&notif, t0, t1);
-	if (took < 0.6) { /* too fast to tell a stall from a busy tick: nothing to judge */
-		fprintf(stderr, "the longest job took only %.2f s: watchdog stall not judged\n", took);
+	if (took < 0.6) { /* too short to tell pings going on from a stall */
+		fprintf(stderr, "the longest job took only %.2f s: watchdog not judged\n", took);
 		moed_close(c);
 		ref_problem_free(&p);
 		test_daemon_stop(&d);
 		return;
 	}
-	ck_assert_msg(gap > 0.6 * took && gap > 0.4,
-		      "a %.2f s job left a longest gap of %.2f s between watchdog pings", took, gap);
+	/* Pings every 100 ms; a loaded 2-vCPU machine may delay one or two. */
+	ck_assert_msg(gap < 0.45, "a %.2f s job left a longest gap of %.2f s between watchdog pings",
+		      took, gap);
 	moed_close(c);
 	ref_problem_free(&p);
 	unlink(notif.path);
@@ -302,7 +293,7 @@ int main(void)
 	TCase *tc = tcase_create("systemd");
 
 	tcase_add_test(tc, notify_sequence);
-	tcase_add_test(tc, watchdog_starves_while_the_poller_is_stuck);
+	tcase_add_test(tc, watchdog_fed_through_a_long_job);
 	tcase_add_test(tc, socket_activation);
 	tcase_set_timeout(tc, 600);
 	suite_add_tcase(s, tc);
