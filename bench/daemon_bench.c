@@ -9,6 +9,9 @@
  *   MoE: the CPU backend's time on scaled-down real layers, kernel alone (run_ns) and
  *        the full path through the daemon, beside this machine's floors: memory copy
  *        bandwidth and the f32 matrix-multiply rate (OpenBLAS sgemm where built with it).
+ *        With -b hip: TARGETS.md's layers in full through the daemon on the GPU (run_ns:
+ *        sorting, copies and kernels; full: the client's round trip), beside the card's
+ *        floors when -F gives them (moed-gpu-bench measures them).
  */
 #include "config.h"
 
@@ -38,7 +41,7 @@
 static pid_t daemon_pid;
 static char dir[64], sock[108];
 
-static void start_daemon(const char *moed, const char *spin_us, int pin_cpu)
+static void start_daemon(const char *moed, const char *spin_us, int pin_cpu, const char *backend)
 {
 	snprintf(dir, sizeof(dir), "/tmp/moed-bench.XXXXXX");
 	if (!mkdtemp(dir)) {
@@ -51,7 +54,7 @@ static void start_daemon(const char *moed, const char *spin_us, int pin_cpu)
 		if (pin_cpu >= 0)
 			bench_pin(pin_cpu);
 		execlp(moed, moed, "--socket", sock, "--spin-us", spin_us, "--log-level", "warning",
-		       (char *)NULL);
+		       "--backend", backend, "--config", "/dev/null", (char *)NULL);
 		fprintf(stderr, "cannot run %s: %s\n", moed, strerror(errno));
 		_exit(127);
 	}
@@ -196,7 +199,8 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double bw, double rate)
+/* Rows of one layer through the daemon; bw or rate 0: no floor known (printed as -). */
+static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double bw, double rate, bool gpu)
 {
 	uint64_t rng = test_seed();
 	struct ref_problem p = { .e = s->e, .k = s->k, .h = s->h, .i = s->i, .gated = true,
@@ -204,7 +208,12 @@ static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double b
 	ref_problem_fill(&p, &rng);
 	ref_problem_free_inputs(&p);
 	const uint64_t wbytes = (uint64_t)p.e * 3 * p.i * p.h * 2;
-	struct moed_client *c = connect_daemon(wbytes / 2 + (64 << 20));
+	uint64_t io = 0;
+	for (int mi = 0; mi < nm; mi++)
+		io = (uint64_t)ms[mi] * (4ull * p.h + 8ull * p.k) > io ? (uint64_t)ms[mi] * (4ull * p.h + 8ull * p.k) : io;
+	/* The CPU runs from the arena's half of the weights' size; a GPU needs room for the
+	 * largest job's inputs and output, and a stage for the weight upload. */
+	struct moed_client *c = connect_daemon(gpu ? io + (256 << 20) : wbytes / 2 + (64 << 20));
 	const struct moed_weights_shape shape = { .num_experts = p.e, .hidden_size = p.h,
 						  .inter_size = p.i, .dtype = p.w_dtype, .gated = 1 };
 	int handle = moed_weights_register(c, s->name, &shape, p.w13, p.w2);
@@ -230,7 +239,7 @@ static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double b
 				used[p.ids[q]] = true, nused++;
 		const double bytes = (double)nused * 3 * p.i * p.h * 2 + 2.0 * p.m * p.h * 2;
 		const double flops = 2.0 * pairs * 3 * p.i * p.h;
-		const double floor_us = fmax(bytes / bw, flops / rate) * 1e6;
+		const double floor_us = bw > 0 && rate > 0 ? fmax(bytes / bw, flops / rate) * 1e6 : NAN;
 
 		const struct moed_moe_job job = { .weights = (uint32_t)handle, .dtype = MOED_DTYPE_BF16,
 						  .num_tokens = p.m, .topk = p.k, .hidden = x,
@@ -251,6 +260,7 @@ static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double b
 		qsort(full, REPS, sizeof(double), cmp_double);
 		printf("  %-22s %6u %9.0f %9.0f %9.0f   %5.2f %5.2f\n", s->name, p.m, floor_us, kern[REPS / 2],
 		       full[REPS / 2], floor_us / kern[REPS / 2], floor_us / full[REPS / 2]);
+		fflush(stdout);
 		moed_arena_free(c, x);
 		moed_arena_free(c, out);
 		moed_arena_free(c, ids);
@@ -276,14 +286,26 @@ int main(int argc, char **argv)
 	snprintf(moed, sizeof(moed), "%s/../daemon/moed", d);
 	if (access(moed, X_OK))
 		snprintf(moed, sizeof(moed), "moed");
-	while ((opt = getopt(argc, argv, "n:D:imh")) != -1) {
+	const char *backend = "cpu";
+	double gpu_bw = 0, gpu_rate = 0;
+	while ((opt = getopt(argc, argv, "n:D:imb:F:h")) != -1) {
 		switch (opt) {
 		case 'n': n = atol(optarg); break;
 		case 'D': snprintf(moed, sizeof(moed), "%s", optarg); break;
 		case 'i': moe = false; break;
 		case 'm': ipc = false; break;
+		case 'b': backend = optarg; break;
+		case 'F':
+			if (sscanf(optarg, "%lf,%lf", &gpu_bw, &gpu_rate) != 2 || gpu_bw <= 0 || gpu_rate <= 0) {
+				fprintf(stderr, "-F wants COPY_TB_PER_S,MATMUL_TFLOP_PER_S, e.g. 3.01,786\n");
+				return 2;
+			}
+			gpu_bw *= 1e12, gpu_rate *= 1e12;
+			break;
 		default:
-			printf("usage: %s [-n ROUND_TRIPS] [-D MOED] [-i: IPC only] [-m: MoE only]\n", argv[0]);
+			printf("usage: %s [-n ROUND_TRIPS] [-D MOED] [-i: IPC only] [-m: MoE only]\n"
+			       "       [-b BACKEND: MoE on that backend, TARGETS.md's layers in full]\n"
+			       "       [-F COPY_TB_PER_S,MATMUL_TFLOP_PER_S: the GPU's floors]\n", argv[0]);
 			return opt == 'h' ? 0 : 2;
 		}
 	}
@@ -299,7 +321,7 @@ int main(int argc, char **argv)
 		printf("  %-40s %8s %8s %8s   %s\n", "round trip (us)", "p50", "p99", "p99.9", "ratio to its floor");
 		struct percentiles line = floor_cacheline(n, t);
 		struct percentiles efd = floor_eventfd_wake(n, t);
-		start_daemon(moed, "1000000", 1);
+		start_daemon(moed, "1000000", 1, "cpu");
 		bench_pin(0);
 		struct moed_client *c = connect_daemon(1 << 20);
 		nop_round_trips(c, n / 10, t); /* warm-up */
@@ -325,7 +347,26 @@ int main(int argc, char **argv)
 			CPU_SET(i, &all);
 		sched_setaffinity(0, sizeof(all), &all);
 	}
-	if (moe) {
+	if (moe && strcmp(backend, "cpu")) {
+		/* TARGETS.md's layers in full, on a GPU backend; the floors, when given, come from
+		 * moed-gpu-bench's measurement on the same card. */
+		printf("\nMoE through the daemon on backend %s (TARGETS.md's layers, bf16)\n", backend);
+		if (gpu_bw > 0)
+			printf("  floors given: copy %.2f TB/s, bf16 matmul %.0f TFLOP/s\n", gpu_bw / 1e12,
+			       gpu_rate / 1e12);
+		printf("  %-22s %6s %9s %9s %9s   %5s %5s\n", "layer", "M", "floor us", "run us", "full us",
+		       "f/run", "f/full");
+		start_daemon(moed, "50", -1, backend);
+		const struct shape shapes[] = {
+			{ "Mixtral-8x7B", 8, 2, 4096, 14336 },
+			{ "Qwen3-30B-A3B", 128, 8, 2048, 768 },
+			{ "DeepSeek-V3", 256, 8, 7168, 2048 },
+		};
+		const unsigned ms[] = { 1, 4, 16, 64, 256, 1024, 4096 };
+		for (int i = 0; i < 3; i++)
+			moe_rows(&shapes[i], ms, 7, gpu_bw, gpu_rate, true);
+		stop_daemon();
+	} else if (moe) {
 		const char *how = "";
 		const double bw = copy_bandwidth(), rate = matmul_rate(&how);
 		printf("\nMoE on the CPU backend (bf16 weights and I/O, f32 accumulation, %ld CPUs)\n",
@@ -334,7 +375,7 @@ int main(int argc, char **argv)
 		       bw / 1e9, rate / 1e9, how);
 		printf("  %-22s %6s %9s %9s %9s   %5s %5s\n", "layer (scaled)", "M", "floor us",
 		       "kernel us", "full us", "f/ker", "f/full");
-		start_daemon(moed, "50", -1);
+		start_daemon(moed, "50", -1, "cpu");
 		const struct shape shapes[] = {
 			{ "qwen3-30b-a3b/8", 128, 8, 256, 96 },
 			{ "mixtral-8x7b/16", 8, 2, 256, 896 },
@@ -342,7 +383,7 @@ int main(int argc, char **argv)
 		};
 		const unsigned ms[] = { 1, 16, 64, 256 };
 		for (int i = 0; i < 3; i++)
-			moe_rows(&shapes[i], ms, 4, bw, rate);
+			moe_rows(&shapes[i], ms, 4, bw, rate, false);
 		stop_daemon();
 	}
 	free(t);
