@@ -45,32 +45,35 @@ static void random_problem(struct ref_problem *p, uint64_t *rng)
 	p->router_weight_on_input = p->k == 1 && (test_rand(rng) & 1);
 }
 
+/* Run the problem and compare the whole output with the reference. */
+static void check_whole(const struct ref_problem *p, unsigned threads, const char *note)
+{
+	struct setup s;
+	struct moed_error err;
+	static const struct moed_kwargs none;
+	setup_make(&s, p, threads, 0);
+	ck_assert_msg(run(&s, &none, &err) == 0, "run failed: %s", err.msg);
+	double *want = malloc(ref_out_elems(p) * sizeof(double) + 8);
+	ref_moe(p, want);
+	double e = ref_rel_error(p->io_dtype, s.arena.base + s.job.output.offset, want, ref_out_elems(p));
+	ck_assert_msg(e <= ref_tolerance(p->io_dtype),
+		      "error %.3g > %.3g: M %u K %u E %u H %u I %u io %u w %u gated %d "
+		      "no_combine %d rwoi %d act %u scale %g%s",
+		      e, ref_tolerance(p->io_dtype), p->m, p->k, p->e, p->h, p->i, p->io_dtype,
+		      p->w_dtype, p->gated, p->no_combine, p->router_weight_on_input, p->act,
+		      (double)p->scale, note);
+	free(want);
+	setup_free(&s);
+}
+
 START_TEST(matches_reference)
 {
 	uint64_t rng = test_seed() + (uint64_t)_i * 7919;
-	static const struct moed_kwargs none;
-
 	for (int round = 0; round < 40; round++) {
 		struct ref_problem p;
-		struct setup s;
-		struct moed_error err;
 		random_problem(&p, &rng);
 		ref_problem_fill(&p, &rng);
-		setup_make(&s, &p, (unsigned)test_rand_range(&rng, 1, 3), 0);
-
-		ck_assert_msg(run(&s, &none, &err) == 0, "run failed: %s", err.msg);
-		double *want = malloc(ref_out_elems(&p) * sizeof(double) + 8);
-		ref_moe(&p, want);
-		double e = ref_rel_error(p.io_dtype, s.arena.base + s.job.output.offset, want,
-					 ref_out_elems(&p));
-		ck_assert_msg(e <= ref_tolerance(p.io_dtype),
-			      "error %.3g > %.3g: M %u K %u E %u H %u I %u io %u w %u gated %d "
-			      "no_combine %d rwoi %d act %u scale %g",
-			      e, ref_tolerance(p.io_dtype), p.m, p.k, p.e, p.h, p.i, p.io_dtype,
-			      p.w_dtype, p.gated, p.no_combine, p.router_weight_on_input, p.act,
-			      (double)p.scale);
-		free(want);
-		setup_free(&s);
+		check_whole(&p, (unsigned)test_rand_range(&rng, 1, 3), "");
 		ref_problem_free(&p);
 	}
 }
@@ -280,22 +283,9 @@ START_TEST(matrix_unit_tiles)
 		if ((double)p.m * p.k * p.h * p.i > 1.5e8) {
 			check_sampled(&p, 1, &rng);
 		} else {
-			struct setup s;
-			struct moed_error err;
-			static const struct moed_kwargs none;
-			setup_make(&s, &p, 1, 0);
-			ck_assert_msg(run(&s, &none, &err) == 0, "run failed: %s", err.msg);
-			double *want = malloc(ref_out_elems(&p) * sizeof(double) + 8);
-			ref_moe(&p, want);
-			double e = ref_rel_error(p.io_dtype, s.arena.base + s.job.output.offset, want,
-						 ref_out_elems(&p));
-			ck_assert_msg(e <= ref_tolerance(p.io_dtype),
-				      "error %.3g > %.3g: M %u K %u E %u H %u I %u dtype %u gated %d "
-				      "no_combine %d rwoi %d act %u, most pairs of one expert %u",
-				      e, ref_tolerance(p.io_dtype), p.m, p.k, p.e, p.h, p.i, p.io_dtype,
-				      p.gated, p.no_combine, p.router_weight_on_input, p.act, most);
-			free(want);
-			setup_free(&s);
+			char note[64];
+			snprintf(note, sizeof(note), ", most pairs of one expert %u", most);
+			check_whole(&p, 1, note);
 		}
 		ref_problem_free(&p);
 	}
