@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -17,12 +18,17 @@ struct moed_runner {
 	struct moed_daemon *d;
 	pthread_t thread;
 	pthread_mutex_t lock;
-	pthread_cond_t wake;
+	pthread_cond_t wake;                       /* on CLOCK_MONOTONIC */
 	struct moed_run_item *queue, **queue_tail; /* under lock */
 	struct moed_run_item *done, **done_tail;   /* under lock */
 	bool stop;                                 /* under lock */
+	struct moed_run_item *inflight;            /* runner thread: submitted, not finished */
 	bool lost;                                 /* runner thread: the device is lost */
 };
+
+/* Polling for finished jobs backs off from the first to the last of these, in µs. */
+#define POLL_WAIT_MIN_US 10u
+#define POLL_WAIT_MAX_US 200u
 
 static void append(struct moed_run_item ***tail, struct moed_run_item *it)
 {
@@ -31,12 +37,11 @@ static void append(struct moed_run_item ***tail, struct moed_run_item *it)
 	*tail = &it->next;
 }
 
-static void run_one(struct moed_runner *r, struct moed_run_item *it)
+/* A job is over: release its weights and hand it back to the poller. */
+static void finish(struct moed_runner *r, struct moed_run_item *it, int status)
 {
 	struct moed_daemon *d = r->d;
-	it->err.msg[0] = 0;
-	it->t_run = moed_now_ns();
-	it->status = d->ops->run(d->backend, &it->job, &it->w->w, &it->kwargs, &it->s->arena, &it->err);
+	it->status = status < 0 ? status : 0;
 	it->run_ns = moed_now_ns() - it->t_run;
 	moed_weights_put(&d->weights, it->w);
 	it->w = NULL;
@@ -46,31 +51,91 @@ static void run_one(struct moed_runner *r, struct moed_run_item *it)
 		log_err("backend %s lost its device: %s", d->ops->name, it->err.msg);
 		moed_sd_status("backend %s lost its device: restart moed", d->ops->name);
 	}
+	pthread_mutex_lock(&r->lock);
+	append(&r->done_tail, it);
+	pthread_mutex_unlock(&r->lock);
+	/* The poller may be asleep: one doorbell write wakes it (level-triggered). */
+	const uint64_t one = 1;
+	ssize_t n = write(d->doorbell_fd, &one, sizeof(one));
+	(void)n;
+}
+
+/* Submit a job on its client's context (opened at the client's first job). */
+static void start(struct moed_runner *r, struct moed_run_item *it)
+{
+	struct moed_daemon *d = r->d;
+	struct moed_session *s = it->s;
+	it->err.msg[0] = 0;
+	it->t_run = moed_now_ns();
+	int st = 0;
+	if (!s->backend_ctx) {
+		st = d->ops->client_open(d->backend, &s->arena, &s->backend_ctx, &it->err);
+		if (st == 0) {
+			s->backend_ops = d->ops;
+			s->backend = d->backend;
+		}
+	}
+	if (st == 0)
+		st = d->ops->submit(d->backend, s->backend_ctx, &it->job, &it->w->w, &it->kwargs,
+				    &s->arena, &it->err);
+	if (st < 0) {
+		finish(r, it, st);
+		return;
+	}
+	it->next = r->inflight;
+	r->inflight = it;
+}
+
+/* Finish the jobs the backend says are done; returns whether any was. */
+static bool reap(struct moed_runner *r)
+{
+	struct moed_daemon *d = r->d;
+	bool any = false;
+	for (struct moed_run_item **at = &r->inflight; *at;) {
+		struct moed_run_item *it = *at;
+		const int st = d->ops->poll(d->backend, it->s->backend_ctx, &it->err);
+		if (st == 0) {
+			at = &it->next;
+			continue;
+		}
+		*at = it->next;
+		finish(r, it, st);
+		any = true;
+	}
+	return any;
 }
 
 static void *runner_main(void *arg)
 {
 	struct moed_runner *r = arg;
+	unsigned wait_us = POLL_WAIT_MIN_US;
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
-		while (!r->queue && !r->stop)
+		while (!r->queue && !r->inflight && !r->stop)
 			pthread_cond_wait(&r->wake, &r->lock);
-		struct moed_run_item *it = r->queue;
-		if (!it)
+		if (!r->queue && !r->inflight)
 			break; /* stopping, and nothing left */
-		r->queue = it->next;
-		if (!r->queue)
-			r->queue_tail = &r->queue;
+		if (!r->queue) { /* jobs running: look again soon, or when one is submitted */
+			struct timespec t;
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			t.tv_nsec += (long)wait_us * 1000;
+			t.tv_sec += t.tv_nsec / 1000000000;
+			t.tv_nsec %= 1000000000;
+			pthread_cond_timedwait(&r->wake, &r->lock, &t);
+		}
+		struct moed_run_item *fresh = r->queue, *next;
+		r->queue = NULL;
+		r->queue_tail = &r->queue;
 		pthread_mutex_unlock(&r->lock);
 
-		run_one(r, it);
-
+		for (struct moed_run_item *it = fresh; it; it = next) {
+			next = it->next;
+			start(r, it);
+		}
+		const bool any = reap(r);
+		wait_us = any || fresh ? POLL_WAIT_MIN_US
+				       : wait_us * 2 > POLL_WAIT_MAX_US ? POLL_WAIT_MAX_US : wait_us * 2;
 		pthread_mutex_lock(&r->lock);
-		append(&r->done_tail, it);
-		/* The poller may be asleep: one doorbell write wakes it (level-triggered). */
-		const uint64_t one = 1;
-		ssize_t n = write(r->d->doorbell_fd, &one, sizeof(one));
-		(void)n;
 	}
 	pthread_mutex_unlock(&r->lock);
 	return NULL;
@@ -85,7 +150,11 @@ int moed_runner_start(struct moed_daemon *d, struct moed_runner **out)
 	r->queue_tail = &r->queue;
 	r->done_tail = &r->done;
 	pthread_mutex_init(&r->lock, NULL);
-	pthread_cond_init(&r->wake, NULL);
+	pthread_condattr_t attr;
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->wake, &attr);
+	pthread_condattr_destroy(&attr);
 	int e = pthread_create(&r->thread, NULL, runner_main, r);
 	if (e) {
 		pthread_cond_destroy(&r->wake);

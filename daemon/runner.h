@@ -3,11 +3,12 @@
  * The runner: one thread that executes MoE jobs for the poller, so that a long job never
  * holds up the rings. The poller validates a job, hands it over with everything it needs
  * (references to its session and weight set, a private copy of its kwargs) and goes on
- * serving; the runner takes jobs in the order they came, runs each to completion on the
- * backend, and hands it back through the done list, ringing the doorbell so that a
- * sleeping poller wakes to post the completion. The backend is called from this thread
- * only. Each session has at most one job here at a time (the poller's rule), so taking
- * jobs in arrival order serves clients in turn.
+ * serving; the runner submits it to the backend on its client's context (opened at the
+ * client's first job; on the GPU a stream of its own, so clients' jobs overlap), polls
+ * for finished jobs (backing off from 10 to 200 µs while jobs run), and hands each back
+ * through the done list, ringing the doorbell so that a sleeping poller wakes to post
+ * the completion. The backend is called from this thread only (but for client_close).
+ * Each session has at most one job here at a time (the poller's rule).
  */
 #ifndef MOED_DAEMON_RUNNER_H
 #define MOED_DAEMON_RUNNER_H
@@ -26,11 +27,11 @@ struct moed_weight_set;
 struct moed_run_item {
 	struct moed_run_item *next;
 	struct moed_session *s;    /* a reference, dropped by the poller after posting */
-	struct moed_weight_set *w; /* a reference, dropped by the runner after the run */
+	struct moed_weight_set *w; /* a reference, dropped by the runner when the job is over */
 	struct moed_job job;       /* validated private copy */
 	struct moed_kwargs kwargs; /* parsed from blob */
 	uint64_t user_data;
-	uint64_t t_seen, t_run, run_ns; /* found by the poller, started, ran for */
+	uint64_t t_seen, t_run, run_ns; /* found by the poller, submitted, until seen done */
 	int status;                     /* the run's result */
 	struct moed_error err;
 	unsigned char blob[MOED_KWARGS_MAX_SIZE];

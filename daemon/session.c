@@ -39,6 +39,8 @@ void moed_session_put(struct moed_session *s)
 {
 	if (!s || __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL))
 		return;
+	if (s->backend_ctx) /* before the unmap: it may have pinned the arena */
+		s->backend_ops->client_close(s->backend, s->backend_ctx);
 	if (s->region)
 		munmap(s->region, s->hdr.region_size);
 	if (s->memfd >= 0)

@@ -56,6 +56,12 @@ struct moed_session {
 	uint64_t jobs, job_errors; /* atomic counters */
 	int64_t drain_left;        /* poller: entries still served once draining; -1 = not draining */
 	bool running;              /* poller: a job of this session is at the runner */
+
+	/* The backend's context for this client: opened by the runner at the first job,
+	 * closed by the last moed_session_put (no job can be in flight by then). */
+	void *backend_ctx;
+	const struct moed_backend_ops *backend_ops;
+	struct moed_backend *backend;
 };
 
 struct moed_session *moed_session_new(int sock, pid_t pid, uid_t uid, gid_t gid, uint64_t id);

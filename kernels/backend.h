@@ -65,6 +65,24 @@ struct moed_backend_ops {
 	int (*run)(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
 		   const struct moed_kwargs *kwargs, const struct moed_arena *arena,
 		   struct moed_error *err);
+
+	/*
+	 * Asynchronous execution, as the daemon runs jobs. A client (a session, with its
+	 * arena) gets a context from client_open(); submit() starts one validated job for
+	 * it and returns at once; poll() then says 0 while that job runs, 1 when it is done,
+	 * or its negative errno with err set (-ENOTRECOVERABLE as for run()). A client has
+	 * at most one job in flight: submit again only after poll() said it finished. The
+	 * job, weights, kwargs and arena must stay valid until then. client_close() may be
+	 * called from any thread, never with the client's job in flight. Each client's jobs
+	 * may run beside other clients' (on the GPU: one stream each).
+	 */
+	int (*client_open)(struct moed_backend *b, const struct moed_arena *arena, void **ctx,
+			   struct moed_error *err);
+	void (*client_close)(struct moed_backend *b, void *ctx);
+	int (*submit)(struct moed_backend *b, void *ctx, const struct moed_job *job,
+		      const struct moed_weights *w, const struct moed_kwargs *kwargs,
+		      const struct moed_arena *arena, struct moed_error *err);
+	int (*poll)(struct moed_backend *b, void *ctx, struct moed_error *err);
 };
 
 /* Bytes of one tensor of a weight set. */

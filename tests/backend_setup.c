@@ -14,6 +14,15 @@ void setup_make(struct setup *s, const struct ref_problem *p, unsigned threads, 
 	struct moed_error err;
 	const struct moed_backend_config cfg = { .threads = threads, .withhold = withhold };
 	ck_assert_msg(ops->create(&cfg, &s->b, &err) == 0, "create: %s", err.msg);
+	setup_make_on(s, s->b, p);
+	s->own_backend = true;
+}
+
+void setup_make_on(struct setup *s, struct moed_backend *b, const struct ref_problem *p)
+{
+	struct moed_error err;
+	s->b = b;
+	s->own_backend = false;
 
 	s->w = (struct moed_weights){ .shape = { .num_experts = p->e, .hidden_size = p->h,
 						 .inter_size = p->i, .dtype = p->w_dtype,
@@ -58,7 +67,8 @@ void setup_make(struct setup *s, const struct ref_problem *p, unsigned threads, 
 void setup_free(struct setup *s)
 {
 	ops->weights_free(s->b, &s->w);
-	ops->destroy(s->b);
+	if (s->own_backend)
+		ops->destroy(s->b);
 	free(s->arena.base);
 }
 

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * A backend called directly (no daemon): random shapes, dtypes and flags against the
- * tests' own f64 reference, outputs poisoned first; out-of-range expert ids; the
+ * tests' own f64 reference, outputs poisoned first, run() and the daemon's submit/poll
+ * for several clients at once; out-of-range expert ids; the
  * capability checks every backend shares. Built twice: as test_cpu_backend, with the
  * CPU's kwargs; and as test_gpu_backend (TEST_GPU), which loads the GPU module, skips
  * (77) without a device, and adds every M from 0 to 4096 and the model shapes of
@@ -75,6 +76,57 @@ START_TEST(matches_reference)
 		ref_problem_fill(&p, &rng);
 		check_whole(&p, (unsigned)test_rand_range(&rng, 1, 3), "");
 		ref_problem_free(&p);
+	}
+}
+END_TEST
+
+/*
+ * The daemon's way of running jobs: several clients, each with its own context and one
+ * job in flight, submitted together and polled until each is done (on the GPU the jobs
+ * overlap on their streams). Every output against the reference.
+ */
+START_TEST(clients_submit_and_poll)
+{
+	enum { CLIENTS = 3 };
+	uint64_t rng = test_seed() + (uint64_t)_i * 31;
+	struct ref_problem p[CLIENTS];
+	struct setup s[CLIENTS];
+	void *ctx[CLIENTS];
+	struct moed_error err;
+	static const struct moed_kwargs none;
+	for (int round = 0; round < 4; round++) {
+		for (int c = 0; c < CLIENTS; c++) {
+			random_problem(&p[c], &rng);
+			ref_problem_fill(&p[c], &rng);
+			if (c == 0)
+				setup_make(&s[c], &p[c], 2, 0);
+			else
+				setup_make_on(&s[c], s[0].b, &p[c]); /* one backend, as in the daemon */
+			ck_assert_int_eq(moed_backend_admit(ops, s[c].b, &s[c].job, &s[c].w.shape, &err), 0);
+			ck_assert_msg(ops->client_open(s[c].b, &s[c].arena, &ctx[c], &err) == 0, "%s", err.msg);
+		}
+		for (int c = 0; c < CLIENTS; c++)
+			ck_assert_msg(ops->submit(s[c].b, ctx[c], &s[c].job, &s[c].w, &none, &s[c].arena,
+						  &err) == 0, "submit: %s", err.msg);
+		for (int c = 0; c < CLIENTS; c++) {
+			int r;
+			const double t0 = now_s();
+			while ((r = ops->poll(s[c].b, ctx[c], &err)) == 0)
+				ck_assert_msg(now_s() - t0 < 60, "job %d not done after a minute", c);
+			ck_assert_msg(r == 1, "poll: %d %s", r, err.msg);
+			double *want = malloc(ref_out_elems(&p[c]) * sizeof(double) + 8);
+			ref_moe(&p[c], want);
+			double e = ref_rel_error(p[c].io_dtype, s[c].arena.base + s[c].job.output.offset, want,
+						 ref_out_elems(&p[c]));
+			ck_assert_msg(e <= ref_tolerance(p[c].io_dtype), "client %d: error %.3g, M %u H %u I %u",
+				      c, e, p[c].m, p[c].h, p[c].i);
+			free(want);
+			ops->client_close(s[c].b, ctx[c]);
+		}
+		for (int c = CLIENTS - 1; c >= 0; c--) { /* the backend's owner last */
+			setup_free(&s[c]);
+			ref_problem_free(&p[c]);
+		}
 	}
 }
 END_TEST
@@ -334,6 +386,7 @@ int main(void)
 	TCase *tc = tcase_create(TEST_BACKEND);
 
 	tcase_add_loop_test(tc, matches_reference, 0, 3);
+	tcase_add_loop_test(tc, clients_submit_and_poll, 0, 2);
 	tcase_add_test(tc, expert_ids_out_of_range);
 	tcase_add_test(tc, admission_checks);
 #ifdef TEST_GPU

@@ -1,8 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* The CPU backend: always built, the default where there is no GPU. */
+/*
+ * The CPU backend: always built, the default where there is no GPU. Asynchronous jobs
+ * (submit/poll) run one at a time, in the order submitted, on a worker thread of the
+ * backend, which spreads each over the thread pool like run() does.
+ */
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -13,12 +19,59 @@
 
 #define CPU_MAX_THREADS 256
 
+/* A client's context: its one job in flight. */
+struct cpu_client {
+	struct cpu_client *next; /* in the worker's queue */
+	const struct moed_job *job;
+	const struct moed_weights *w;
+	const struct moed_kwargs *kwargs;
+	const struct moed_arena *arena;
+	int done; /* atomic: the worker finished the job; status and err are set */
+	int status;
+	struct moed_error err;
+};
+
 struct moed_backend {
 	struct moed_pool *pool;
 	uint32_t caps;
 	struct moed_kwarg_spec specs[2];
 	struct moed_kwargs_schema schema;
+
+	/* the worker that runs submitted jobs */
+	pthread_t worker;
+	bool worker_up;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct cpu_client *queue, **queue_tail; /* under lock */
+	bool stop;                              /* under lock */
 };
+
+static int cpu_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+		   const struct moed_kwargs *kwargs, const struct moed_arena *arena,
+		   struct moed_error *err);
+
+static void *cpu_worker(void *arg)
+{
+	struct moed_backend *b = arg;
+	pthread_mutex_lock(&b->lock);
+	for (;;) {
+		while (!b->queue && !b->stop)
+			pthread_cond_wait(&b->wake, &b->lock);
+		struct cpu_client *c = b->queue;
+		if (!c)
+			break;
+		b->queue = c->next;
+		if (!b->queue)
+			b->queue_tail = &b->queue;
+		pthread_mutex_unlock(&b->lock);
+		c->err.msg[0] = 0;
+		c->status = cpu_run(b, c->job, c->w, c->kwargs, c->arena, &c->err);
+		__atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
+		pthread_mutex_lock(&b->lock);
+	}
+	pthread_mutex_unlock(&b->lock);
+	return NULL;
+}
 
 static int cpu_probe(struct moed_error *err)
 {
@@ -56,6 +109,9 @@ static int cpu_create(const struct moed_backend_config *cfg, struct moed_backend
 		.help = "weight rows per work item (default 16)",
 	};
 	b->schema = (struct moed_kwargs_schema){ b->specs, 2 };
+	b->queue_tail = &b->queue;
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->wake, NULL);
 	*out = b;
 	return 0;
 }
@@ -64,6 +120,15 @@ static void cpu_destroy(struct moed_backend *b)
 {
 	if (!b)
 		return;
+	if (b->worker_up) {
+		pthread_mutex_lock(&b->lock);
+		b->stop = true;
+		pthread_cond_signal(&b->wake);
+		pthread_mutex_unlock(&b->lock);
+		pthread_join(b->worker, NULL);
+	}
+	pthread_cond_destroy(&b->wake);
+	pthread_mutex_destroy(&b->lock);
 	moed_pool_destroy(b->pool);
 	free(b);
 }
@@ -143,6 +208,65 @@ static int cpu_run(struct moed_backend *b, const struct moed_job *job, const str
 	return moe_cpu_run(b->pool, &params, job, w, arena, err);
 }
 
+static int cpu_client_open(struct moed_backend *b, const struct moed_arena *arena, void **ctx,
+			   struct moed_error *err)
+{
+	(void)arena;
+	pthread_mutex_lock(&b->lock); /* the worker starts with the first client */
+	int r = 0;
+	if (!b->worker_up) {
+		r = -pthread_create(&b->worker, NULL, cpu_worker, b);
+		b->worker_up = r == 0;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (r < 0)
+		return moed_error_set(err, r, "cannot start the CPU job thread");
+	struct cpu_client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return moed_error_set(err, -ENOMEM, "out of memory");
+	*ctx = c;
+	return 0;
+}
+
+static void cpu_client_close(struct moed_backend *b, void *ctx)
+{
+	(void)b;
+	free(ctx);
+}
+
+static int cpu_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
+		      const struct moed_weights *w, const struct moed_kwargs *kwargs,
+		      const struct moed_arena *arena, struct moed_error *err)
+{
+	(void)err;
+	struct cpu_client *c = ctx;
+	c->job = job;
+	c->w = w;
+	c->kwargs = kwargs;
+	c->arena = arena;
+	c->done = 0;
+	c->next = NULL;
+	pthread_mutex_lock(&b->lock);
+	*b->queue_tail = c;
+	b->queue_tail = &c->next;
+	pthread_cond_signal(&b->wake);
+	pthread_mutex_unlock(&b->lock);
+	return 0;
+}
+
+static int cpu_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
+{
+	(void)b;
+	struct cpu_client *c = ctx;
+	if (!__atomic_load_n(&c->done, __ATOMIC_ACQUIRE))
+		return 0;
+	if (c->status < 0) {
+		*err = c->err;
+		return c->status;
+	}
+	return 1;
+}
+
 const struct moed_backend_ops moed_cpu_backend = {
 	.name = "cpu",
 	.probe = cpu_probe,
@@ -156,4 +280,8 @@ const struct moed_backend_ops moed_cpu_backend = {
 	.weights_write = cpu_weights_write,
 	.weights_free = cpu_weights_free,
 	.run = cpu_run,
+	.client_open = cpu_client_open,
+	.client_close = cpu_client_close,
+	.submit = cpu_submit,
+	.poll = cpu_poll,
 };

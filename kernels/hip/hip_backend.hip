@@ -2,8 +2,13 @@
 //
 // The GPU backend's host side: a loadable module (moed-hip.so) that the daemon opens with
 // dlopen, so that the daemon itself links no GPU runtime. Weights live in device memory
-// once for all clients; a job's inputs are copied in, its kernels run on the backend's
-// stream, its output is copied back, and the job completes when the stream has drained.
+// once for all clients. Each client (the daemon's session) has a context of its own: a
+// stream, an event, scratch buffers, and its arena registered (pinned) with the runtime
+// where the runtime allows, so that copies in and out are asynchronous DMA. A job's
+// inputs are copied in, its kernels run, its output is copied back, all queued on the
+// client's stream by submit(); poll() reports it done when the event behind the output
+// copy has fired, so clients' jobs overlap on the GPU. run() (direct callers: tests,
+// tools) does the same on a context of the backend's own and waits.
 // Runtime errors become the job's error with the runtime's message. An error that the
 // device keeps returning (a kernel fault: the context is lost) fails this job and every
 // later one with -ENOTRECOVERABLE, which the daemon reports; only a restart recovers.
@@ -30,15 +35,11 @@ struct dbuf {
 	size_t cap;
 };
 
-} // namespace
-
-struct moed_backend {
-	int device;
+/* One client's context. It has at most one job in flight (the daemon's rule). */
+struct hip_client {
 	hipStream_t stream;
-	hipError_t lost;   /* the sticky error that lost the device, or hipSuccess */
-	bool inject_fault; /* trap in the next job (the fault-handling test) */
-	uint32_t caps;
-	struct moed_kwargs_schema schema;
+	hipEvent_t done;            /* recorded after the job's output copy */
+	unsigned char *pinned;      /* the arena, where registering it worked */
 	dbuf x, routing, act, y, out;
 	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
 	 * buffer the sorted routing is packed into for one asynchronous copy */
@@ -47,6 +48,17 @@ struct moed_backend {
 	struct moe_routing route;
 	void *stage;
 	size_t stage_cap;
+};
+
+} // namespace
+
+struct moed_backend {
+	int device;
+	hipError_t lost;   /* the sticky error that lost the device, or hipSuccess */
+	bool inject_fault; /* trap in the next job (the fault-handling test) */
+	uint32_t caps;
+	struct moed_kwargs_schema schema;
+	struct hip_client *own; /* run()'s context, made at its first job */
 };
 
 namespace {
@@ -71,7 +83,7 @@ int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 	return 0;
 }
 
-int ensure_stage(struct moed_backend *b, size_t bytes, struct moed_error *err)
+int ensure_stage(struct hip_client *b, size_t bytes, struct moed_error *err)
 {
 	if (bytes <= b->stage_cap)
 		return 0;
@@ -123,8 +135,6 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	if (!b)
 		return moed_error_set(err, -ENOMEM, "out of memory");
 	hipError_t e = hipSetDevice(0);
-	if (e == hipSuccess)
-		e = hipStreamCreateWithFlags(&b->stream, hipStreamNonBlocking);
 	if (e != hipSuccess) {
 		free(b);
 		return gpu_error(err, e, "set-up");
@@ -139,18 +149,55 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	return 0;
 }
 
+void client_free(struct hip_client *c)
+{
+	if (!c)
+		return;
+	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out };
+	for (dbuf *d : all)
+		release(d);
+	if (c->pinned)
+		(void)hipHostUnregister(c->pinned);
+	if (c->stage)
+		(void)hipHostFree(c->stage);
+	if (c->done)
+		(void)hipEventDestroy(c->done);
+	if (c->stream)
+		(void)hipStreamDestroy(c->stream);
+	free(c->ids);
+	moe_routing_free(&c->route);
+	free(c);
+}
+
+/* A context; the arena, when given, is registered for DMA where the runtime allows. */
+int client_make(const struct moed_arena *arena, struct hip_client **out, struct moed_error *err)
+{
+	struct hip_client *c = (struct hip_client *)calloc(1, sizeof(*c));
+	if (!c)
+		return moed_error_set(err, -ENOMEM, "out of memory");
+	hipError_t e = hipStreamCreateWithFlags(&c->stream, hipStreamNonBlocking);
+	if (e == hipSuccess)
+		e = hipEventCreateWithFlags(&c->done, hipEventDisableTiming);
+	if (e != hipSuccess) {
+		client_free(c);
+		return gpu_error(err, e, "stream set-up");
+	}
+	/* Not every mapping can be pinned (the runtime decides): unpinned, copies are
+	 * staged by the runtime and submit() returns only once they are done. */
+	if (arena && arena->size &&
+	    hipHostRegister(arena->base, arena->size, hipHostRegisterDefault) == hipSuccess)
+		c->pinned = arena->base;
+	else
+		(void)hipGetLastError();
+	*out = c;
+	return 0;
+}
+
 void hip_destroy(struct moed_backend *b)
 {
 	if (!b)
 		return;
-	dbuf *all[] = { &b->x, &b->routing, &b->act, &b->y, &b->out };
-	for (dbuf *d : all)
-		release(d);
-	(void)hipStreamDestroy(b->stream);
-	if (b->stage)
-		(void)hipHostFree(b->stage);
-	free(b->ids);
-	moe_routing_free(&b->route);
+	client_free(b->own);
 	free(b);
 }
 
@@ -225,7 +272,7 @@ void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 
 /* Read the routing once (it lives in shared memory), check it, pick the kernels from the
  * most pairs any expert has, group the pairs by expert into the kernels' tiles. */
-int sort_pairs(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+int sort_pairs(struct hip_client *b, const struct moed_job *job, const struct moed_weights *w,
 	       const struct moed_arena *arena, struct moe_gpu_plan *plan, struct moed_error *err)
 {
 	const uint32_t experts = w->shape.num_experts;
@@ -248,15 +295,18 @@ int sort_pairs(struct moed_backend *b, const struct moed_job *job, const struct 
 	return moe_route_cut(&b->route, plan->tile);
 }
 
-int run_job(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+/* Queue a job's copies and kernels on the client's stream, then its event. */
+int enqueue(struct hip_client *b, const struct moed_job *job, const struct moed_weights *w,
 	    const struct moed_arena *arena, struct moed_error *err)
 {
 	const size_t m = job->num_tokens, k = job->topk, pairs = m * k;
 	const size_t h = job->hidden_size, i = w->shape.inter_size;
 	const size_t ds = job->dtype == MOED_DTYPE_F32 ? 4 : 2;
 	int r;
-	if (m == 0)
-		return 0;
+	if (m == 0) { /* nothing to do: the event fires at once */
+		const hipError_t e = hipEventRecord(b->done, b->stream);
+		return e == hipSuccess ? 0 : gpu_error(err, e, "job");
+	}
 	struct moe_gpu_plan plan;
 	if ((r = sort_pairs(b, job, w, arena, &plan, err)) < 0)
 		return r;
@@ -311,9 +361,9 @@ int run_job(struct moed_backend *b, const struct moed_job *job, const struct moe
 	e = hipMemcpyAsync(arena->base + job->output.offset, b->out.p, job->output.length,
 			   hipMemcpyDeviceToHost, b->stream);
 	if (e == hipSuccess)
-		e = hipStreamSynchronize(b->stream);
+		e = hipEventRecord(b->done, b->stream);
 	if (e != hipSuccess)
-		return gpu_error(err, e, "job");
+		return gpu_error(err, e, "copy of the job's output");
 	return 0;
 }
 
@@ -334,21 +384,62 @@ int check_lost(struct moed_backend *b, int r, struct moed_error *err)
 			      "until moed restarts", hipGetErrorString(e));
 }
 
-int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
-	    const struct moed_kwargs *, const struct moed_arena *arena, struct moed_error *err)
+int hip_client_open(struct moed_backend *, const struct moed_arena *arena, void **ctx,
+		    struct moed_error *err)
 {
+	struct hip_client *c;
+	const int r = client_make(arena, &c, err);
+	if (r == 0)
+		*ctx = c;
+	return r;
+}
+
+void hip_client_close(struct moed_backend *, void *ctx)
+{
+	client_free((struct hip_client *)ctx);
+}
+
+int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
+	       const struct moed_weights *w, const struct moed_kwargs *,
+	       const struct moed_arena *arena, struct moed_error *err)
+{
+	struct hip_client *c = (struct hip_client *)ctx;
 	if (b->lost != hipSuccess)
 		return moed_error_set(err, -ENOTRECOVERABLE,
 				      "the GPU faulted earlier (%s): no job can run until moed restarts",
 				      hipGetErrorString(b->lost));
 	if (b->inject_fault) {
 		b->inject_fault = false;
-		const hipError_t e = (hipError_t)moe_gpu_inject_fault(b->stream);
+		const hipError_t e = (hipError_t)moe_gpu_inject_fault(c->stream);
 		if (e != hipSuccess)
 			return check_lost(b, gpu_error(err, e, "fault injection"), err);
 	}
-	const int r = run_job(b, job, w, arena, err);
-	return r < 0 ? check_lost(b, r, err) : r;
+	const int r = enqueue(c, job, w, arena, err);
+	return r < 0 ? check_lost(b, r, err) : 0;
+}
+
+int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
+{
+	struct hip_client *c = (struct hip_client *)ctx;
+	const hipError_t e = hipEventQuery(c->done);
+	if (e == hipSuccess)
+		return 1;
+	if (e == hipErrorNotReady)
+		return 0;
+	return check_lost(b, gpu_error(err, e, "job"), err);
+}
+
+int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
+	    const struct moed_kwargs *kw, const struct moed_arena *arena, struct moed_error *err)
+{
+	int r = b->own ? 0 : client_make(NULL, &b->own, err);
+	if (r == 0)
+		r = hip_submit(b, b->own, job, w, kw, arena, err);
+	if (r < 0)
+		return r;
+	(void)hipEventSynchronize(b->own->done); /* poll() reads its outcome */
+	r = hip_poll(b, b->own, err);
+	return r < 0 ? r : 0;
 }
 
 } // namespace
@@ -359,7 +450,8 @@ __attribute__((visibility("default"))) extern const struct moed_backend_ops moed
 const struct moed_backend_ops moed_hip_backend = {
 	"hip",       hip_probe,         hip_create,        hip_destroy,      hip_schema,
 	hip_caps,    hip_dtypes,        hip_activations,   hip_weights_alloc, hip_weights_write,
-	hip_weights_free, hip_run,
+	hip_weights_free, hip_run,      hip_client_open,   hip_client_close, hip_submit,
+	hip_poll,
 };
 }
 #endif /* !__HIP_DEVICE_COMPILE__ */

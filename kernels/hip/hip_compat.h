@@ -17,9 +17,11 @@
 
 typedef cudaError_t hipError_t;
 typedef cudaStream_t hipStream_t;
+typedef cudaEvent_t hipEvent_t;
 typedef cudaDeviceProp hipDeviceProp_t;
 #define hipSuccess cudaSuccess
 #define hipErrorNoDevice cudaErrorNoDevice
+#define hipErrorNotReady cudaErrorNotReady
 #define hipGetErrorString cudaGetErrorString
 #define hipGetLastError cudaGetLastError
 #define hipGetDeviceCount cudaGetDeviceCount
@@ -33,6 +35,15 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipHostMalloc(ptr, size, flags) cudaHostAlloc((ptr), (size), (flags))
 #define hipHostMallocDefault cudaHostAllocDefault
 #define hipHostFree cudaFreeHost
+#define hipHostRegister cudaHostRegister
+#define hipHostRegisterDefault cudaHostRegisterDefault
+#define hipHostUnregister cudaHostUnregister
+#define hipEventCreateWithFlags cudaEventCreateWithFlags
+#define hipEventDisableTiming cudaEventDisableTiming
+#define hipEventRecord cudaEventRecord
+#define hipEventQuery cudaEventQuery
+#define hipEventSynchronize cudaEventSynchronize
+#define hipEventDestroy cudaEventDestroy
 #define hipMemcpyHostToDevice cudaMemcpyHostToDevice
 #define hipMemcpyDeviceToHost cudaMemcpyDeviceToHost
 #define hipMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
