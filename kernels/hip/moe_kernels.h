@@ -19,7 +19,10 @@ enum moe_gpu_kernel {
 	MOE_GPU_MMA16,  /* matrix units (NVIDIA mma.sync), tiles of 16 pairs: weight streaming */
 	MOE_GPU_MMA64,  /* matrix units, tiles of 64 pairs */
 	MOE_GPU_MMA128, /* matrix units, tiles of 128 pairs: prefill */
+	MOE_GPU_WGMMA128, /* Hopper's wgmma, tiles of 128 pairs (sm_90a builds; forced only,
+			     until measured: MOED_GPU_KERNEL=wgmma128) */
 };
+#define MOE_GPU_KERNELS 5
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
@@ -32,7 +35,9 @@ struct moe_gpu_plan {
 /*
  * Pick the kernel for a job from the most pairs any one expert has and the dtypes and
  * shapes (the matrix-unit kernels need I/O and weights of one 16-bit dtype, and hidden
- * and intermediate sizes that are multiples of 8, for 16-byte copies).
+ * and intermediate sizes that are multiples of 8, for 16-byte copies). MOED_GPU_KERNEL
+ * in the environment (a name from moe_gpu_kernel_name) forces a kernel wherever the
+ * job allows it: for tests, benchmarks and diagnosis.
  */
 struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype, uint32_t hidden,
 				 uint32_t inter);

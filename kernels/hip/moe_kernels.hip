@@ -13,6 +13,8 @@
 // accumulation is f32 throughout. These serve few pairs per expert (decode: the weights
 // are streamed once, the rest is free) and every case the matrix units cannot take.
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "moe_device.h"
 
@@ -198,10 +200,22 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 #else
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
-	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
-	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
 	if (!mma)
 		return p;
+	const char *force = getenv("MOED_GPU_KERNEL");
+	for (int k = MOE_GPU_WARP; force && k < MOE_GPU_KERNELS; k++) {
+		if (strcmp(force, moe_gpu_kernel_name((enum moe_gpu_kernel)k)))
+			continue;
+		static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128 };
+#ifndef MOED_GPU_WGMMA
+		if (k == MOE_GPU_WGMMA128)
+			break; /* not built for sm_90a */
+#endif
+		p.kernel = (enum moe_gpu_kernel)k, p.tile = tiles[k];
+		return p;
+	}
+	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
+	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
 	if (most_pairs <= 16)
 		p.kernel = MOE_GPU_MMA16, p.tile = 16;
 	else if (most_pairs <= 64)
@@ -219,6 +233,7 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_MMA16: return "mma16";
 	case MOE_GPU_MMA64: return "mma64";
 	case MOE_GPU_MMA128: return "mma128";
+	case MOE_GPU_WGMMA128: return "wgmma128";
 	}
 	return "?";
 }

@@ -36,9 +36,12 @@ using namespace moe;
 
 constexpr int kBK = 64; // k-values per stage: one 128-byte row of 16-bit elements
 
-// A block tile of BM pairs by BN weight rows, WM x WN warps, copies kStages deep.
-template <int BM_, int BN_, int WM_, int WN_, int kStages_> struct Shape {
+// A block tile of BM pairs by BN weight rows, WM x WN warps, copies kStages deep;
+// kWgmma: the warps work as warpgroups on Hopper's wgmma (each warp then owns 16 rows by
+// all BN columns, the accumulator layout of mma.sync's m16n8 tiles side by side).
+template <int BM_, int BN_, int WM_, int WN_, int kStages_, bool kWgmma_ = false> struct Shape {
 	static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, kStages = kStages_;
+	static constexpr bool kWgmma = kWgmma_;
 	static constexpr int kThreads = WM * WN * kWarp;
 	static constexpr int kWarpRows = BM / WM, kWarpCols = BN / WN;
 	static constexpr int kMT = kWarpRows / 16, kNT = kWarpCols / 8; // mma tiles per warp
@@ -56,6 +59,11 @@ template <int BM_, int BN_, int WM_, int WN_, int kStages_> struct Shape {
 using Shape16 = Shape<16, 128, 1, 4, 5>;
 using Shape64 = Shape<64, 128, 2, 2, 4>;
 using Shape128 = Shape<128, 128, 2, 2, 3>;
+// Hopper: two warpgroups, each wgmma m64n128k16 on 64 rows; B and A tiles in shared
+// memory are read by the tensor cores directly (no ldmatrix), with the same swizzle.
+using ShapeWg128 = Shape<128, 128, 8, 1, 3, true>;
+static_assert(ShapeWg128::kStageBytes % 1024 == 0 && ShapeWg128::kABytes % 1024 == 0,
+	      "128-byte swizzled wgmma operands start on 1024-byte boundaries");
 
 __device__ __forceinline__ uint32_t smem_address(const void *p)
 {
@@ -113,10 +121,81 @@ template <bool kBf16> __device__ __forceinline__ uint32_t pack2(float lo, float 
 		     : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
 }
 
+// wgmma (sm_90a only: the arch-specific features; elsewhere these trap, and the plan
+// never picks the kernel, see moe_gpu_plan).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MOED_HAVE_WGMMA 1
+#endif
+
+// A shared-memory operand: K-major rows of 128 bytes, 128-byte swizzle (as swizzle()
+// lays them out), 8-row groups 1024 bytes apart; the leading offset is unused there.
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t address)
+{
+	return (uint64_t)((address & 0x3ffff) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 |
+	       (uint64_t)1 << 62;
+}
+
+__device__ __forceinline__ void wgmma_fence()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// cp.async writes shared memory through the generic proxy, wgmma reads it through the
+// async proxy: each thread fences its landed copies before the barrier that publishes them.
+__device__ __forceinline__ void fence_proxy_async()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit_and_wait()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+	asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+
+// d[64] += A (64 x 16, at desc_a) * B (128 x 16, K-major, at desc_b)^T, one warpgroup.
+#define MOED_WGMMA_D(i) "+f"(d[i])
+#define MOED_WGMMA_D8(i)                                                                      \
+	MOED_WGMMA_D(i), MOED_WGMMA_D(i + 1), MOED_WGMMA_D(i + 2), MOED_WGMMA_D(i + 3),         \
+		MOED_WGMMA_D(i + 4), MOED_WGMMA_D(i + 5), MOED_WGMMA_D(i + 6), MOED_WGMMA_D(i + 7)
+#define MOED_WGMMA_REGS                                                                       \
+	"{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "               \
+	"%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "      \
+	"%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "      \
+	"%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+template <bool kBf16> __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t desc_a, uint64_t desc_b)
+{
+#ifdef MOED_HAVE_WGMMA
+	if (kBf16)
+		asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+			     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MOED_WGMMA_REGS
+			     ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+			     : MOED_WGMMA_D8(0), MOED_WGMMA_D8(8), MOED_WGMMA_D8(16), MOED_WGMMA_D8(24),
+			       MOED_WGMMA_D8(32), MOED_WGMMA_D8(40), MOED_WGMMA_D8(48), MOED_WGMMA_D8(56)
+			     : "l"(desc_a), "l"(desc_b));
+	else
+		asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+			     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " MOED_WGMMA_REGS
+			     ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+			     : MOED_WGMMA_D8(0), MOED_WGMMA_D8(8), MOED_WGMMA_D8(16), MOED_WGMMA_D8(24),
+			       MOED_WGMMA_D8(32), MOED_WGMMA_D8(40), MOED_WGMMA_D8(48), MOED_WGMMA_D8(56)
+			     : "l"(desc_a), "l"(desc_b));
+#else
+	(void)d, (void)desc_a, (void)desc_b;
+	__trap();
+#endif
+}
+
 template <class S, bool kGateUp, bool kBf16>
 __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
 {
-	extern __shared__ __align__(128) unsigned char smem[];
+	extern __shared__ __align__(1024) unsigned char smem[];
 	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
 	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
 	const uint32_t tile = blockIdx.x;
@@ -189,12 +268,25 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	}
 	for (uint32_t kt = 0; kt < ktiles; kt++) {
 		copy_wait<kStages - 2>(); // this thread's copies of stage kt have landed...
-		__syncthreads();          // ...and everyone's; stage kt - 1 is free again
+		if constexpr (S::kWgmma)
+			fence_proxy_async();
+		__syncthreads(); // ...and everyone's; stage kt - 1 is free again
 		const uint32_t next = kt + kStages - 1;
 		if (next < ktiles)
 			load_stage(next % kStages, (kt0 + next) * kBK);
 		copy_commit();
 		const uint32_t as = base + (kt % kStages) * S::kStageBytes, bs = as + S::kABytes;
+		if constexpr (S::kWgmma) {
+			static_assert(S::kMT == 1 && S::kNT == 16 && S::WN == 1, "m64n128 per warpgroup");
+			// Warpgroup g: rows 64 g .. 64 g + 63 of the A tile, all 128 B rows. Each k16
+			// step starts 32 bytes further into the (swizzled) 128-byte rows.
+			const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(bs);
+			wgmma_fence();
+#pragma unroll
+			for (int kk = 0; kk < kBK / 16; kk++)
+				wgmma_m64n128k16<kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
+			wgmma_commit_and_wait(); // the stage is read before the next barrier frees it
+		} else {
 #pragma unroll
 		for (int kk = 0; kk < kBK / 16; kk++) {
 			uint32_t af[S::kMT][4], bf[S::kNT][2];
@@ -215,6 +307,7 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 #pragma unroll
 				for (int nt = 0; nt < S::kNT; nt++)
 					mma<kBf16>(acc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+		}
 		}
 	}
 
@@ -318,6 +411,7 @@ template <bool kBf16> int launch_dtype(const struct moe_gpu_args &a, cudaStream_
 	case MOE_GPU_MMA16: return launch<Shape16, kBf16>(a, stream);
 	case MOE_GPU_MMA64: return launch<Shape64, kBf16>(a, stream);
 	case MOE_GPU_MMA128: return launch<Shape128, kBf16>(a, stream);
+	case MOE_GPU_WGMMA128: return launch<ShapeWg128, kBf16>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
 }
