@@ -294,6 +294,22 @@ START_TEST(every_m_and_topk)
 }
 END_TEST
 
+/* Sizes past what the kernels' grids span are refused when the weights are made. */
+START_TEST(oversized_weights_refused)
+{
+	struct moed_backend *b;
+	struct moed_error err;
+	const struct moed_backend_config cfg = { 0 };
+	ck_assert_int_eq(ops->create(&cfg, &b, &err), 0);
+	struct moed_weights w = { .shape = { .num_experts = 1, .hidden_size = 600000, .inter_size = 8,
+					     .dtype = MOED_DTYPE_BF16, .gated = 1 } };
+	ck_assert_int_eq(ops->weights_alloc(b, &w, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "hidden_size 600000, inter_size 8: the GPU backend takes sizes up to"),
+		      "message: %s", err.msg);
+	ops->destroy(b);
+}
+END_TEST
+
 static uint32_t most_pairs_per_expert(const struct ref_problem *p)
 {
 	uint32_t *n = calloc(p->e, sizeof(uint32_t)), most = 0;
@@ -393,6 +409,7 @@ int main(void)
 	tcase_add_loop_test(tc, every_m_and_topk, 0, 3);
 	tcase_add_loop_test(tc, model_shapes, 0, 3);
 	tcase_add_loop_test(tc, matrix_unit_tiles, 0, 4);
+	tcase_add_test(tc, oversized_weights_refused);
 #else
 	tcase_add_test(tc, kwargs_change_how_not_what);
 #endif

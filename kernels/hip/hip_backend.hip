@@ -232,6 +232,10 @@ uint64_t tensor_bytes(const struct moed_weights_shape *s, unsigned tensor)
 
 int hip_weights_alloc(struct moed_backend *, struct moed_weights *w, struct moed_error *err)
 {
+	if (w->shape.hidden_size > MOE_GPU_MAX_ROWS || w->shape.inter_size > MOE_GPU_MAX_ROWS)
+		return moed_error_set(err, -EINVAL,
+				      "hidden_size %u, inter_size %u: the GPU backend takes sizes up to %u",
+				      w->shape.hidden_size, w->shape.inter_size, MOE_GPU_MAX_ROWS);
 	w->w13_bytes = tensor_bytes(&w->shape, MOED_TENSOR_W13);
 	w->w2_bytes = tensor_bytes(&w->shape, MOED_TENSOR_W2);
 	w->w13 = w->w2 = NULL;

@@ -42,6 +42,10 @@ struct moe_gpu_plan {
 struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype, uint32_t hidden,
 				 uint32_t inter);
 
+/* The largest hidden or intermediate size the kernels take (grids span rows in their
+ * second dimension, at most 65535 blocks of 8 rows). */
+#define MOE_GPU_MAX_ROWS (65535u * 8u)
+
 /* The kernel's name, for logs and the benchmark. */
 const char *moe_gpu_kernel_name(enum moe_gpu_kernel k);
 

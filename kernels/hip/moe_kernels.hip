@@ -50,13 +50,13 @@ __device__ __forceinline__ void load8(const void *base, size_t i, int dtype, flo
 	}
 }
 
-// blockIdx.y: tile; blockIdx.x * warps + warp: row of I. kVec: H is a multiple of 8,
+// blockIdx.x: tile; blockIdx.y * warps + warp: row of I. kVec: H is a multiple of 8,
 // so every row starts 16-byte aligned and each lane loads 8 elements at a time.
 template <bool kVec, int kTile> __global__ void gate_up_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
-	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-	const uint32_t t = blockIdx.y;
+	const uint32_t r = blockIdx.y * kWarpsPerBlock + threadIdx.x / kWarp;
+	const uint32_t t = blockIdx.x;
 	if (r >= a.inter)
 		return;
 	const uint32_t first = a.tile_first[t], n = a.tile_count[t], e = a.tile_expert[t];
@@ -117,12 +117,12 @@ template <bool kVec, int kTile> __global__ void gate_up_kernel(struct moe_gpu_ar
 	}
 }
 
-// blockIdx.y: tile; blockIdx.x * warps + warp: row of H. kVec: I is a multiple of 8.
+// blockIdx.x: tile; blockIdx.y * warps + warp: row of H. kVec: I is a multiple of 8.
 template <bool kVec, int kTile> __global__ void down_kernel(struct moe_gpu_args a)
 {
 	const int lane = threadIdx.x % kWarp;
-	const uint32_t r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-	const uint32_t t = blockIdx.y;
+	const uint32_t r = blockIdx.y * kWarpsPerBlock + threadIdx.x / kWarp;
+	const uint32_t t = blockIdx.x;
 	if (r >= a.hidden)
 		return;
 	const uint32_t first = a.tile_first[t], n = a.tile_count[t], e = a.tile_expert[t];
@@ -262,8 +262,9 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 		return (int)hipGetLastError();
 	}
 	const dim3 block(kWarp * kWarpsPerBlock);
-	const dim3 gu((a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
-	const dim3 dn((a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, a.tiles);
+	/* Tiles in x (up to 2^31 - 1), rows in y (up to 65535 blocks: moe_gpu_max_rows). */
+	const dim3 gu(a.tiles, (a.inter + kWarpsPerBlock - 1) / kWarpsPerBlock);
+	const dim3 dn(a.tiles, (a.hidden + kWarpsPerBlock - 1) / kWarpsPerBlock);
 	/* Few pairs per expert (decode): a smaller register tile, more warps in flight. */
 	const bool vh = a.hidden % 8 == 0, vi = a.inter % 8 == 0;
 	if (a.max_tile <= 1) {
