@@ -22,13 +22,26 @@ struct moed_runner {
 	struct moed_run_item *queue, **queue_tail; /* under lock */
 	struct moed_run_item *done, **done_tail;   /* under lock */
 	bool stop;                                 /* under lock */
+	bool kicked;                               /* under lock: the backend said a job ended */
+	bool notified;                             /* the backend says when jobs end */
 	struct moed_run_item *inflight;            /* runner thread: submitted, not finished */
 	bool lost;                                 /* runner thread: the device is lost */
 };
 
-/* Polling for finished jobs backs off from the first to the last of these, in µs. */
+/* Without word from the backend, polling for finished jobs backs off from the first to
+ * the second of these, in µs; with it, the third is only a safety net. */
 #define POLL_WAIT_MIN_US 10u
 #define POLL_WAIT_MAX_US 200u
+#define POLL_WAIT_NOTIFIED_US 20000u
+
+static void kick(void *arg)
+{
+	struct moed_runner *r = arg;
+	pthread_mutex_lock(&r->lock);
+	r->kicked = true;
+	pthread_cond_signal(&r->wake);
+	pthread_mutex_unlock(&r->lock);
+}
 
 static void append(struct moed_run_item ***tail, struct moed_run_item *it)
 {
@@ -115,14 +128,16 @@ static void *runner_main(void *arg)
 			pthread_cond_wait(&r->wake, &r->lock);
 		if (!r->queue && !r->inflight)
 			break; /* stopping, and nothing left */
-		if (!r->queue) { /* jobs running: look again soon, or when one is submitted */
+		if (!r->queue && !r->kicked) { /* jobs running: look again soon, or when told */
+			const unsigned us = r->notified ? POLL_WAIT_NOTIFIED_US : wait_us;
 			struct timespec t;
 			clock_gettime(CLOCK_MONOTONIC, &t);
-			t.tv_nsec += (long)wait_us * 1000;
+			t.tv_nsec += (long)us * 1000;
 			t.tv_sec += t.tv_nsec / 1000000000;
 			t.tv_nsec %= 1000000000;
 			pthread_cond_timedwait(&r->wake, &r->lock, &t);
 		}
+		r->kicked = false;
 		struct moed_run_item *fresh = r->queue, *next;
 		r->queue = NULL;
 		r->queue_tail = &r->queue;
@@ -155,6 +170,10 @@ int moed_runner_start(struct moed_daemon *d, struct moed_runner **out)
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&r->wake, &attr);
 	pthread_condattr_destroy(&attr);
+	if (d->ops->set_notify) {
+		d->ops->set_notify(d->backend, kick, r);
+		r->notified = true;
+	}
 	int e = pthread_create(&r->thread, NULL, runner_main, r);
 	if (e) {
 		pthread_cond_destroy(&r->wake);

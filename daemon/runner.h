@@ -4,11 +4,12 @@
  * holds up the rings. The poller validates a job, hands it over with everything it needs
  * (references to its session and weight set, a private copy of its kwargs) and goes on
  * serving; the runner submits it to the backend on its client's context (opened at the
- * client's first job; on the GPU a stream of its own, so clients' jobs overlap), polls
- * for finished jobs (backing off from 10 to 200 µs while jobs run), and hands each back
- * through the done list, ringing the doorbell so that a sleeping poller wakes to post
- * the completion. The backend is called from this thread only (but for client_close).
- * Each session has at most one job here at a time (the poller's rule).
+ * client's first job; on the GPU a stream of its own, so clients' jobs overlap), waits
+ * for the backend's word that a job ended (or polls, backing off from 10 to 200 µs, for
+ * a backend that gives none), and hands each finished job back through the done list,
+ * ringing the doorbell so that a sleeping poller wakes to post the completion. The
+ * backend is called from this thread only (but for client_close). Each session has at
+ * most one job here at a time (the poller's rule).
  */
 #ifndef MOED_DAEMON_RUNNER_H
 #define MOED_DAEMON_RUNNER_H

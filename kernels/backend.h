@@ -83,6 +83,13 @@ struct moed_backend_ops {
 		      const struct moed_weights *w, const struct moed_kwargs *kwargs,
 		      const struct moed_arena *arena, struct moed_error *err);
 	int (*poll)(struct moed_backend *b, void *ctx, struct moed_error *err);
+	/*
+	 * Optional: have the backend call notify(arg) whenever a submitted job may have
+	 * finished, so that the caller sleeps until then instead of polling on a timer.
+	 * notify may run on any thread (a worker, a runtime's callback thread) and must
+	 * return quickly without calling the backend.
+	 */
+	void (*set_notify)(struct moed_backend *b, void (*notify)(void *arg), void *arg);
 };
 
 /* Bytes of one tensor of a weight set. */

@@ -44,6 +44,8 @@ struct moed_backend {
 	pthread_cond_t wake;
 	struct cpu_client *queue, **queue_tail; /* under lock */
 	bool stop;                              /* under lock */
+	void (*notify)(void *arg);              /* set before the first job */
+	void *notify_arg;
 };
 
 static int cpu_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
@@ -67,6 +69,8 @@ static void *cpu_worker(void *arg)
 		c->err.msg[0] = 0;
 		c->status = cpu_run(b, c->job, c->w, c->kwargs, c->arena, &c->err);
 		__atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
+		if (b->notify)
+			b->notify(b->notify_arg);
 		pthread_mutex_lock(&b->lock);
 	}
 	pthread_mutex_unlock(&b->lock);
@@ -267,6 +271,12 @@ static int cpu_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
 	return 1;
 }
 
+static void cpu_set_notify(struct moed_backend *b, void (*notify)(void *arg), void *arg)
+{
+	b->notify = notify;
+	b->notify_arg = arg;
+}
+
 const struct moed_backend_ops moed_cpu_backend = {
 	.name = "cpu",
 	.probe = cpu_probe,
@@ -284,4 +294,5 @@ const struct moed_backend_ops moed_cpu_backend = {
 	.client_close = cpu_client_close,
 	.submit = cpu_submit,
 	.poll = cpu_poll,
+	.set_notify = cpu_set_notify,
 };

@@ -59,6 +59,8 @@ struct moed_backend {
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
+	void (*notify)(void *arg); /* set_notify's: called after each job's output copy */
+	void *notify_arg;
 };
 
 namespace {
@@ -388,6 +390,18 @@ int check_lost(struct moed_backend *b, int r, struct moed_error *err)
 			      "until moed restarts", hipGetErrorString(e));
 }
 
+void notify_done(void *arg)
+{
+	struct moed_backend *b = (struct moed_backend *)arg;
+	b->notify(b->notify_arg);
+}
+
+void hip_set_notify(struct moed_backend *b, void (*notify)(void *arg), void *arg)
+{
+	b->notify = notify;
+	b->notify_arg = arg;
+}
+
 int hip_client_open(struct moed_backend *, const struct moed_arena *arena, void **ctx,
 		    struct moed_error *err)
 {
@@ -418,7 +432,13 @@ int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
 		if (e != hipSuccess)
 			return check_lost(b, gpu_error(err, e, "fault injection"), err);
 	}
-	const int r = enqueue(c, job, w, arena, err);
+	int r = enqueue(c, job, w, arena, err);
+	if (r == 0 && b->notify) {
+		/* Runs on the runtime's callback thread once the stream gets here. */
+		const hipError_t e = hipLaunchHostFunc(c->stream, notify_done, b);
+		if (e != hipSuccess)
+			r = gpu_error(err, e, "completion callback");
+	}
 	return r < 0 ? check_lost(b, r, err) : 0;
 }
 
@@ -455,7 +475,7 @@ const struct moed_backend_ops moed_hip_backend = {
 	"hip",       hip_probe,         hip_create,        hip_destroy,      hip_schema,
 	hip_caps,    hip_dtypes,        hip_activations,   hip_weights_alloc, hip_weights_write,
 	hip_weights_free, hip_run,      hip_client_open,   hip_client_close, hip_submit,
-	hip_poll,
+	hip_poll,    hip_set_notify,
 };
 }
 #endif /* !__HIP_DEVICE_COMPILE__ */

@@ -44,6 +44,7 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipEventQuery cudaEventQuery
 #define hipEventSynchronize cudaEventSynchronize
 #define hipEventDestroy cudaEventDestroy
+#define hipLaunchHostFunc cudaLaunchHostFunc
 #define hipMemcpyHostToDevice cudaMemcpyHostToDevice
 #define hipMemcpyDeviceToHost cudaMemcpyDeviceToHost
 #define hipMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
