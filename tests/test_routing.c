@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The GPU backend's token sorting (kernels/hip/moe_routing.c, plain C, so it is tested
+ * here on every machine): fresh random routings with skewed experts and random tile
+ * sizes against a direct recount; expert ids out of range refused with their position;
+ * the packed copy laid out as the kernels read it.
+ */
+#include "config.h"
+
+#include <check.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check_run.h"
+#include "helpers.h"
+#include "moe_routing.h"
+
+/* Every property the kernels rely on, checked against the ids themselves. */
+static void check_sorted(const struct moe_routing *r, const int32_t *ids, size_t pairs,
+			 uint32_t experts, uint32_t tile)
+{
+	uint32_t *count = calloc(experts, sizeof(uint32_t)), most = 0, used = 0;
+	for (size_t p = 0; p < pairs; p++)
+		count[ids[p]]++;
+	for (uint32_t e = 0; e < experts; e++) {
+		most = count[e] > most ? count[e] : most;
+		used += count[e] > 0;
+	}
+	ck_assert_uint_eq(r->most_pairs, most);
+	ck_assert_uint_eq(r->used_experts, used);
+
+	/* pair_of is a permutation grouped by expert in ascending order, stable within an
+	 * expert, and pos_of its inverse. */
+	unsigned char *seen = calloc(pairs + 1, 1);
+	for (size_t q = 0; q < pairs; q++) {
+		const uint32_t p = r->pair_of[q];
+		ck_assert_uint_lt(p, pairs);
+		ck_assert(!seen[p]);
+		seen[p] = 1;
+		ck_assert_uint_eq(r->pos_of[p], q);
+		if (q) {
+			const uint32_t prev = r->pair_of[q - 1];
+			ck_assert(ids[prev] < ids[p] || (ids[prev] == ids[p] && prev < p));
+		}
+	}
+
+	/* Tiles: each of one expert, at most `tile` pairs, together covering every sorted
+	 * position once and in order; only the last tile of an expert may be short. */
+	const uint32_t n = r->ntiles, *first = r->tiles, *cnt = first + n, *exp = cnt + n;
+	uint32_t at = 0, max_tile = 0;
+	for (uint32_t t = 0; t < n; t++) {
+		ck_assert_uint_eq(first[t], at);
+		ck_assert(cnt[t] >= 1 && cnt[t] <= tile);
+		for (uint32_t q = first[t]; q < first[t] + cnt[t]; q++)
+			ck_assert_int_eq(ids[r->pair_of[q]], (int32_t)exp[t]);
+		if (cnt[t] < tile && t + 1 < n)
+			ck_assert_uint_ne(exp[t + 1], exp[t]);
+		max_tile = cnt[t] > max_tile ? cnt[t] : max_tile;
+		at += cnt[t];
+	}
+	ck_assert_uint_eq(at, pairs);
+	ck_assert_uint_eq(r->max_tile, max_tile);
+	free(seen);
+	free(count);
+}
+
+START_TEST(random_routings)
+{
+	uint64_t rng = test_seed() + (uint64_t)_i;
+	struct moe_routing r;
+	memset(&r, 0, sizeof(r));
+	for (int round = 0; round < 200; round++) { /* buffers reused, growing and shrinking */
+		const uint32_t experts = (uint32_t)test_rand_range(&rng, 1, 300);
+		const size_t pairs = (size_t)test_rand_range(&rng, 1, round % 10 ? 500 : 40000);
+		const uint32_t tile = (uint32_t)test_rand_range(&rng, 1, 140);
+		/* Skewed: half the pairs on a few hot experts, as real routers do. */
+		const uint32_t hot = (uint32_t)test_rand_range(&rng, 1, experts < 4 ? experts : 4);
+		int32_t *ids = malloc(pairs * sizeof(int32_t));
+		for (size_t p = 0; p < pairs; p++)
+			ids[p] = (int32_t)(test_rand(&rng) & 1 ? test_rand_range(&rng, 0, hot - 1)
+							       : test_rand_range(&rng, 0, experts - 1));
+		size_t bad = 0;
+		ck_assert_int_eq(moe_route_count(&r, ids, pairs, experts, &bad), 0);
+		ck_assert_int_eq(moe_route_cut(&r, tile), 0);
+		check_sorted(&r, ids, pairs, experts, tile);
+
+		/* The packed copy, through the kernels' accessors. */
+		float *tw = malloc(pairs * sizeof(float));
+		for (size_t p = 0; p < pairs; p++)
+			tw[p] = (float)test_rand_double(&rng);
+		void *packed = malloc(moe_route_packed_bytes(&r));
+		moe_route_pack(&r, tw, packed);
+		ck_assert_uint_eq(moe_route_packed_bytes(&r), (3 * pairs + 3 * (size_t)r.ntiles) * 4);
+		ck_assert_mem_eq(MOE_ROUTE_PAIR_OF(packed, &r), r.pair_of, pairs * 4);
+		ck_assert_mem_eq(MOE_ROUTE_POS_OF(packed, &r), r.pos_of, pairs * 4);
+		ck_assert_mem_eq(MOE_ROUTE_WEIGHTS(packed, &r), tw, pairs * 4);
+		ck_assert_mem_eq(MOE_ROUTE_TILES(packed, &r), r.tiles, 3 * (size_t)r.ntiles * 4);
+		free(packed);
+		free(tw);
+		free(ids);
+	}
+	moe_routing_free(&r);
+}
+END_TEST
+
+START_TEST(ids_out_of_range)
+{
+	struct moe_routing r;
+	memset(&r, 0, sizeof(r));
+	const int32_t ids[] = { 0, 3, 1, 4, 2 }, negative[] = { 1, -1 };
+	size_t bad = 99;
+	ck_assert_int_eq(moe_route_count(&r, ids, 5, 4, &bad), -EINVAL);
+	ck_assert_uint_eq(bad, 3);
+	ck_assert_int_eq(moe_route_count(&r, negative, 2, 4, &bad), -EINVAL);
+	ck_assert_uint_eq(bad, 1);
+	ck_assert_int_eq(moe_route_count(&r, ids, 5, 5, &bad), 0);
+	ck_assert_int_eq(moe_route_cut(&r, 0), -EINVAL);
+	moe_routing_free(&r);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("routing");
+	TCase *tc = tcase_create("routing");
+	tcase_add_loop_test(tc, random_routings, 0, 3);
+	tcase_add_test(tc, ids_out_of_range);
+	tcase_set_timeout(tc, 120);
+	suite_add_tcase(s, tc);
+	return test_run_suite(s);
+}
