@@ -101,7 +101,8 @@ __device__ __forceinline__ void ldmatrix4(uint32_t r[4], uint32_t address)
 		     : "r"(address));
 }
 
-template <bool kBf16> __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+template <bool kBf16>
+__device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
 	if (kBf16)
 		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
@@ -169,7 +170,8 @@ __device__ __forceinline__ void wgmma_commit_and_wait()
 	"%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "      \
 	"%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "      \
 	"%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-template <bool kBf16> __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t desc_a, uint64_t desc_b)
+template <bool kBf16>
+__device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t desc_a, uint64_t desc_b)
 {
 #ifdef MOED_HAVE_WGMMA
 	if (kBf16)
