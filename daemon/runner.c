@@ -213,6 +213,10 @@ bool moed_runner_has_done(struct moed_runner *r)
 
 void moed_runner_stop(struct moed_runner *r)
 {
+	/* No word from the backend may reach this runner once it is gone: set_notify(NULL)
+	 * returns only when no call to kick() is under way. */
+	if (r->notified)
+		r->d->ops->set_notify(r->d->backend, NULL, NULL);
 	pthread_mutex_lock(&r->lock);
 	r->stop = true;
 	pthread_cond_signal(&r->wake);

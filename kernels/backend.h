@@ -87,7 +87,8 @@ struct moed_backend_ops {
 	 * Optional: have the backend call notify(arg) whenever a submitted job may have
 	 * finished, so that the caller sleeps until then instead of polling on a timer.
 	 * notify may run on any thread (a worker, a runtime's callback thread) and must
-	 * return quickly without calling the backend.
+	 * return quickly without calling the backend. set_notify(b, NULL, NULL) returns only
+	 * once no call to the previous notify is under way, and none comes after it.
 	 */
 	void (*set_notify)(struct moed_backend *b, void (*notify)(void *arg), void *arg);
 };

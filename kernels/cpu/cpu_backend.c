@@ -44,7 +44,7 @@ struct moed_backend {
 	pthread_cond_t wake;
 	struct cpu_client *queue, **queue_tail; /* under lock */
 	bool stop;                              /* under lock */
-	void (*notify)(void *arg);              /* set before the first job */
+	void (*notify)(void *arg); /* under lock */
 	void *notify_arg;
 };
 
@@ -68,10 +68,10 @@ static void *cpu_worker(void *arg)
 		pthread_mutex_unlock(&b->lock);
 		c->err.msg[0] = 0;
 		c->status = cpu_run(b, c->job, c->w, c->kwargs, c->arena, &c->err);
+		pthread_mutex_lock(&b->lock); /* set_notify waits for a notify under way */
 		__atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
 		if (b->notify)
 			b->notify(b->notify_arg);
-		pthread_mutex_lock(&b->lock);
 	}
 	pthread_mutex_unlock(&b->lock);
 	return NULL;
@@ -273,8 +273,10 @@ static int cpu_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
 
 static void cpu_set_notify(struct moed_backend *b, void (*notify)(void *arg), void *arg)
 {
+	pthread_mutex_lock(&b->lock);
 	b->notify = notify;
 	b->notify_arg = arg;
+	pthread_mutex_unlock(&b->lock);
 }
 
 const struct moed_backend_ops moed_cpu_backend = {

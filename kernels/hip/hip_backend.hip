@@ -14,6 +14,7 @@
 // later one with -ENOTRECOVERABLE, which the daemon reports; only a restart recovers.
 // MOED_HIP_INJECT_FAULT=1 in the environment makes the first job trap, for that test.
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,8 @@ struct moed_backend {
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
-	void (*notify)(void *arg); /* set_notify's: called after each job's output copy */
+	pthread_mutex_t notify_lock; /* held while notify is read or called */
+	void (*notify)(void *arg);   /* set_notify's: called after each job's output copy */
 	void *notify_arg;
 };
 
@@ -145,6 +147,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 		   MOED_CAP_NOT_GATED) & ~cfg->withhold;
 	b->schema.specs = NULL;
 	b->schema.count = 0;
+	pthread_mutex_init(&b->notify_lock, NULL);
 	const char *inject = getenv("MOED_HIP_INJECT_FAULT");
 	b->inject_fault = inject && !strcmp(inject, "1");
 	*out = b;
@@ -155,6 +158,8 @@ void client_free(struct hip_client *c)
 {
 	if (!c)
 		return;
+	if (c->stream) /* its work done, host callbacks included, before anything goes */
+		(void)hipStreamSynchronize(c->stream);
 	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out };
 	for (dbuf *d : all)
 		release(d);
@@ -200,6 +205,7 @@ void hip_destroy(struct moed_backend *b)
 	if (!b)
 		return;
 	client_free(b->own);
+	pthread_mutex_destroy(&b->notify_lock);
 	free(b);
 }
 
@@ -390,16 +396,29 @@ int check_lost(struct moed_backend *b, int r, struct moed_error *err)
 			      "until moed restarts", hipGetErrorString(e));
 }
 
+bool notifies(struct moed_backend *b)
+{
+	pthread_mutex_lock(&b->notify_lock);
+	const bool yes = b->notify != NULL;
+	pthread_mutex_unlock(&b->notify_lock);
+	return yes;
+}
+
 void notify_done(void *arg)
 {
 	struct moed_backend *b = (struct moed_backend *)arg;
-	b->notify(b->notify_arg);
+	pthread_mutex_lock(&b->notify_lock);
+	if (b->notify)
+		b->notify(b->notify_arg);
+	pthread_mutex_unlock(&b->notify_lock);
 }
 
 void hip_set_notify(struct moed_backend *b, void (*notify)(void *arg), void *arg)
 {
+	pthread_mutex_lock(&b->notify_lock);
 	b->notify = notify;
 	b->notify_arg = arg;
+	pthread_mutex_unlock(&b->notify_lock);
 }
 
 int hip_client_open(struct moed_backend *, const struct moed_arena *arena, void **ctx,
@@ -433,7 +452,7 @@ int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
 			return check_lost(b, gpu_error(err, e, "fault injection"), err);
 	}
 	int r = enqueue(c, job, w, arena, err);
-	if (r == 0 && b->notify) {
+	if (r == 0 && notifies(b)) {
 		/* Runs on the runtime's callback thread once the stream gets here. */
 		const hipError_t e = hipLaunchHostFunc(c->stream, notify_done, b);
 		if (e != hipSuccess)
