@@ -21,6 +21,7 @@ struct moed_runner {
 	pthread_cond_t wake;                       /* on CLOCK_MONOTONIC */
 	struct moed_run_item *queue, **queue_tail; /* under lock */
 	struct moed_run_item *done, **done_tail;   /* under lock */
+	int any_done;                              /* atomic hint: done is not empty */
 	bool stop;                                 /* under lock */
 	bool kicked;                               /* under lock: the backend said a job ended */
 	bool notified;                             /* the backend says when jobs end */
@@ -66,6 +67,7 @@ static void finish(struct moed_runner *r, struct moed_run_item *it, int status)
 	}
 	pthread_mutex_lock(&r->lock);
 	append(&r->done_tail, it);
+	__atomic_store_n(&r->any_done, 1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&r->lock);
 	/* The poller may be asleep: one doorbell write wakes it (level-triggered). */
 	const uint64_t one = 1;
@@ -195,20 +197,22 @@ void moed_runner_submit(struct moed_runner *r, struct moed_run_item *it)
 
 struct moed_run_item *moed_runner_take_done(struct moed_runner *r)
 {
+	/* Asked every poller round: no lock while nothing is done. A job finishing just now
+	 * is seen next round (its doorbell write keeps the poller from sleeping first). */
+	if (!__atomic_load_n(&r->any_done, __ATOMIC_ACQUIRE))
+		return NULL;
 	pthread_mutex_lock(&r->lock);
 	struct moed_run_item *list = r->done;
 	r->done = NULL;
 	r->done_tail = &r->done;
+	__atomic_store_n(&r->any_done, 0, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&r->lock);
 	return list;
 }
 
 bool moed_runner_has_done(struct moed_runner *r)
 {
-	pthread_mutex_lock(&r->lock);
-	bool any = r->done != NULL;
-	pthread_mutex_unlock(&r->lock);
-	return any;
+	return __atomic_load_n(&r->any_done, __ATOMIC_ACQUIRE);
 }
 
 void moed_runner_stop(struct moed_runner *r)
