@@ -14,7 +14,9 @@
 //            kernel, or adds into it where K is split to fill the GPU.
 // Blocks run tiles fastest, so the tiles of one expert share a slice of its weights in L2.
 // Shared-memory rows are XOR-swizzled by 16-byte chunk (chunk ^ row % 8): the eight rows
-// one ldmatrix reads at a given k fall in eight different bank groups.
+// one ldmatrix reads at a given k fall in eight different bank groups. The same layout is
+// Hopper's 128-byte swizzle, so the wgmma variant (sm_90a builds, ShapeWg128) reads the
+// tiles through descriptors with no ldmatrix, sharing the loading and the epilogues.
 // AMD builds compile none of this (MFMA kernels are still to come); the plan never picks
 // these kernels there.
 #include <stdint.h>
