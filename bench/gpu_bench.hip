@@ -131,18 +131,14 @@ static double now_us(void)
 int main(int argc, char **argv)
 {
 	const int reps = argc > 1 ? atoi(argv[1]) : 30;
-#ifdef MOED_GPU_WGMMA
-	const bool wgmma_built = true;
-#else
-	const bool wgmma_built = false;
-#endif
 	/* A kernel by name (warp, mma16, ...) instead of the plan's, for comparisons. */
-	int forced = -1;
-	for (int k = MOE_GPU_WARP; argc > 2 && k < MOE_GPU_KERNELS; k++)
-		if (!strcmp(argv[2], moe_gpu_kernel_name((enum moe_gpu_kernel)k)))
-			forced = k;
+	const int forced = argc > 2 ? moe_gpu_kernel_by_name(argv[2]) : -1;
 	if (argc > 2 && forced < 0) {
 		fprintf(stderr, "usage: %s [repetitions [warp|mma16|mma64|mma128|wgmma128]]\n", argv[0]);
+		return 2;
+	}
+	if (forced >= 0 && !moe_gpu_kernel_built((enum moe_gpu_kernel)forced)) {
+		fprintf(stderr, "%s: this build has no such kernel (wgmma128 needs sm_90a)\n", argv[2]);
 		return 2;
 	}
 	hipStream_t st;
@@ -250,15 +246,8 @@ int main(int argc, char **argv)
 				size_t bad;
 				const double t0 = now_us();
 				moe_route_count(&rt, ids, pairs, md.e, &bad);
-				plan = moe_gpu_plan(rt.most_pairs, MOED_GPU_BF16, MOED_GPU_BF16, md.h, md.i);
-				if (forced >= 0)
-					plan.kernel = (enum moe_gpu_kernel)forced,
-					plan.tile = forced == MOE_GPU_WARP ? MOE_GPU_TILE : forced == MOE_GPU_MMA16 ? 16
-						    : forced == MOE_GPU_MMA64 ? 64 : 128;
-				if (plan.kernel == MOE_GPU_WGMMA128 && !wgmma_built) {
-					fprintf(stderr, "wgmma128: this build has no sm_90a code\n");
-					return 2;
-				}
+				plan = moe_gpu_plan(rt.most_pairs, MOED_GPU_BF16, MOED_GPU_BF16, md.h, md.i,
+						    forced);
 				moe_route_cut(&rt, plan.tile);
 				moe_route_pack(&rt, tw, stage);
 				CHECK(hipMemcpyAsync(routing, stage, moe_route_packed_bytes(&rt),

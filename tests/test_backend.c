@@ -297,6 +297,27 @@ START_TEST(every_m_and_topk)
 }
 END_TEST
 
+/* MOED_GPU_KERNEL is read when the backend is made: a name that is no kernel stops it,
+ * with the names it takes. (The environment is put back: gpu-round forces kernels.) */
+START_TEST(unknown_forced_kernel_refused)
+{
+	const char *was = getenv("MOED_GPU_KERNEL");
+	char *saved = was ? strdup(was) : NULL;
+	struct moed_backend *b;
+	struct moed_error err;
+	const struct moed_backend_config cfg = { 0 };
+	setenv("MOED_GPU_KERNEL", "mma99", 1);
+	ck_assert_int_eq(ops->create(&cfg, &b, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "MOED_GPU_KERNEL=mma99 names no GPU kernel (warp, mma16,"),
+		      "message: %s", err.msg);
+	if (saved)
+		setenv("MOED_GPU_KERNEL", saved, 1);
+	else
+		unsetenv("MOED_GPU_KERNEL");
+	free(saved);
+}
+END_TEST
+
 /* Sizes past what the kernels' grids span are refused when the weights are made. */
 START_TEST(oversized_weights_refused)
 {
@@ -413,6 +434,7 @@ int main(void)
 	tcase_add_loop_test(tc, model_shapes, 0, 3);
 	tcase_add_loop_test(tc, matrix_unit_tiles, 0, 4);
 	tcase_add_test(tc, oversized_weights_refused);
+	tcase_add_test(tc, unknown_forced_kernel_refused);
 #else
 	tcase_add_test(tc, kwargs_change_how_not_what);
 #endif

@@ -57,6 +57,7 @@ struct moed_backend {
 	int device;
 	hipError_t lost;   /* the sticky error that lost the device, or hipSuccess */
 	bool inject_fault; /* trap in the next job (the fault-handling test) */
+	int forced;        /* MOED_GPU_KERNEL's kernel, or -1 */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
@@ -87,18 +88,18 @@ int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 	return 0;
 }
 
-int ensure_stage(struct hip_client *b, size_t bytes, struct moed_error *err)
+int ensure_stage(struct hip_client *c, size_t bytes, struct moed_error *err)
 {
-	if (bytes <= b->stage_cap)
+	if (bytes <= c->stage_cap)
 		return 0;
-	if (b->stage)
-		(void)hipHostFree(b->stage);
-	b->stage = NULL;
-	b->stage_cap = 0;
-	hipError_t e = hipHostMalloc(&b->stage, bytes, hipHostMallocDefault);
+	if (c->stage)
+		(void)hipHostFree(c->stage);
+	c->stage = NULL;
+	c->stage_cap = 0;
+	hipError_t e = hipHostMalloc(&c->stage, bytes, hipHostMallocDefault);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "allocation of pinned host memory");
-	b->stage_cap = bytes;
+	c->stage_cap = bytes;
 	return 0;
 }
 
@@ -130,10 +131,33 @@ int hip_probe(struct moed_error *err)
 	return 0;
 }
 
+/* MOED_GPU_KERNEL, read once: a kernel this build has, or -1 when unset. */
+int forced_kernel(int *out, struct moed_error *err)
+{
+	const char *name = getenv("MOED_GPU_KERNEL");
+	*out = -1;
+	if (!name || !*name)
+		return 0;
+	const int k = moe_gpu_kernel_by_name(name);
+	if (k < 0)
+		return moed_error_set(err, -EINVAL,
+				      "MOED_GPU_KERNEL=%s names no GPU kernel (warp, mma16, mma64, mma128, "
+				      "wgmma128)", name);
+	if (!moe_gpu_kernel_built((enum moe_gpu_kernel)k))
+		return moed_error_set(err, -EINVAL,
+				      "MOED_GPU_KERNEL=%s: this build has no such kernel (wgmma128 needs "
+				      "--with-gpu-arch=sm_90a; AMD builds have only warp)", name);
+	*out = k;
+	return 0;
+}
+
 int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out, struct moed_error *err)
 {
 	int r = hip_probe(err);
 	if (r < 0)
+		return r;
+	int forced;
+	if ((r = forced_kernel(&forced, err)) < 0)
 		return r;
 	struct moed_backend *b = (struct moed_backend *)calloc(1, sizeof(*b));
 	if (!b)
@@ -147,6 +171,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 		   MOED_CAP_NOT_GATED) & ~cfg->withhold;
 	b->schema.specs = NULL;
 	b->schema.count = 0;
+	b->forced = forced;
 	pthread_mutex_init(&b->notify_lock, NULL);
 	const char *inject = getenv("MOED_HIP_INJECT_FAULT");
 	b->inject_fault = inject && !strcmp(inject, "1");
@@ -284,57 +309,58 @@ void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 
 /* Read the routing once (it lives in shared memory), check it, pick the kernels from the
  * most pairs any expert has, group the pairs by expert into the kernels' tiles. */
-int sort_pairs(struct hip_client *b, const struct moed_job *job, const struct moed_weights *w,
-	       const struct moed_arena *arena, struct moe_gpu_plan *plan, struct moed_error *err)
+int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct moed_weights *w,
+	       const struct moed_arena *arena, int forced, struct moe_gpu_plan *plan,
+	       struct moed_error *err)
 {
 	const uint32_t experts = w->shape.num_experts;
 	const size_t pairs = (size_t)job->num_tokens * job->topk;
-	if (pairs > b->host_pairs) {
-		if (!grow(&b->ids, pairs))
+	if (pairs > c->host_pairs) {
+		if (!grow(&c->ids, pairs))
 			return moed_error_set(err, -ENOMEM, "out of memory");
-		b->host_pairs = pairs;
+		c->host_pairs = pairs;
 	}
-	memcpy(b->ids, arena->base + job->topk_ids.offset, pairs * sizeof(int32_t));
+	memcpy(c->ids, arena->base + job->topk_ids.offset, pairs * sizeof(int32_t));
 	size_t bad = 0;
-	int r = moe_route_count(&b->route, b->ids, pairs, experts, &bad);
+	int r = moe_route_count(&c->route, c->ids, pairs, experts, &bad);
 	if (r == -EINVAL)
 		return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)",
-				      bad / job->topk, bad % job->topk, b->ids[bad], experts);
+				      bad / job->topk, bad % job->topk, c->ids[bad], experts);
 	if (r < 0)
 		return moed_error_set(err, r, "out of memory");
-	*plan = moe_gpu_plan(b->route.most_pairs, job->dtype, w->shape.dtype, job->hidden_size,
-			     w->shape.inter_size);
-	return moe_route_cut(&b->route, plan->tile);
+	*plan = moe_gpu_plan(c->route.most_pairs, job->dtype, w->shape.dtype, job->hidden_size,
+			     w->shape.inter_size, forced);
+	return moe_route_cut(&c->route, plan->tile);
 }
 
 /* Queue a job's copies and kernels on the client's stream, then its event. */
-int enqueue(struct hip_client *b, const struct moed_job *job, const struct moed_weights *w,
-	    const struct moed_arena *arena, struct moed_error *err)
+int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_weights *w,
+	    const struct moed_arena *arena, int forced, struct moed_error *err)
 {
 	const size_t m = job->num_tokens, k = job->topk, pairs = m * k;
 	const size_t h = job->hidden_size, i = w->shape.inter_size;
 	const size_t ds = job->dtype == MOED_DTYPE_F32 ? 4 : 2;
 	int r;
 	if (m == 0) { /* nothing to do: the event fires at once */
-		const hipError_t e = hipEventRecord(b->done, b->stream);
+		const hipError_t e = hipEventRecord(c->done, c->stream);
 		return e == hipSuccess ? 0 : gpu_error(err, e, "job");
 	}
 	struct moe_gpu_plan plan;
-	if ((r = sort_pairs(b, job, w, arena, &plan, err)) < 0)
+	if ((r = sort_pairs(c, job, w, arena, forced, &plan, err)) < 0)
 		return r;
-	const struct moe_routing *rt = &b->route;
+	const struct moe_routing *rt = &c->route;
 	const size_t routing_bytes = moe_route_packed_bytes(rt);
-	if ((r = ensure(&b->x, m * h * ds, err)) || (r = ensure(&b->routing, routing_bytes, err)) ||
-	    (r = ensure(&b->act, pairs * i * 4, err)) || (r = ensure(&b->y, pairs * h * 4, err)) ||
-	    (r = ensure(&b->out, job->output.length, err)) || (r = ensure_stage(b, routing_bytes, err)))
+	if ((r = ensure(&c->x, m * h * ds, err)) || (r = ensure(&c->routing, routing_bytes, err)) ||
+	    (r = ensure(&c->act, pairs * i * 4, err)) || (r = ensure(&c->y, pairs * h * 4, err)) ||
+	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure_stage(c, routing_bytes, err)))
 		return r;
 	/* The stage is free: the previous job's copy finished before that job completed. */
-	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), b->stage);
+	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage);
 
-	hipError_t e = hipMemcpyAsync(b->x.p, arena->base + job->hidden.offset, m * h * ds,
-				      hipMemcpyHostToDevice, b->stream);
+	hipError_t e = hipMemcpyAsync(c->x.p, arena->base + job->hidden.offset, m * h * ds,
+				      hipMemcpyHostToDevice, c->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(b->routing.p, b->stage, routing_bytes, hipMemcpyHostToDevice, b->stream);
+		e = hipMemcpyAsync(c->routing.p, c->stage, routing_bytes, hipMemcpyHostToDevice, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
 
@@ -353,27 +379,27 @@ int enqueue(struct hip_client *b, const struct moed_job *job, const struct moed_
 	a.router_weight_on_input = job->router_weight_on_input;
 	a.scale = job->routed_scaling_factor;
 	a.kernel = plan.kernel;
-	a.x = b->x.p;
-	a.topk_weights = MOE_ROUTE_WEIGHTS(b->routing.p, rt);
-	a.pair_of = MOE_ROUTE_PAIR_OF(b->routing.p, rt);
-	a.pos_of = MOE_ROUTE_POS_OF(b->routing.p, rt);
+	a.x = c->x.p;
+	a.topk_weights = MOE_ROUTE_WEIGHTS(c->routing.p, rt);
+	a.pair_of = MOE_ROUTE_PAIR_OF(c->routing.p, rt);
+	a.pos_of = MOE_ROUTE_POS_OF(c->routing.p, rt);
 	a.tiles = rt->ntiles;
 	a.max_tile = rt->max_tile;
-	a.tile_first = MOE_ROUTE_TILES(b->routing.p, rt);
+	a.tile_first = MOE_ROUTE_TILES(c->routing.p, rt);
 	a.tile_count = a.tile_first + rt->ntiles;
 	a.tile_expert = a.tile_count + rt->ntiles;
 	a.w13 = w->w13;
 	a.w2 = w->w2;
-	a.act = b->act.p;
-	a.y = (float *)b->y.p;
-	a.out = b->out.p;
-	e = (hipError_t)moe_gpu_launch(&a, b->stream);
+	a.act = c->act.p;
+	a.y = (float *)c->y.p;
+	a.out = c->out.p;
+	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "kernel launch");
-	e = hipMemcpyAsync(arena->base + job->output.offset, b->out.p, job->output.length,
-			   hipMemcpyDeviceToHost, b->stream);
+	e = hipMemcpyAsync(arena->base + job->output.offset, c->out.p, job->output.length,
+			   hipMemcpyDeviceToHost, c->stream);
 	if (e == hipSuccess)
-		e = hipEventRecord(b->done, b->stream);
+		e = hipEventRecord(c->done, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's output");
 	return 0;
@@ -451,14 +477,16 @@ int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
 		if (e != hipSuccess)
 			return check_lost(b, gpu_error(err, e, "fault injection"), err);
 	}
-	int r = enqueue(c, job, w, arena, err);
+	int r = enqueue(c, job, w, arena, b->forced, err);
 	if (r == 0 && notifies(b)) {
 		/* Runs on the runtime's callback thread once the stream gets here. */
 		const hipError_t e = hipLaunchHostFunc(c->stream, notify_done, b);
 		if (e != hipSuccess)
 			r = gpu_error(err, e, "completion callback");
 	}
-	return r < 0 ? check_lost(b, r, err) : 0;
+	/* Only the runtime's errors (-EIO) can mean a lost device: a job's own mistakes (ids
+	 * out of range) must not cost a device-wide synchronisation of every client. */
+	return r == -EIO ? check_lost(b, r, err) : r;
 }
 
 int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)

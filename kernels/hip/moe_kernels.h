@@ -35,12 +35,18 @@ struct moe_gpu_plan {
 /*
  * Pick the kernel for a job from the most pairs any one expert has and the dtypes and
  * shapes (the matrix-unit kernels need I/O and weights of one 16-bit dtype, and hidden
- * and intermediate sizes that are multiples of 8, for 16-byte copies). MOED_GPU_KERNEL
- * in the environment (a name from moe_gpu_kernel_name) forces a kernel wherever the
- * job allows it: for tests, benchmarks and diagnosis.
+ * and intermediate sizes that are multiples of 8, for 16-byte copies). `forced`, a
+ * kernel this build has (or -1 for none), is taken wherever the job allows it: for
+ * tests, benchmarks and diagnosis (the backend reads it from MOED_GPU_KERNEL).
  */
 struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype, uint32_t hidden,
-				 uint32_t inter);
+				 uint32_t inter, int forced);
+
+/* The kernel called `name` (as moe_gpu_kernel_name says it), or -1. */
+int moe_gpu_kernel_by_name(const char *name);
+
+/* Whether this build has the kernel: wgmma128 needs code for sm_90a. */
+int moe_gpu_kernel_built(enum moe_gpu_kernel k);
 
 /* The largest hidden or intermediate size the kernels take (grids span rows in their
  * second dimension, at most 65535 blocks of 8 rows). */

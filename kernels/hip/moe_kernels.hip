@@ -13,7 +13,6 @@
 // accumulation is f32 throughout. These serve few pairs per expert (decode: the weights
 // are streamed once, the rest is free) and every case the matrix units cannot take.
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "moe_device.h"
@@ -192,38 +191,52 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 } // namespace
 
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
-					     uint32_t hidden, uint32_t inter)
+					     uint32_t hidden, uint32_t inter, int forced)
 {
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-	(void)most_pairs, (void)io_dtype, (void)w_dtype, (void)hidden, (void)inter;
+	(void)tiles, (void)most_pairs, (void)io_dtype, (void)w_dtype, (void)hidden, (void)inter;
+	(void)forced;
 #else
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
 	if (!mma)
 		return p;
-	const char *force = getenv("MOED_GPU_KERNEL");
-	for (int k = MOE_GPU_WARP; force && k < MOE_GPU_KERNELS; k++) {
-		if (strcmp(force, moe_gpu_kernel_name((enum moe_gpu_kernel)k)))
-			continue;
-		static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128 };
-#ifndef MOED_GPU_WGMMA
-		if (k == MOE_GPU_WGMMA128)
-			break; /* not built for sm_90a */
-#endif
-		p.kernel = (enum moe_gpu_kernel)k, p.tile = tiles[k];
+	if (forced >= 0 && forced < MOE_GPU_KERNELS) {
+		p.kernel = (enum moe_gpu_kernel)forced, p.tile = tiles[forced];
 		return p;
 	}
 	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
 	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
 	if (most_pairs <= 16)
-		p.kernel = MOE_GPU_MMA16, p.tile = 16;
+		p.kernel = MOE_GPU_MMA16;
 	else if (most_pairs <= 64)
-		p.kernel = MOE_GPU_MMA64, p.tile = 64;
+		p.kernel = MOE_GPU_MMA64;
 	else
-		p.kernel = MOE_GPU_MMA128, p.tile = 128;
+		p.kernel = MOE_GPU_MMA128;
+	p.tile = tiles[p.kernel];
 #endif
 	return p;
+}
+
+extern "C" int moe_gpu_kernel_by_name(const char *name)
+{
+	for (int k = 0; name && k < MOE_GPU_KERNELS; k++)
+		if (!strcmp(name, moe_gpu_kernel_name((enum moe_gpu_kernel)k)))
+			return k;
+	return -1;
+}
+
+extern "C" int moe_gpu_kernel_built(enum moe_gpu_kernel k)
+{
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+	return k == MOE_GPU_WARP; /* the matrix-unit kernels are NVIDIA's, for now */
+#elif defined(MOED_GPU_WGMMA)
+	return k >= 0 && k < MOE_GPU_KERNELS;
+#else
+	return k >= 0 && k < MOE_GPU_WGMMA128;
+#endif
 }
 
 extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
