@@ -19,6 +19,7 @@
 #include "hip_compat.h"
 #include <cublas_v2.h>
 
+#include "dtype.h"
 #include "moe_kernels.h"
 #include "moe_routing.h"
 
@@ -74,8 +75,7 @@ __global__ void fill_bf16(uint16_t *p, size_t n, uint64_t seed, float scale)
 		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 		z ^= z >> 31;
 		const float u = (float)(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
-		const uint32_t b = __float_as_uint(u * scale);
-		p[i] = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1)) >> 16);
+		p[i] = moed_f32_to_bf16(u * scale);
 	}
 }
 

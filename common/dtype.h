@@ -6,7 +6,14 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float moed_bf16_to_f32(uint16_t h)
+/* Shared with the GPU kernels: nvcc and hipcc compile these for both sides. */
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define MOED_HOST_DEVICE __host__ __device__
+#else
+#define MOED_HOST_DEVICE
+#endif
+
+static inline MOED_HOST_DEVICE float moed_bf16_to_f32(uint16_t h)
 {
 	uint32_t u = (uint32_t)h << 16;
 	float f;
@@ -14,7 +21,7 @@ static inline float moed_bf16_to_f32(uint16_t h)
 	return f;
 }
 
-static inline uint16_t moed_f32_to_bf16(float f)
+static inline MOED_HOST_DEVICE uint16_t moed_f32_to_bf16(float f)
 {
 	uint32_t u;
 	memcpy(&u, &f, sizeof(u));
@@ -24,7 +31,7 @@ static inline uint16_t moed_f32_to_bf16(float f)
 	return (uint16_t)(u >> 16);
 }
 
-static inline float moed_f16_to_f32(uint16_t h)
+static inline MOED_HOST_DEVICE float moed_f16_to_f32(uint16_t h)
 {
 	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
 	if (exp == 0x1f) {
@@ -46,7 +53,7 @@ static inline float moed_f16_to_f32(uint16_t h)
 	return f;
 }
 
-static inline uint16_t moed_f32_to_f16(float f)
+static inline MOED_HOST_DEVICE uint16_t moed_f32_to_f16(float f)
 {
 	uint32_t u;
 	memcpy(&u, &f, sizeof(u));

@@ -14,25 +14,23 @@
 #include <cuda_fp16.h>
 #endif
 
+#include "dtype.h"
 #include "moe_kernels.h"
 
 namespace moe {
 
 constexpr int kWarp = 32;
 
+// bf16 is bit arithmetic, the same on both sides (common/dtype.h); f16 uses the
+// hardware's conversions.
 __device__ __forceinline__ float bf16_to_f32(uint16_t v)
 {
-	return __uint_as_float((uint32_t)v << 16);
+	return moed_bf16_to_f32(v);
 }
 
-// Round to nearest even; NaN stays NaN (quietened).
 __device__ __forceinline__ uint16_t f32_to_bf16(float f)
 {
-	uint32_t u = __float_as_uint(f);
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40);
-	u += 0x7fffu + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
+	return moed_f32_to_bf16(f);
 }
 
 __device__ __forceinline__ float f16_to_f32(uint16_t v)
