@@ -19,10 +19,11 @@ enum moe_gpu_kernel {
 	MOE_GPU_MMA16,  /* matrix units (NVIDIA mma.sync), tiles of 16 pairs: weight streaming */
 	MOE_GPU_MMA64,  /* matrix units, tiles of 64 pairs */
 	MOE_GPU_MMA128, /* matrix units, tiles of 128 pairs: prefill */
-	MOE_GPU_WGMMA128, /* Hopper's wgmma, tiles of 128 pairs (sm_90a builds; forced only,
-			     until measured: MOED_GPU_KERNEL=wgmma128) */
+	MOE_GPU_WGMMA128,  /* Hopper's wgmma (sm_90a builds on an sm_90 card), tiles of 128
+			      pairs by 128 weight rows: prefill there */
+	MOE_GPU_WGMMA128W, /* the same, tiles of 128 pairs by 256 weight rows */
 };
-#define MOE_GPU_KERNELS 5
+#define MOE_GPU_KERNELS 6
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
@@ -45,8 +46,9 @@ struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 /* The kernel called `name` (as moe_gpu_kernel_name says it), or -1. */
 int moe_gpu_kernel_by_name(const char *name);
 
-/* Whether this build has the kernel: wgmma128 needs code for sm_90a. */
-int moe_gpu_kernel_built(enum moe_gpu_kernel k);
+/* Whether this build has the kernel and device 0 can run it: the wgmma ones need code
+ * for sm_90a and a card of compute capability 9.0. */
+int moe_gpu_kernel_usable(enum moe_gpu_kernel k);
 
 /* The largest hidden or intermediate size the kernels take (grids span rows in their
  * second dimension, at most 65535 blocks of 8 rows). */
@@ -69,7 +71,8 @@ struct moe_gpu_args {
 	const uint32_t *tile_first, *tile_count, *tile_expert; /* per tile: sorted range, expert */
 	const void *w13, *w2;      /* w_dtype */
 	void *act;                 /* [P, I] scratch, P * I * 4 bytes: f32, or the 16-bit dtype */
-	float *y;                  /* [P, H] scratch */
+	float *y;                  /* [P, H] scratch: f32, or io_dtype where y_io is set */
+	int y_io;                  /* set by the launch: y holds io_dtype values */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 };
 
@@ -79,8 +82,8 @@ int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
 /* Queue a kernel that traps, losing the device: for the test of fault handling only. */
 int moe_gpu_inject_fault(void *stream);
 
-/* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch. */
-int moe_gpu_launch_mma(const struct moe_gpu_args *args, void *stream);
+/* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io. */
+int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
 #ifdef __cplusplus
 }

@@ -164,6 +164,13 @@ template <bool kVec, int kTile> __global__ void down_kernel(struct moe_gpu_args 
 	}
 }
 
+// y at sorted position `pos`, column h: f32, or the I/O dtype where the down GEMM wrote it so.
+__device__ __forceinline__ float y_at(const struct moe_gpu_args &a, uint32_t pos, uint32_t h)
+{
+	const size_t i = (size_t)pos * a.hidden + h;
+	return a.y_io ? load(a.y, i, a.io_dtype) : a.y[i];
+}
+
 // One thread per (token, column of H).
 __global__ void combine_kernel(struct moe_gpu_args a)
 {
@@ -174,8 +181,7 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 	if (a.no_combine) {
 		for (uint32_t k = 0; k < a.topk; k++) {
 			const uint32_t pair = m * a.topk + k;
-			store(a.out, (size_t)pair * a.hidden + h, a.io_dtype,
-			      a.y[(size_t)a.pos_of[pair] * a.hidden + h]);
+			store(a.out, (size_t)pair * a.hidden + h, a.io_dtype, y_at(a, a.pos_of[pair], h));
 		}
 		return;
 	}
@@ -183,9 +189,87 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 	for (uint32_t k = 0; k < a.topk; k++) {
 		const uint32_t pair = m * a.topk + k;
 		const float coef = a.router_weight_on_input ? 1.0f : a.topk_weights[pair];
-		s += coef * a.y[(size_t)a.pos_of[pair] * a.hidden + h];
+		s += coef * y_at(a, a.pos_of[pair], h);
 	}
 	store(a.out, idx, a.io_dtype, s * a.scale);
+}
+
+// The same where y holds 16-bit values and H is a multiple of 8: one thread per (token,
+// 8 columns), 16-byte loads and stores, the routing of all k read before the rows (the
+// scalar kernel above moved about a third of the copy bandwidth on bf16 y).
+template <int kMaxTopk> __global__ void combine8_kernel(struct moe_gpu_args a)
+{
+	const uint32_t groups = a.hidden / 8;
+	const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (idx >= (size_t)a.tokens * groups)
+		return;
+	const uint32_t m = (uint32_t)(idx / groups), h = (uint32_t)(idx % groups) * 8;
+	const bool bf16 = a.io_dtype == MOED_GPU_BF16;
+	uint32_t pos[kMaxTopk];
+	float coef[kMaxTopk];
+#pragma unroll
+	for (int k = 0; k < kMaxTopk; k++) {
+		const uint32_t pair = m * a.topk + k;
+		pos[k] = k < (int)a.topk ? a.pos_of[pair] : 0;
+		coef[k] = k < (int)a.topk && !a.router_weight_on_input ? a.topk_weights[pair] : 1.0f;
+	}
+	const uint16_t *y = (const uint16_t *)a.y;
+	uint16_t *out = (uint16_t *)a.out;
+	if (a.no_combine) {
+#pragma unroll
+		for (int k = 0; k < kMaxTopk; k++)
+			if (k < (int)a.topk)
+				*(uint4 *)(out + ((size_t)m * a.topk + k) * a.hidden + h) =
+					*(const uint4 *)(y + (size_t)pos[k] * a.hidden + h);
+		return;
+	}
+	uint4 rows[kMaxTopk];
+#pragma unroll
+	for (int k = 0; k < kMaxTopk; k++)
+		rows[k] = k < (int)a.topk ? *(const uint4 *)(y + (size_t)pos[k] * a.hidden + h)
+					  : make_uint4(0, 0, 0, 0);
+	float s[8] = {};
+#pragma unroll
+	for (int k = 0; k < kMaxTopk; k++) {
+		const uint32_t w[4] = { rows[k].x, rows[k].y, rows[k].z, rows[k].w };
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			const uint16_t v = (uint16_t)(w[j / 2] >> (16 * (j % 2)));
+			if (k < (int)a.topk)
+				s[j] += coef[k] * (bf16 ? bf16_to_f32(v) : f16_to_f32(v));
+		}
+	}
+	uint32_t packed[4];
+#pragma unroll
+	for (int j = 0; j < 4; j++) {
+		const float lo = s[2 * j] * a.scale, hi = s[2 * j + 1] * a.scale;
+		packed[j] = bf16 ? (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16
+				 : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
+	}
+	*(uint4 *)(out + (size_t)m * a.hidden + h) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
+} // namespace
+
+namespace {
+
+/* Whether the wgmma kernels can run here: built for sm_90a, on a card of exactly 9.0
+ * (arch-specific code runs on nothing else). Device 0, the backend's. */
+bool wgmma_runs()
+{
+#if defined(MOED_GPU_WGMMA) && !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
+	static int known, runs;
+	if (!known) {
+		int major = 0, minor = 0;
+		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess &&
+		    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) == cudaSuccess)
+			runs = major == 9 && minor == 0;
+		known = 1;
+	}
+	return runs;
+#else
+	return false;
+#endif
 }
 
 } // namespace
@@ -193,7 +277,7 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 					     uint32_t hidden, uint32_t inter, int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 	(void)tiles, (void)most_pairs, (void)io_dtype, (void)w_dtype, (void)hidden, (void)inter;
@@ -214,7 +298,7 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 	else if (most_pairs <= 64)
 		p.kernel = MOE_GPU_MMA64;
 	else
-		p.kernel = MOE_GPU_MMA128;
+		p.kernel = wgmma_runs() ? MOE_GPU_WGMMA128W : MOE_GPU_MMA128;
 	p.tile = tiles[p.kernel];
 #endif
 	return p;
@@ -228,12 +312,12 @@ extern "C" int moe_gpu_kernel_by_name(const char *name)
 	return -1;
 }
 
-extern "C" int moe_gpu_kernel_built(enum moe_gpu_kernel k)
+extern "C" int moe_gpu_kernel_usable(enum moe_gpu_kernel k)
 {
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 	return k == MOE_GPU_WARP; /* the matrix-unit kernels are NVIDIA's, for now */
 #elif defined(MOED_GPU_WGMMA)
-	return k >= 0 && k < MOE_GPU_KERNELS;
+	return k >= 0 && (k < MOE_GPU_WGMMA128 || (k < MOE_GPU_KERNELS && wgmma_runs()));
 #else
 	return k >= 0 && k < MOE_GPU_WGMMA128;
 #endif
@@ -247,6 +331,7 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_MMA64: return "mma64";
 	case MOE_GPU_MMA128: return "mma128";
 	case MOE_GPU_WGMMA128: return "wgmma128";
+	case MOE_GPU_WGMMA128W: return "wgmma128w";
 	}
 	return "?";
 }
@@ -256,6 +341,14 @@ namespace {
 void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 {
 	const size_t cells = (size_t)a.tokens * a.hidden;
+	if (a.y_io && a.hidden % 8 == 0 && a.topk <= 8) {
+		const dim3 grid((unsigned)((cells / 8 + 255) / 256));
+		if (a.topk <= 2)
+			hipLaunchKernelGGL(combine8_kernel<2>, grid, dim3(256), 0, s, a);
+		else
+			hipLaunchKernelGGL(combine8_kernel<8>, grid, dim3(256), 0, s, a);
+		return;
+	}
 	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
 }
 
@@ -263,12 +356,13 @@ void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 
 extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 {
-	const struct moe_gpu_args a = *args;
+	struct moe_gpu_args a = *args;
 	hipStream_t s = (hipStream_t)stream;
+	a.y_io = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
 	if (a.kernel != MOE_GPU_WARP) {
-		const int e = moe_gpu_launch_mma(&a, stream);
+		const int e = moe_gpu_launch_mma(&a, stream); /* may set a.y_io */
 		if (e)
 			return e;
 		launch_combine(a, s);

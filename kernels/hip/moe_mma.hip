@@ -10,8 +10,8 @@
 //            each warp's rows are half gate rows and half the matching up rows, so the
 //            epilogue a = act(g) * u needs no exchange between warps. a is written in the
 //            I/O dtype, the down kernel's A operand.
-//   down:    block = (tile, BN rows of w2[, part of K]); writes y (f32) for the combine
-//            kernel, or adds into it where K is split to fill the GPU.
+//   down:    block = (tile, BN rows of w2[, part of K]); writes y in the I/O dtype for
+//            the combine kernel, or adds into it (f32) where K is split to fill the GPU.
 // Blocks run tiles fastest, so the tiles of one expert share a slice of its weights in L2.
 // Shared-memory rows are XOR-swizzled by 16-byte chunk (chunk ^ row % 8): the eight rows
 // one ldmatrix reads at a given k fall in eight different bank groups. The same layout is
@@ -25,7 +25,7 @@
 
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 
-extern "C" int moe_gpu_launch_mma(const struct moe_gpu_args *, void *)
+extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *, void *)
 {
 	return (int)hipErrorInvalidValue;
 }
@@ -41,9 +41,15 @@ constexpr int kBK = 64; // k-values per stage: one 128-byte row of 16-bit elemen
 // A block tile of BM pairs by BN weight rows, WM x WN warps, copies kStages deep;
 // kWgmma: the warps work as warpgroups on Hopper's wgmma (each warp then owns 16 rows by
 // all BN columns, the accumulator layout of mma.sync's m16n8 tiles side by side).
-template <int BM_, int BN_, int WM_, int WN_, int kStages_, bool kWgmma_ = false> struct Shape {
+// kMathInFlight (wgmma only): 1 lets one k-tile's wgmma run on while the next is issued,
+// at the cost of a stage (see the main loop).
+template <int BM_, int BN_, int WM_, int WN_, int kStages_, bool kWgmma_ = false,
+	  int kMathInFlight_ = 0>
+struct Shape {
 	static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, kStages = kStages_;
 	static constexpr bool kWgmma = kWgmma_;
+	static constexpr int kMathInFlight = kMathInFlight_; // wgmma groups left running
+	static_assert(kWgmma || !kMathInFlight, "mma.sync is synchronous");
 	static constexpr int kThreads = WM * WN * kWarp;
 	static constexpr int kWarpRows = BM / WM, kWarpCols = BN / WN;
 	static constexpr int kMT = kWarpRows / 16, kNT = kWarpCols / 8; // mma tiles per warp
@@ -61,10 +67,15 @@ template <int BM_, int BN_, int WM_, int WN_, int kStages_, bool kWgmma_ = false
 using Shape16 = Shape<16, 128, 1, 4, 5>;
 using Shape64 = Shape<64, 128, 2, 2, 4>;
 using Shape128 = Shape<128, 128, 2, 2, 3>;
-// Hopper: two warpgroups, each wgmma m64n128k16 on 64 rows; B and A tiles in shared
+// Hopper: two warpgroups, each wgmma m64nBNk16 on 64 rows; B and A tiles in shared
 // memory are read by the tensor cores directly (no ldmatrix), with the same swizzle.
-using ShapeWg128 = Shape<128, 128, 8, 1, 3, true>;
-static_assert(ShapeWg128::kStageBytes % 1024 == 0 && ShapeWg128::kABytes % 1024 == 0,
+// 128 x 128: three stages of 32 KiB, so that two blocks share an SM and one's epilogue
+// overlaps the other's math (measured: four stages with a wgmma in flight, one block an
+// SM, were 15% slower). 128 x 256: one block an SM, four stages of 48 KiB, one in flight.
+using ShapeWg128 = Shape<128, 128, 8, 1, 3, true, 0>;
+using ShapeWg128W = Shape<128, 256, 8, 1, 4, true, 1>;
+static_assert(ShapeWg128::kStageBytes % 1024 == 0 && ShapeWg128::kABytes % 1024 == 0 &&
+		      ShapeWg128W::kStageBytes % 1024 == 0,
 	      "128-byte swizzled wgmma operands start on 1024-byte boundaries");
 
 __device__ __forceinline__ uint32_t smem_address(const void *p)
@@ -124,6 +135,23 @@ template <bool kBf16> __device__ __forceinline__ uint32_t pack2(float lo, float 
 		     : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
 }
 
+// Programmatic dependent launch (sm_90 and later; elsewhere the launch has no such
+// dependency and these are not needed): the gate/up grid lets the down grid start once all
+// its blocks run, and the down grid fetches weights before it waits for the gate/up results.
+__device__ __forceinline__ void let_dependents_launch()
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_prerequisite_grid()
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // wgmma (sm_90a only: the arch-specific features; elsewhere these trap, and the plan
 // never picks the kernel, see moe_gpu_plan).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -154,42 +182,67 @@ __device__ __forceinline__ void fence_proxy_async()
 #endif
 }
 
-__device__ __forceinline__ void wgmma_commit_and_wait()
+__device__ __forceinline__ void wgmma_commit()
 {
 #ifdef MOED_HAVE_WGMMA
 	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-	asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
 
-// d[64] += A (64 x 16, at desc_a) * B (128 x 16, K-major, at desc_b)^T, one warpgroup.
+template <int kPending> __device__ __forceinline__ void wgmma_wait()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+// d[N / 2] += A (64 x 16, at desc_a) * B (N x 16, K-major, at desc_b)^T, one warpgroup,
+// N = 128 or 256. Issued asynchronously: wgmma_commit() closes the group, wgmma_wait<n>()
+// waits until at most n groups are still running.
 #define MOED_WGMMA_D(i) "+f"(d[i])
 #define MOED_WGMMA_D8(i)                                                                      \
 	MOED_WGMMA_D(i), MOED_WGMMA_D(i + 1), MOED_WGMMA_D(i + 2), MOED_WGMMA_D(i + 3),         \
 		MOED_WGMMA_D(i + 4), MOED_WGMMA_D(i + 5), MOED_WGMMA_D(i + 6), MOED_WGMMA_D(i + 7)
-#define MOED_WGMMA_REGS                                                                       \
-	"{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "               \
-	"%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "      \
-	"%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "      \
+#define MOED_WGMMA_D64(i)                                                                     \
+	MOED_WGMMA_D8(i), MOED_WGMMA_D8(i + 8), MOED_WGMMA_D8(i + 16), MOED_WGMMA_D8(i + 24),   \
+		MOED_WGMMA_D8(i + 32), MOED_WGMMA_D8(i + 40), MOED_WGMMA_D8(i + 48),            \
+		MOED_WGMMA_D8(i + 56)
+// The accumulator operands %0 .. %(N / 2 - 1); the descriptors follow them.
+#define MOED_WGMMA_REGS64 \
+	"{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+	"%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+	"%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
 	"%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-template <bool kBf16>
-__device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t desc_a, uint64_t desc_b)
+#define MOED_WGMMA_REGS128 \
+	"{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+	"%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+	"%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+	"%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+	"%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+	"%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+	"%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+	"%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define MOED_WGMMA(shape, type, regs, da, db)                                                 \
+	"{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                \
+	"wgmma.mma_async.sync.aligned." shape ".f32." type "." type " " regs ", " da ", " db      \
+	", p, 1, 1, 0, 0;\n}\n"
+template <int N, bool kBf16>
+__device__ __forceinline__ void wgmma_m64k16(float *d, uint64_t desc_a, uint64_t desc_b)
 {
 #ifdef MOED_HAVE_WGMMA
-	if (kBf16)
-		asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-			     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MOED_WGMMA_REGS
-			     ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-			     : MOED_WGMMA_D8(0), MOED_WGMMA_D8(8), MOED_WGMMA_D8(16), MOED_WGMMA_D8(24),
-			       MOED_WGMMA_D8(32), MOED_WGMMA_D8(40), MOED_WGMMA_D8(48), MOED_WGMMA_D8(56)
-			     : "l"(desc_a), "l"(desc_b));
+	static_assert(N == 128 || N == 256, "the shapes the kernels use");
+	if constexpr (N == 128 && kBf16)
+		asm volatile(MOED_WGMMA("m64n128k16", "bf16", MOED_WGMMA_REGS64, "%64", "%65")
+			     : MOED_WGMMA_D64(0) : "l"(desc_a), "l"(desc_b));
+	else if constexpr (N == 128)
+		asm volatile(MOED_WGMMA("m64n128k16", "f16", MOED_WGMMA_REGS64, "%64", "%65")
+			     : MOED_WGMMA_D64(0) : "l"(desc_a), "l"(desc_b));
+	else if constexpr (kBf16)
+		asm volatile(MOED_WGMMA("m64n256k16", "bf16", MOED_WGMMA_REGS128, "%128", "%129")
+			     : MOED_WGMMA_D64(0), MOED_WGMMA_D64(64) : "l"(desc_a), "l"(desc_b));
 	else
-		asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-			     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " MOED_WGMMA_REGS
-			     ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-			     : MOED_WGMMA_D8(0), MOED_WGMMA_D8(8), MOED_WGMMA_D8(16), MOED_WGMMA_D8(24),
-			       MOED_WGMMA_D8(32), MOED_WGMMA_D8(40), MOED_WGMMA_D8(48), MOED_WGMMA_D8(56)
-			     : "l"(desc_a), "l"(desc_b));
+		asm volatile(MOED_WGMMA("m64n256k16", "f16", MOED_WGMMA_REGS128, "%128", "%129")
+			     : MOED_WGMMA_D64(0), MOED_WGMMA_D64(64) : "l"(desc_a), "l"(desc_b));
 #else
 	(void)d, (void)desc_a, (void)desc_b;
 	__trap();
@@ -237,14 +290,18 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	}
 
 	const uint32_t base = smem_address(smem);
-	auto load_stage = [&](int stage, uint32_t k0) {
-		const uint32_t as = base + stage * S::kStageBytes, bs = as + S::kABytes;
+	auto load_a = [&](int stage, uint32_t k0) {
+		const uint32_t as = base + stage * S::kStageBytes;
 		const bool k_in = k0 + kc < K;
 #pragma unroll
 		for (int p = 0; p < S::kAPasses; p++) {
 			const bool ok = a_src[p] && k_in;
 			copy16(as + swizzle(tid / 8 + p * S::kRowsPerPass, chunk), ok ? a_src[p] + k0 : w, ok);
 		}
+	};
+	auto load_b = [&](int stage, uint32_t k0) {
+		const uint32_t bs = base + stage * S::kStageBytes + S::kABytes;
+		const bool k_in = k0 + kc < K;
 #pragma unroll
 		for (int p = 0; p < S::kBPasses; p++) {
 			const bool ok = b_src[p] && k_in;
@@ -263,33 +320,54 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
 	const uint32_t kt0 = blockIdx.z * per;
 	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
-	constexpr int kStages = S::kStages;
+	// Copies run kAhead k-tiles ahead of the math. With wgmma one group of the math stays
+	// in flight past the barrier too, so the stage it reads is not refilled until the
+	// iteration after next: two stages are the math's, the rest are in flight.
+	constexpr int kStages = S::kStages, kAhead = kStages - 1 - S::kMathInFlight;
+	// The first stages. The down GEMM's weights do not depend on the gate/up grid, which
+	// may still be running (see launch()): they are requested before waiting for it (the
+	// first copy group then holds all of them, which only makes its wait stricter).
+	if constexpr (kGateUp) {
+		let_dependents_launch();
+	} else {
 #pragma unroll
-	for (int s = 0; s < kStages - 1; s++) {
-		if ((uint32_t)s < ktiles)
-			load_stage(s, (kt0 + s) * kBK);
+		for (int s = 0; s < kAhead; s++)
+			if ((uint32_t)s < ktiles)
+				load_b(s, (kt0 + s) * kBK);
+		wait_for_prerequisite_grid();
+	}
+#pragma unroll
+	for (int s = 0; s < kAhead; s++) {
+		if ((uint32_t)s < ktiles) {
+			load_a(s, (kt0 + s) * kBK);
+			if constexpr (kGateUp)
+				load_b(s, (kt0 + s) * kBK);
+		}
 		copy_commit();
 	}
 	for (uint32_t kt = 0; kt < ktiles; kt++) {
-		copy_wait<kStages - 2>(); // this thread's copies of stage kt have landed...
+		copy_wait<kAhead - 1>(); // this thread's copies of stage kt have landed...
 		if constexpr (S::kWgmma)
 			fence_proxy_async();
-		__syncthreads(); // ...and everyone's; stage kt - 1 is free again
-		const uint32_t next = kt + kStages - 1;
-		if (next < ktiles)
-			load_stage(next % kStages, (kt0 + next) * kBK);
+		__syncthreads(); // ...and everyone's; the math of stage kt - kStages + kAhead is done
+		const uint32_t next = kt + kAhead;
+		if (next < ktiles) {
+			load_a(next % kStages, (kt0 + next) * kBK);
+			load_b(next % kStages, (kt0 + next) * kBK);
+		}
 		copy_commit();
 		const uint32_t as = base + (kt % kStages) * S::kStageBytes, bs = as + S::kABytes;
 		if constexpr (S::kWgmma) {
-			static_assert(S::kMT == 1 && S::kNT == 16 && S::WN == 1, "m64n128 per warpgroup");
-			// Warpgroup g: rows 64 g .. 64 g + 63 of the A tile, all 128 B rows. Each k16
+			static_assert(S::kMT == 1 && S::WN == 1, "m64 by all BN columns per warpgroup");
+			// Warpgroup g: rows 64 g .. 64 g + 63 of the A tile, all BN rows of B. Each k16
 			// step starts 32 bytes further into the (swizzled) 128-byte rows.
 			const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(bs);
 			wgmma_fence();
 #pragma unroll
 			for (int kk = 0; kk < kBK / 16; kk++)
-				wgmma_m64n128k16<kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
-			wgmma_commit_and_wait(); // the stage is read before the next barrier frees it
+				wgmma_m64k16<S::BN, kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
+			wgmma_commit();
+			wgmma_wait<S::kMathInFlight>(); // the next barrier frees the stage read before
 		} else {
 #pragma unroll
 		for (int kk = 0; kk < kBK / 16; kk++) {
@@ -314,6 +392,8 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		}
 		}
 	}
+	if constexpr (S::kWgmma)
+		wgmma_wait<0>();
 
 	// Accumulator (mt, nt): elements 0, 1 at row lane / 4, columns 2 * (lane % 4) + 0, 1;
 	// elements 2, 3 eight rows further down.
@@ -332,13 +412,14 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
 					if (col >= N)
 						continue;
-					float *y = a.y + pos * N + col;
-					if (gridDim.z > 1) { // partial sums over K: y was zeroed
-						atomicAdd(y, acc[mt][nt][2 * h]);
-						atomicAdd(y + 1, acc[mt][nt][2 * h + 1]);
-					} else {
-						*(float2 *)y = make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+					if (a.y_io) {
+						((uint32_t *)a.y)[(pos * N + col) / 2] =
+							pack2<kBf16>(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+						continue;
 					}
+					float *y = a.y + pos * N + col; // partial sums over K: y was zeroed
+					atomicAdd(y, acc[mt][nt][2 * h]);
+					atomicAdd(y + 1, acc[mt][nt][2 * h + 1]);
 				}
 				continue;
 			}
@@ -376,55 +457,95 @@ int sm_count()
 	return sms;
 }
 
-template <class S, bool kBf16> int launch(const struct moe_gpu_args &a, cudaStream_t stream)
+// Whether device 0 takes programmatic dependent launches (compute capability 9.0 and up).
+bool dependent_launch()
 {
-	static bool smem_raised; // the kernels want more than the default 48 KiB of shared memory
-	const auto gate_up = mma_kernel<S, true, kBf16>;
-	const auto down = mma_kernel<S, false, kBf16>;
-	if (!smem_raised) {
-		cudaError_t e = cudaFuncSetAttribute(gate_up, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
-		if (e == cudaSuccess)
-			e = cudaFuncSetAttribute(down, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
-		if (e != cudaSuccess)
-			return (int)e;
-		smem_raised = true;
+	static int major = -1;
+	if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess)
+		major = 0;
+	return major >= 9;
+}
+
+// The kernels want more than the default 48 KiB of shared memory: raised once each.
+template <class S, bool kGateUp, bool kBf16> cudaError_t allow_smem()
+{
+	static bool raised;
+	if (raised)
+		return cudaSuccess;
+	const cudaError_t e = cudaFuncSetAttribute(mma_kernel<S, kGateUp, kBf16>,
+						   cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+	raised = e == cudaSuccess;
+	return e;
+}
+
+// The down GEMM is launched as the gate/up one's programmatic dependent where the card
+// allows: its blocks start while the gate/up grid finishes and stream their first weight
+// stages meanwhile (decode jobs are a few short kernels; this hides one launch's ramp).
+template <class S, bool kGateUp, bool kBf16>
+int launch_gemm(const struct moe_gpu_args &a, dim3 grid, cudaStream_t stream)
+{
+	cudaError_t e = allow_smem<S, kGateUp, kBf16>();
+	if (e != cudaSuccess)
+		return (int)e;
+	cudaLaunchConfig_t config = {};
+	cudaLaunchAttribute early;
+	config.gridDim = grid, config.blockDim = dim3(S::kThreads), config.dynamicSmemBytes = S::kSmem;
+	config.stream = stream;
+	if (!kGateUp && dependent_launch()) {
+		early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		early.val.programmaticStreamSerializationAllowed = 1;
+		config.attrs = &early, config.numAttrs = 1;
 	}
-	const uint32_t gate_cols = a.gated ? S::BN / 2 : S::BN;
-	const dim3 g1(a.tiles, (a.inter + gate_cols - 1) / gate_cols);
+	e = cudaLaunchKernelEx(&config, mma_kernel<S, kGateUp, kBf16>, a);
+	return (int)(e != cudaSuccess ? e : cudaGetLastError());
+}
+
+template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
+{
+	const uint32_t cols = a.gated ? S::BN / 2 : S::BN; // output columns a block
+	return dim3(a.tiles, (a.inter + cols - 1) / cols);
+}
+
+template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t stream)
+{
+	const uint32_t want = 2 * sm_count(); // blocks for two waves
 	// A down GEMM of few blocks (few tiles, small H) would leave SMs idle: split its K
 	// (= I) over more blocks, each of at least 4 k-tiles, adding into a zeroed y.
-	const uint32_t blocks = a.tiles * ((a.hidden + S::BN - 1) / S::BN), want = 2 * sm_count();
+	const uint32_t blocks = a.tiles * ((a.hidden + S::BN - 1) / S::BN);
 	uint32_t splits = blocks >= want ? 1 : (want + blocks - 1) / blocks;
 	const uint32_t most = (a.inter / kBK) / 4;
 	splits = splits > most ? (most ? most : 1) : splits;
 	splits = splits > 8 ? 8 : splits;
 	const dim3 g2(a.tiles, (a.hidden + S::BN - 1) / S::BN, splits);
+	// Unsplit, y is written once in the I/O dtype: half the bytes of f32 to write and for
+	// the combine to read, one more rounding (2^-9 relative in bf16) inside the bounds.
+	a.y_io = splits == 1;
 	if (splits > 1) {
 		const cudaError_t e = cudaMemsetAsync(a.y, 0, (size_t)a.tokens * a.topk * a.hidden * 4, stream);
 		if (e != cudaSuccess)
 			return (int)e;
 	}
-	gate_up<<<g1, S::kThreads, S::kSmem, stream>>>(a);
-	down<<<g2, S::kThreads, S::kSmem, stream>>>(a);
-	return (int)cudaGetLastError();
+	const int e = launch_gemm<S, true, kBf16>(a, gate_up_grid<S>(a), stream);
+	return e ? e : launch_gemm<S, false, kBf16>(a, g2, stream);
 }
 
-template <bool kBf16> int launch_dtype(const struct moe_gpu_args &a, cudaStream_t stream)
+template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stream)
 {
 	switch (a.kernel) {
 	case MOE_GPU_MMA16: return launch<Shape16, kBf16>(a, stream);
 	case MOE_GPU_MMA64: return launch<Shape64, kBf16>(a, stream);
 	case MOE_GPU_MMA128: return launch<Shape128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128: return launch<ShapeWg128, kBf16>(a, stream);
+	case MOE_GPU_WGMMA128W: return launch<ShapeWg128W, kBf16>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
 }
 
 } // namespace
 
-extern "C" int moe_gpu_launch_mma(const struct moe_gpu_args *args, void *stream)
+extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream)
 {
-	const struct moe_gpu_args &a = *args;
+	struct moe_gpu_args &a = *args;
 	if (a.io_dtype != a.w_dtype || a.io_dtype == MOED_GPU_F32 || a.hidden % 8 || a.inter % 8)
 		return (int)cudaErrorInvalidValue;
 	return a.io_dtype == MOED_GPU_BF16 ? launch_dtype<true>(a, (cudaStream_t)stream)
