@@ -22,8 +22,10 @@ enum moe_gpu_kernel {
 	MOE_GPU_WGMMA128,  /* Hopper's wgmma (sm_90a builds on an sm_90 card), tiles of 128
 			      pairs by 128 weight rows: prefill there */
 	MOE_GPU_WGMMA128W, /* the same, tiles of 128 pairs by 256 weight rows */
+	MOE_GPU_WGMMA128P, /* the same tiles in a persistent, warp-specialised kernel (forced
+			      only, until measured: MOED_GPU_KERNEL=wgmma128p) */
 };
-#define MOE_GPU_KERNELS 6
+#define MOE_GPU_KERNELS 7
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16

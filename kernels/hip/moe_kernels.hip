@@ -277,7 +277,7 @@ bool wgmma_runs()
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 					     uint32_t hidden, uint32_t inter, int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 	(void)tiles, (void)most_pairs, (void)io_dtype, (void)w_dtype, (void)hidden, (void)inter;
@@ -332,6 +332,7 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_MMA128: return "mma128";
 	case MOE_GPU_WGMMA128: return "wgmma128";
 	case MOE_GPU_WGMMA128W: return "wgmma128w";
+	case MOE_GPU_WGMMA128P: return "wgmma128p";
 	}
 	return "?";
 }

@@ -15,8 +15,9 @@
 // Blocks run tiles fastest, so the tiles of one expert share a slice of its weights in L2.
 // Shared-memory rows are XOR-swizzled by 16-byte chunk (chunk ^ row % 8): the eight rows
 // one ldmatrix reads at a given k fall in eight different bank groups. The same layout is
-// Hopper's 128-byte swizzle, so the wgmma variant (sm_90a builds, ShapeWg128) reads the
-// tiles through descriptors with no ldmatrix, sharing the loading and the epilogues.
+// Hopper's 128-byte swizzle, so the wgmma variants (sm_90a builds: ShapeWg128, ShapeWg128W
+// and the persistent ws_kernel) read the tiles through descriptors with no ldmatrix,
+// sharing the loading (TileLoader) and the epilogue (store_tile).
 // AMD builds compile none of this (MFMA kernels are still to come); the plan never picks
 // these kernels there.
 #include <stdint.h>
@@ -53,13 +54,10 @@ struct Shape {
 	static constexpr int kThreads = WM * WN * kWarp;
 	static constexpr int kWarpRows = BM / WM, kWarpCols = BN / WN;
 	static constexpr int kMT = kWarpRows / 16, kNT = kWarpCols / 8; // mma tiles per warp
-	static constexpr int kRowsPerPass = kThreads / 8;               // 8 chunks of 16 B a row
-	static constexpr int kAPasses = BM / kRowsPerPass, kBPasses = BN / kRowsPerPass;
 	static constexpr int kABytes = BM * kBK * 2;
 	static constexpr int kStageBytes = (BM + BN) * kBK * 2;
 	static constexpr int kSmem = kStages * kStageBytes;
 	static_assert(kNT % 4 == 0, "a warp's rows must split into gate and up halves of 16");
-	static_assert(BM % kRowsPerPass == 0 && BN % kRowsPerPass == 0, "whole copy passes");
 };
 
 // Few pairs (weight streaming): more stages, more bytes in flight per block. Many pairs:
@@ -226,6 +224,16 @@ template <int kPending> __device__ __forceinline__ void wgmma_wait()
 	"{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                \
 	"wgmma.mma_async.sync.aligned." shape ".f32." type "." type " " regs ", " da ", " db      \
 	", p, 1, 1, 0, 0;\n}\n"
+// Pins the accumulators in place around the asynchronous math: without it the compiler may
+// move or read them while a wgmma is still writing them, which ptxas answers by
+// serialising every wgmma (its warning C7514).
+template <int kRegs> __device__ __forceinline__ void fence_operands(float *d)
+{
+#pragma unroll
+	for (int i = 0; i < kRegs; i++)
+		asm volatile("" : "+f"(d[i])::"memory");
+}
+
 template <int N, bool kBf16>
 __device__ __forceinline__ void wgmma_m64k16(float *d, uint64_t desc_a, uint64_t desc_b)
 {
@@ -249,154 +257,85 @@ __device__ __forceinline__ void wgmma_m64k16(float *d, uint64_t desc_a, uint64_t
 #endif
 }
 
-template <class S, bool kGateUp, bool kBf16>
-__global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
-{
-	extern __shared__ __align__(1024) unsigned char smem[];
-	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
-	const uint32_t tile = blockIdx.x;
-	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile], e = a.tile_expert[tile];
-	const uint32_t K = kGateUp ? a.hidden : a.inter;
-	const uint32_t N = kGateUp ? a.inter : a.hidden; // output columns
-	const bool gated = kGateUp && a.gated;
-	const uint32_t n0 = blockIdx.y * (gated ? S::BN / 2 : S::BN);
-	const uint16_t *w = (const uint16_t *)(kGateUp ? a.w13 : a.w2);
-	const size_t w_rows = kGateUp ? (gated ? 2 * (size_t)a.inter : a.inter) : a.hidden;
+// Where a loader thread's copies come from for one tile: kLoaders threads share a stage,
+// each copying the same 16-byte chunk of k of the same rows every stage (A: the tile's
+// pairs, gathered from x for gate/up or contiguous in act for down; B: weight rows, for
+// gated experts half gate and half the matching up rows in each warp's column span).
+template <class S, int kLoaders, bool kGateUp> struct TileLoader {
+	static constexpr int kRowsPerPass = kLoaders / 8;
+	static constexpr int kAPasses = S::BM / kRowsPerPass, kBPasses = S::BN / kRowsPerPass;
+	static_assert(S::BM % kRowsPerPass == 0 && S::BN % kRowsPerPass == 0, "whole copy passes");
+	const uint16_t *a_src[kAPasses], *b_src[kBPasses];
+	const uint16_t *w;
+	uint32_t K;
+	int row0, chunk;
 
-	// Every stage, each thread copies the same 16-byte chunk of k of the same rows.
-	const int chunk = tid % 8;
-	const uint32_t kc = (uint32_t)chunk * 8;
-	const uint16_t *a_src[S::kAPasses], *b_src[S::kBPasses];
+	__device__ __forceinline__ void init(const struct moe_gpu_args &a, uint32_t first, uint32_t count,
+					     uint32_t e, uint32_t n0, int tid)
+	{
+		K = kGateUp ? a.hidden : a.inter;
+		const uint32_t N = kGateUp ? a.inter : a.hidden;
+		const bool gated = kGateUp && a.gated;
+		const size_t w_rows = kGateUp ? (gated ? 2 * (size_t)a.inter : a.inter) : a.hidden;
+		w = (const uint16_t *)(kGateUp ? a.w13 : a.w2);
+		row0 = tid / 8, chunk = tid % 8;
+		const uint32_t kc = (uint32_t)chunk * 8;
 #pragma unroll
-	for (int p = 0; p < S::kAPasses; p++) {
-		const uint32_t row = tid / 8 + p * S::kRowsPerPass;
-		a_src[p] = nullptr;
-		if (row < count && kGateUp)
-			a_src[p] = (const uint16_t *)a.x + (size_t)(a.pair_of[first + row] / a.topk) * K + kc;
-		else if (row < count)
-			a_src[p] = (const uint16_t *)a.act + (size_t)(first + row) * K + kc;
-	}
-#pragma unroll
-	for (int p = 0; p < S::kBPasses; p++) {
-		const uint32_t rr = tid / 8 + p * S::kRowsPerPass;
-		uint32_t col = n0 + rr, wrow = col;
-		if (gated) {
-			const uint32_t half = S::kWarpCols / 2, q = rr % S::kWarpCols;
-			col = n0 + rr / S::kWarpCols * half + q % half;
-			wrow = (q >= half ? a.inter : 0) + col;
+		for (int p = 0; p < kAPasses; p++) {
+			const uint32_t row = row0 + p * kRowsPerPass;
+			a_src[p] = nullptr;
+			if (row < count && kGateUp)
+				a_src[p] = (const uint16_t *)a.x + (size_t)(a.pair_of[first + row] / a.topk) * K + kc;
+			else if (row < count)
+				a_src[p] = (const uint16_t *)a.act + (size_t)(first + row) * K + kc;
 		}
-		b_src[p] = col < N ? w + ((size_t)e * w_rows + wrow) * K + kc : nullptr;
-	}
-
-	const uint32_t base = smem_address(smem);
-	auto load_a = [&](int stage, uint32_t k0) {
-		const uint32_t as = base + stage * S::kStageBytes;
-		const bool k_in = k0 + kc < K;
 #pragma unroll
-		for (int p = 0; p < S::kAPasses; p++) {
-			const bool ok = a_src[p] && k_in;
-			copy16(as + swizzle(tid / 8 + p * S::kRowsPerPass, chunk), ok ? a_src[p] + k0 : w, ok);
-		}
-	};
-	auto load_b = [&](int stage, uint32_t k0) {
-		const uint32_t bs = base + stage * S::kStageBytes + S::kABytes;
-		const bool k_in = k0 + kc < K;
-#pragma unroll
-		for (int p = 0; p < S::kBPasses; p++) {
-			const bool ok = b_src[p] && k_in;
-			copy16(bs + swizzle(tid / 8 + p * S::kRowsPerPass, chunk), ok ? b_src[p] + k0 : w, ok);
-		}
-	};
-
-	float acc[S::kMT][S::kNT][4];
-#pragma unroll
-	for (int mt = 0; mt < S::kMT; mt++)
-#pragma unroll
-		for (int nt = 0; nt < S::kNT; nt++)
-			acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
-
-	// Split K (blockIdx.z of gridDim.z, the down GEMM only): this block's run of k-tiles.
-	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
-	const uint32_t kt0 = blockIdx.z * per;
-	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
-	// Copies run kAhead k-tiles ahead of the math. With wgmma one group of the math stays
-	// in flight past the barrier too, so the stage it reads is not refilled until the
-	// iteration after next: two stages are the math's, the rest are in flight.
-	constexpr int kStages = S::kStages, kAhead = kStages - 1 - S::kMathInFlight;
-	// The first stages. The down GEMM's weights do not depend on the gate/up grid, which
-	// may still be running (see launch()): they are requested before waiting for it (the
-	// first copy group then holds all of them, which only makes its wait stricter).
-	if constexpr (kGateUp) {
-		let_dependents_launch();
-	} else {
-#pragma unroll
-		for (int s = 0; s < kAhead; s++)
-			if ((uint32_t)s < ktiles)
-				load_b(s, (kt0 + s) * kBK);
-		wait_for_prerequisite_grid();
-	}
-#pragma unroll
-	for (int s = 0; s < kAhead; s++) {
-		if ((uint32_t)s < ktiles) {
-			load_a(s, (kt0 + s) * kBK);
-			if constexpr (kGateUp)
-				load_b(s, (kt0 + s) * kBK);
-		}
-		copy_commit();
-	}
-	for (uint32_t kt = 0; kt < ktiles; kt++) {
-		copy_wait<kAhead - 1>(); // this thread's copies of stage kt have landed...
-		if constexpr (S::kWgmma)
-			fence_proxy_async();
-		__syncthreads(); // ...and everyone's; the math of stage kt - kStages + kAhead is done
-		const uint32_t next = kt + kAhead;
-		if (next < ktiles) {
-			load_a(next % kStages, (kt0 + next) * kBK);
-			load_b(next % kStages, (kt0 + next) * kBK);
-		}
-		copy_commit();
-		const uint32_t as = base + (kt % kStages) * S::kStageBytes, bs = as + S::kABytes;
-		if constexpr (S::kWgmma) {
-			static_assert(S::kMT == 1 && S::WN == 1, "m64 by all BN columns per warpgroup");
-			// Warpgroup g: rows 64 g .. 64 g + 63 of the A tile, all BN rows of B. Each k16
-			// step starts 32 bytes further into the (swizzled) 128-byte rows.
-			const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(bs);
-			wgmma_fence();
-#pragma unroll
-			for (int kk = 0; kk < kBK / 16; kk++)
-				wgmma_m64k16<S::BN, kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
-			wgmma_commit();
-			wgmma_wait<S::kMathInFlight>(); // the next barrier frees the stage read before
-		} else {
-#pragma unroll
-		for (int kk = 0; kk < kBK / 16; kk++) {
-			uint32_t af[S::kMT][4], bf[S::kNT][2];
-#pragma unroll
-			for (int mt = 0; mt < S::kMT; mt++)
-				ldmatrix4(af[mt], as + swizzle(warp_m * S::kWarpRows + mt * 16 + lane % 16,
-							       2 * kk + lane / 16));
-#pragma unroll
-			for (int p = 0; p < S::kNT / 2; p++) {
-				uint32_t r[4];
-				ldmatrix4(r, bs + swizzle(warp_n * S::kWarpCols + p * 16 + lane % 8 + lane / 16 * 8,
-							  2 * kk + lane / 8 % 2));
-				bf[2 * p][0] = r[0], bf[2 * p][1] = r[1];
-				bf[2 * p + 1][0] = r[2], bf[2 * p + 1][1] = r[3];
+		for (int p = 0; p < kBPasses; p++) {
+			const uint32_t rr = row0 + p * kRowsPerPass;
+			uint32_t col = n0 + rr, wrow = col;
+			if (gated) {
+				const uint32_t half = S::kWarpCols / 2, q = rr % S::kWarpCols;
+				col = n0 + rr / S::kWarpCols * half + q % half;
+				wrow = (q >= half ? a.inter : 0) + col;
 			}
-#pragma unroll
-			for (int mt = 0; mt < S::kMT; mt++)
-#pragma unroll
-				for (int nt = 0; nt < S::kNT; nt++)
-					mma<kBf16>(acc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
-		}
+			b_src[p] = col < N ? w + ((size_t)e * w_rows + wrow) * K + kc : nullptr;
 		}
 	}
-	if constexpr (S::kWgmma)
-		wgmma_wait<0>();
 
-	// Accumulator (mt, nt): elements 0, 1 at row lane / 4, columns 2 * (lane % 4) + 0, 1;
-	// elements 2, 3 eight rows further down.
+	// Rows out of range and k beyond K are zero-filled (the source is then not read).
+	__device__ __forceinline__ void load_a(uint32_t stage, uint32_t k0) const
+	{
+		const bool k_in = k0 + (uint32_t)chunk * 8 < K;
+#pragma unroll
+		for (int p = 0; p < kAPasses; p++) {
+			const bool ok = a_src[p] && k_in;
+			copy16(stage + swizzle(row0 + p * kRowsPerPass, chunk), ok ? a_src[p] + k0 : w, ok);
+		}
+	}
+
+	__device__ __forceinline__ void load_b(uint32_t stage, uint32_t k0) const
+	{
+		const uint32_t bs = stage + S::kABytes;
+		const bool k_in = k0 + (uint32_t)chunk * 8 < K;
+#pragma unroll
+		for (int p = 0; p < kBPasses; p++) {
+			const bool ok = b_src[p] && k_in;
+			copy16(bs + swizzle(row0 + p * kRowsPerPass, chunk), ok ? b_src[p] + k0 : w, ok);
+		}
+	}
+};
+
+// The epilogue of a warp's accumulators, kept in registers: gate/up writes a = act(g) * u
+// (or act(x)) in the I/O dtype; down writes y in the I/O dtype, or adds its partial sum
+// into a zeroed f32 y where K is split. Accumulator (mt, nt): elements 0, 1 at row
+// lane / 4, columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down.
+template <class S, bool kGateUp, bool kBf16>
+__device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
+					   uint32_t first, uint32_t count, uint32_t n0, int warp_m, int warp_n,
+					   int lane)
+{
+	const uint32_t N = kGateUp ? a.inter : a.hidden;
+	const bool gated = kGateUp && a.gated;
 	const int frag_row = lane / 4, frag_col = lane % 4 * 2;
 #pragma unroll
 	for (int mt = 0; mt < S::kMT; mt++) {
@@ -449,6 +388,237 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	}
 }
 
+template <class S, bool kGateUp, bool kBf16>
+__global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
+{
+	extern __shared__ __align__(1024) unsigned char smem[];
+	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
+	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
+	const uint32_t tile = blockIdx.x;
+	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile];
+	const uint32_t K = kGateUp ? a.hidden : a.inter;
+	const uint32_t n0 = blockIdx.y * (kGateUp && a.gated ? S::BN / 2 : S::BN);
+	TileLoader<S, S::kThreads, kGateUp> loader;
+	loader.init(a, first, count, a.tile_expert[tile], n0, tid);
+	const uint32_t base = smem_address(smem);
+	auto stage_at = [&](uint32_t s) { return base + s * S::kStageBytes; };
+
+	float acc[S::kMT][S::kNT][4];
+#pragma unroll
+	for (int mt = 0; mt < S::kMT; mt++)
+#pragma unroll
+		for (int nt = 0; nt < S::kNT; nt++)
+			acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+
+	// Split K (blockIdx.z of gridDim.z, the down GEMM only): this block's run of k-tiles.
+	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
+	const uint32_t kt0 = blockIdx.z * per;
+	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
+	// Copies run kAhead k-tiles ahead of the math. With wgmma one group of the math stays
+	// in flight past the barrier too, so the stage it reads is not refilled until the
+	// iteration after next: two stages are the math's, the rest are in flight.
+	constexpr int kStages = S::kStages, kAhead = kStages - 1 - S::kMathInFlight;
+	// The first stages. The down GEMM's weights do not depend on the gate/up grid, which
+	// may still be running (see launch()): they are requested before waiting for it (the
+	// first copy group then holds all of them, which only makes its wait stricter).
+	if constexpr (kGateUp) {
+		let_dependents_launch();
+	} else {
+#pragma unroll
+		for (int s = 0; s < kAhead; s++)
+			if ((uint32_t)s < ktiles)
+				loader.load_b(stage_at(s), (kt0 + s) * kBK);
+		wait_for_prerequisite_grid();
+	}
+#pragma unroll
+	for (int s = 0; s < kAhead; s++) {
+		if ((uint32_t)s < ktiles) {
+			loader.load_a(stage_at(s), (kt0 + s) * kBK);
+			if constexpr (kGateUp)
+				loader.load_b(stage_at(s), (kt0 + s) * kBK);
+		}
+		copy_commit();
+	}
+	for (uint32_t kt = 0; kt < ktiles; kt++) {
+		copy_wait<kAhead - 1>(); // this thread's copies of stage kt have landed...
+		if constexpr (S::kWgmma)
+			fence_proxy_async();
+		__syncthreads(); // ...and everyone's; the math of stage kt - kStages + kAhead is done
+		const uint32_t next = kt + kAhead;
+		if (next < ktiles) {
+			loader.load_a(stage_at(next % kStages), (kt0 + next) * kBK);
+			loader.load_b(stage_at(next % kStages), (kt0 + next) * kBK);
+		}
+		copy_commit();
+		const uint32_t as = stage_at(kt % kStages), bs = as + S::kABytes;
+		if constexpr (S::kWgmma) {
+			static_assert(S::kMT == 1 && S::WN == 1, "m64 by all BN columns per warpgroup");
+			// Warpgroup g: rows 64 g .. 64 g + 63 of the A tile, all BN rows of B. Each k16
+			// step starts 32 bytes further into the (swizzled) 128-byte rows.
+			const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(bs);
+			fence_operands<S::BN / 2>(&acc[0][0][0]);
+			wgmma_fence();
+#pragma unroll
+			for (int kk = 0; kk < kBK / 16; kk++)
+				wgmma_m64k16<S::BN, kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
+			wgmma_commit();
+			wgmma_wait<S::kMathInFlight>(); // the next barrier frees the stage read before
+			fence_operands<S::BN / 2>(&acc[0][0][0]);
+		} else {
+#pragma unroll
+		for (int kk = 0; kk < kBK / 16; kk++) {
+			uint32_t af[S::kMT][4], bf[S::kNT][2];
+#pragma unroll
+			for (int mt = 0; mt < S::kMT; mt++)
+				ldmatrix4(af[mt], as + swizzle(warp_m * S::kWarpRows + mt * 16 + lane % 16,
+							       2 * kk + lane / 16));
+#pragma unroll
+			for (int p = 0; p < S::kNT / 2; p++) {
+				uint32_t r[4];
+				ldmatrix4(r, bs + swizzle(warp_n * S::kWarpCols + p * 16 + lane % 8 + lane / 16 * 8,
+							  2 * kk + lane / 8 % 2));
+				bf[2 * p][0] = r[0], bf[2 * p][1] = r[1];
+				bf[2 * p + 1][0] = r[2], bf[2 * p + 1][1] = r[3];
+			}
+#pragma unroll
+			for (int mt = 0; mt < S::kMT; mt++)
+#pragma unroll
+				for (int nt = 0; nt < S::kNT; nt++)
+					mma<kBf16>(acc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+		}
+		}
+	}
+	if constexpr (S::kWgmma) {
+		wgmma_wait<0>();
+		fence_operands<S::BN / 2>(&acc[0][0][0]);
+	}
+	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
+}
+
+// mbarriers in shared memory (sm_90): the persistent kernel's stages are handed between
+// its loading and its computing warps through a "full" and an "empty" barrier each.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
+{
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint32_t bar)
+{
+	asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar)
+		     : "memory");
+}
+
+// Until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
+{
+	asm volatile("{\n.reg .pred done;\nWAIT:\n"
+		     "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+		     "@!done bra WAIT;\n}\n" ::"r"(bar),
+		     "r"(parity)
+		     : "memory");
+}
+
+// The persistent, warp-specialised variant of wgmma128w (forced only until measured:
+// MOED_GPU_KERNEL=wgmma128p). One block an SM walks the (tile, column block) work items
+// with a stride of the grid, tiles fastest as the other kernels' grids run. Warpgroup 0
+// loads: it waits for a stage to be empty, copies it with cp.async, and hands the stage
+// it copied one step earlier to the math once its own copies have landed (and have been
+// fenced for the async proxy that wgmma reads through), so two stages are in flight
+// per loader and it never blocks holding a stage that the math is waiting for.
+// Warpgroups 1 and 2 compute the tile's two halves of 64 pairs by 256 weight rows, keep
+// one wgmma group in flight, release each stage when its math is done, and write their
+// results from registers while the loaders already fill the next work item's stages.
+using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
+constexpr int kWsLoaders = 128;
+constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
+constexpr int kWsSmem = ShapeWs::kSmem + 2 * ShapeWs::kStages * 8;
+
+template <bool kGateUp, bool kBf16>
+__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const struct moe_gpu_args a, uint32_t items)
+{
+#ifdef MOED_HAVE_WGMMA
+	using S = ShapeWs;
+	constexpr uint32_t kStages = S::kStages;
+	extern __shared__ __align__(1024) unsigned char smem[];
+	const uint32_t base = smem_address(smem);
+	const uint32_t full = base + S::kSmem, empty = full + 8 * kStages; // 8-byte barriers
+	const int tid = threadIdx.x;
+	if (tid == 0)
+		for (uint32_t s = 0; s < kStages; s++) {
+			mbar_init(full + 8 * s, kWsLoaders);
+			mbar_init(empty + 8 * s, S::kThreads); // every computing thread, no divergence
+		}
+	__syncthreads(); // the only block-wide barrier: the roles part here
+	const uint32_t K = kGateUp ? a.hidden : a.inter, ktiles = (K + kBK - 1) / kBK;
+	const uint32_t cols = kGateUp && a.gated ? S::BN / 2 : S::BN; // output columns an item
+	// Use g (counted over all of this block's k-tiles) of stage g % kStages is the
+	// barriers' phase g / kStages: the loaders wait for the previous phase's release.
+	if (tid < kWsLoaders) {
+		if constexpr (kGateUp)
+			let_dependents_launch();
+		else
+			wait_for_prerequisite_grid();
+		TileLoader<S, kWsLoaders, kGateUp> loader;
+		uint32_t g = 0;
+		for (uint32_t item = blockIdx.x; item < items; item += gridDim.x) {
+			const uint32_t tile = item % a.tiles;
+			loader.init(a, a.tile_first[tile], a.tile_count[tile], a.tile_expert[tile],
+				    item / a.tiles * cols, tid);
+			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
+				const uint32_t s = g % kStages, stage = base + s * S::kStageBytes;
+				mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
+				loader.load_a(stage, kt * kBK);
+				loader.load_b(stage, kt * kBK);
+				copy_commit();
+				if (g > 0) {
+					copy_wait<1>();
+					fence_proxy_async();
+					mbar_arrive(full + 8 * ((g - 1) % kStages));
+				}
+			}
+		}
+		copy_wait<0>();
+		fence_proxy_async();
+		if (g > 0)
+			mbar_arrive(full + 8 * ((g - 1) % kStages));
+		return;
+	}
+	const int ctid = tid - kWsLoaders, lane = ctid % kWarp, warp = ctid / kWarp;
+	float acc[S::kMT][S::kNT][4];
+	uint32_t g = 0;
+	for (uint32_t item = blockIdx.x; item < items; item += gridDim.x) {
+		const uint32_t tile = item % a.tiles;
+#pragma unroll
+		for (int nt = 0; nt < S::kNT; nt++)
+			acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0;
+		for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
+			const uint32_t s = g % kStages, as = base + s * S::kStageBytes;
+			mbar_wait(full + 8 * s, g / kStages & 1);
+			const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(as + S::kABytes);
+			fence_operands<S::BN / 2>(&acc[0][0][0]);
+			wgmma_fence();
+#pragma unroll
+			for (int kk = 0; kk < kBK / 16; kk++)
+				wgmma_m64k16<S::BN, kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
+			wgmma_commit();
+			wgmma_wait<1>(); // the math of k-tile g - 1 is done: its stage is free
+			fence_operands<S::BN / 2>(&acc[0][0][0]);
+			if (kt > 0)
+				mbar_arrive(empty + 8 * ((g - 1) % kStages));
+		}
+		wgmma_wait<0>();
+		fence_operands<S::BN / 2>(&acc[0][0][0]);
+		if (ktiles > 0)
+			mbar_arrive(empty + 8 * ((g - 1) % kStages));
+		store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], a.tile_count[tile],
+					      item / a.tiles * cols, warp, 0, lane);
+	}
+#else
+	(void)a, (void)items;
+	__trap();
+#endif
+}
+
 int sm_count()
 {
 	static int sms; // device 0, the backend's
@@ -481,23 +651,30 @@ template <class S, bool kGateUp, bool kBf16> cudaError_t allow_smem()
 // The down GEMM is launched as the gate/up one's programmatic dependent where the card
 // allows: its blocks start while the gate/up grid finishes and stream their first weight
 // stages meanwhile (decode jobs are a few short kernels; this hides one launch's ramp).
-template <class S, bool kGateUp, bool kBf16>
-int launch_gemm(const struct moe_gpu_args &a, dim3 grid, cudaStream_t stream)
+template <class Kernel, class... Args>
+int launch_on(Kernel kernel, dim3 grid, int threads, int smem, bool dependent, cudaStream_t stream,
+	      Args... args)
 {
-	cudaError_t e = allow_smem<S, kGateUp, kBf16>();
-	if (e != cudaSuccess)
-		return (int)e;
 	cudaLaunchConfig_t config = {};
 	cudaLaunchAttribute early;
-	config.gridDim = grid, config.blockDim = dim3(S::kThreads), config.dynamicSmemBytes = S::kSmem;
+	config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = smem;
 	config.stream = stream;
-	if (!kGateUp && dependent_launch()) {
+	if (dependent && dependent_launch()) {
 		early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
 		early.val.programmaticStreamSerializationAllowed = 1;
 		config.attrs = &early, config.numAttrs = 1;
 	}
-	e = cudaLaunchKernelEx(&config, mma_kernel<S, kGateUp, kBf16>, a);
+	const cudaError_t e = cudaLaunchKernelEx(&config, kernel, args...);
 	return (int)(e != cudaSuccess ? e : cudaGetLastError());
+}
+
+template <class S, bool kGateUp, bool kBf16>
+int launch_gemm(const struct moe_gpu_args &a, dim3 grid, cudaStream_t stream)
+{
+	const cudaError_t e = allow_smem<S, kGateUp, kBf16>();
+	if (e != cudaSuccess)
+		return (int)e;
+	return launch_on(mma_kernel<S, kGateUp, kBf16>, grid, S::kThreads, S::kSmem, !kGateUp, stream, a);
 }
 
 template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
@@ -529,6 +706,32 @@ template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t s
 	return e ? e : launch_gemm<S, false, kBf16>(a, g2, stream);
 }
 
+// The persistent kernel: a block an SM (at most one per work item), never split.
+template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
+{
+	const auto gate_up = ws_kernel<true, kBf16>;
+	const auto down = ws_kernel<false, kBf16>;
+	static bool smem_raised;
+	if (!smem_raised) {
+		cudaError_t e = cudaFuncSetAttribute(gate_up, cudaFuncAttributeMaxDynamicSharedMemorySize, kWsSmem);
+		if (e == cudaSuccess)
+			e = cudaFuncSetAttribute(down, cudaFuncAttributeMaxDynamicSharedMemorySize, kWsSmem);
+		if (e != cudaSuccess)
+			return (int)e;
+		smem_raised = true;
+	}
+	const uint32_t sms = sm_count(), gate_cols = a.gated ? ShapeWs::BN / 2 : ShapeWs::BN;
+	const uint32_t items1 = a.tiles * ((a.inter + gate_cols - 1) / gate_cols);
+	const uint32_t items2 = a.tiles * ((a.hidden + ShapeWs::BN - 1) / ShapeWs::BN);
+	a.y_io = 1;
+	int e = launch_on(gate_up, dim3(items1 < sms ? items1 : sms), kWsThreads, kWsSmem, false, stream, a,
+			  items1);
+	if (!e)
+		e = launch_on(down, dim3(items2 < sms ? items2 : sms), kWsThreads, kWsSmem, true, stream, a,
+			      items2);
+	return e;
+}
+
 template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stream)
 {
 	switch (a.kernel) {
@@ -537,6 +740,7 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 	case MOE_GPU_MMA128: return launch<Shape128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128: return launch<ShapeWg128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128W: return launch<ShapeWg128W, kBf16>(a, stream);
+	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
 }
