@@ -12,12 +12,14 @@
 // Runtime errors become the job's error with the runtime's message. An error that the
 // device keeps returning (a kernel fault: the context is lost) fails this job and every
 // later one with -ENOTRECOVERABLE, which the daemon reports; only a restart recovers.
-// MOED_HIP_INJECT_FAULT=1 in the environment makes the first job trap, for that test.
+// MOED_HIP_INJECT_FAULT=1 in the environment makes the first job trap, for that test;
+// MOED_HIP_TRACE=1 prints each job's phases (host and GPU) on stderr as it completes.
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 extern "C" {
 #include "backend.h"
@@ -36,8 +38,19 @@ struct dbuf {
 	size_t cap;
 };
 
+/* MOED_HIP_TRACE: where a job's time went. Host clock readings (µs) and timing events
+ * around the input copies, the kernels and the output copy; armed once all are queued. */
+struct job_trace {
+	hipEvent_t start, in, kernels, out;
+	double t_submit, t_sorted, t_queued;
+	uint32_t tokens;
+	int kernel;
+	bool armed;
+};
+
 /* One client's context. It has at most one job in flight (the daemon's rule). */
 struct hip_client {
+	struct job_trace trace; /* events made only where tracing */
 	hipStream_t stream;
 	hipEvent_t done;            /* recorded after the job's output copy */
 	unsigned char *pinned;      /* the arena, where registering it worked */
@@ -57,6 +70,7 @@ struct moed_backend {
 	int device;
 	hipError_t lost;   /* the sticky error that lost the device, or hipSuccess */
 	bool inject_fault; /* trap in the next job (the fault-handling test) */
+	bool trace;        /* MOED_HIP_TRACE=1 */
 	int forced;        /* MOED_GPU_KERNEL's kernel, or -1 */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
@@ -67,6 +81,13 @@ struct moed_backend {
 };
 
 namespace {
+
+double now_us()
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
 
 int gpu_error(struct moed_error *err, hipError_t e, const char *what)
 {
@@ -174,8 +195,9 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->schema.count = 0;
 	b->forced = forced;
 	pthread_mutex_init(&b->notify_lock, NULL);
-	const char *inject = getenv("MOED_HIP_INJECT_FAULT");
+	const char *inject = getenv("MOED_HIP_INJECT_FAULT"), *trace = getenv("MOED_HIP_TRACE");
 	b->inject_fault = inject && !strcmp(inject, "1");
+	b->trace = trace && !strcmp(trace, "1");
 	*out = b;
 	return 0;
 }
@@ -195,6 +217,10 @@ void client_free(struct hip_client *c)
 		(void)hipHostFree(c->stage);
 	if (c->done)
 		(void)hipEventDestroy(c->done);
+	hipEvent_t *marks[] = { &c->trace.start, &c->trace.in, &c->trace.kernels, &c->trace.out };
+	for (hipEvent_t *m : marks)
+		if (*m)
+			(void)hipEventDestroy(*m);
 	if (c->stream)
 		(void)hipStreamDestroy(c->stream);
 	free(c->ids);
@@ -203,7 +229,8 @@ void client_free(struct hip_client *c)
 }
 
 /* A context; the arena, when given, is registered for DMA where the runtime allows. */
-int client_make(const struct moed_arena *arena, struct hip_client **out, struct moed_error *err)
+int client_make(const struct moed_arena *arena, bool trace, struct hip_client **out,
+		struct moed_error *err)
 {
 	struct hip_client *c = (struct hip_client *)calloc(1, sizeof(*c));
 	if (!c)
@@ -211,6 +238,10 @@ int client_make(const struct moed_arena *arena, struct hip_client **out, struct 
 	hipError_t e = hipStreamCreateWithFlags(&c->stream, hipStreamNonBlocking);
 	if (e == hipSuccess)
 		e = hipEventCreateWithFlags(&c->done, hipEventDisableTiming);
+	hipEvent_t *marks[] = { &c->trace.start, &c->trace.in, &c->trace.kernels, &c->trace.out };
+	for (hipEvent_t *m : marks)
+		if (trace && e == hipSuccess)
+			e = hipEventCreateWithFlags(m, hipEventDefault);
 	if (e != hipSuccess) {
 		client_free(c);
 		return gpu_error(err, e, "stream set-up");
@@ -346,9 +377,14 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 		const hipError_t e = hipEventRecord(c->done, c->stream);
 		return e == hipSuccess ? 0 : gpu_error(err, e, "job");
 	}
+	struct job_trace *tr = c->trace.start ? &c->trace : NULL;
+	if (tr)
+		tr->armed = false, tr->t_submit = now_us(), tr->tokens = (uint32_t)m;
 	struct moe_gpu_plan plan;
 	if ((r = sort_pairs(c, job, w, arena, forced, &plan, err)) < 0)
 		return r;
+	if (tr)
+		tr->t_sorted = now_us(), tr->kernel = plan.kernel;
 	const struct moe_routing *rt = &c->route;
 	const size_t routing_bytes = moe_route_packed_bytes(rt);
 	if ((r = ensure(&c->x, m * h * ds, err)) || (r = ensure(&c->routing, routing_bytes, err)) ||
@@ -358,10 +394,14 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	/* The stage is free: the previous job's copy finished before that job completed. */
 	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage);
 
-	hipError_t e = hipMemcpyAsync(c->x.p, arena->base + job->hidden.offset, m * h * ds,
-				      hipMemcpyHostToDevice, c->stream);
+	hipError_t e = tr ? hipEventRecord(tr->start, c->stream) : hipSuccess;
+	if (e == hipSuccess)
+		e = hipMemcpyAsync(c->x.p, arena->base + job->hidden.offset, m * h * ds,
+				   hipMemcpyHostToDevice, c->stream);
 	if (e == hipSuccess)
 		e = hipMemcpyAsync(c->routing.p, c->stage, routing_bytes, hipMemcpyHostToDevice, c->stream);
+	if (e == hipSuccess && tr)
+		e = hipEventRecord(tr->in, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
 
@@ -395,14 +435,20 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.y = (float *)c->y.p;
 	a.out = c->out.p;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
+	if (e == hipSuccess && tr)
+		e = hipEventRecord(tr->kernels, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "kernel launch");
 	e = hipMemcpyAsync(arena->base + job->output.offset, c->out.p, job->output.length,
 			   hipMemcpyDeviceToHost, c->stream);
+	if (e == hipSuccess && tr)
+		e = hipEventRecord(tr->out, c->stream);
 	if (e == hipSuccess)
 		e = hipEventRecord(c->done, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's output");
+	if (tr)
+		tr->t_queued = now_us(), tr->armed = true;
 	return 0;
 }
 
@@ -448,11 +494,11 @@ void hip_set_notify(struct moed_backend *b, void (*notify)(void *arg), void *arg
 	pthread_mutex_unlock(&b->notify_lock);
 }
 
-int hip_client_open(struct moed_backend *, const struct moed_arena *arena, void **ctx,
+int hip_client_open(struct moed_backend *b, const struct moed_arena *arena, void **ctx,
 		    struct moed_error *err)
 {
 	struct hip_client *c;
-	const int r = client_make(arena, &c, err);
+	const int r = client_make(arena, b->trace, &c, err);
 	if (r == 0)
 		*ctx = c;
 	return r;
@@ -490,12 +536,32 @@ int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
 	return r == -EIO ? check_lost(b, r, err) : r;
 }
 
+/* MOED_HIP_TRACE's line for a finished job. */
+void report_trace(struct job_trace *tr)
+{
+	if (!tr->armed)
+		return;
+	tr->armed = false;
+	const double seen = now_us();
+	float in = 0, kernels = 0, out = 0;
+	(void)hipEventElapsedTime(&in, tr->start, tr->in);
+	(void)hipEventElapsedTime(&kernels, tr->in, tr->kernels);
+	(void)hipEventElapsedTime(&out, tr->kernels, tr->out);
+	fprintf(stderr,
+		"moed-hip trace: M %u, %s: host sort %.1f us, queueing %.1f us; GPU copies in %.1f us, "
+		"kernels %.1f us, copy out %.1f us; seen done %.1f us after submit\n",
+		tr->tokens, moe_gpu_kernel_name((enum moe_gpu_kernel)tr->kernel), tr->t_sorted - tr->t_submit,
+		tr->t_queued - tr->t_sorted, in * 1e3, kernels * 1e3, out * 1e3, seen - tr->t_submit);
+}
+
 int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
 {
 	struct hip_client *c = (struct hip_client *)ctx;
 	const hipError_t e = hipEventQuery(c->done);
-	if (e == hipSuccess)
+	if (e == hipSuccess) {
+		report_trace(&c->trace);
 		return 1;
+	}
 	if (e == hipErrorNotReady)
 		return 0;
 	return check_lost(b, gpu_error(err, e, "job"), err);
@@ -504,7 +570,7 @@ int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
 int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
 	    const struct moed_kwargs *kw, const struct moed_arena *arena, struct moed_error *err)
 {
-	int r = b->own ? 0 : client_make(NULL, &b->own, err);
+	int r = b->own ? 0 : client_make(NULL, b->trace, &b->own, err);
 	if (r == 0)
 		r = hip_submit(b, b->own, job, w, kw, arena, err);
 	if (r < 0)

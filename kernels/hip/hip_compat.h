@@ -44,6 +44,8 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipEventQuery cudaEventQuery
 #define hipEventSynchronize cudaEventSynchronize
 #define hipEventDestroy cudaEventDestroy
+#define hipEventElapsedTime cudaEventElapsedTime
+#define hipEventDefault cudaEventDefault
 #define hipLaunchHostFunc cudaLaunchHostFunc
 #define hipMemcpyHostToDevice cudaMemcpyHostToDevice
 #define hipMemcpyDeviceToHost cudaMemcpyDeviceToHost
