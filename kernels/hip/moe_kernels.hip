@@ -249,10 +249,6 @@ template <int kMaxTopk> __global__ void combine8_kernel(struct moe_gpu_args a)
 	*(uint4 *)(out + (size_t)m * a.hidden + h) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
-} // namespace
-
-namespace {
-
 /* Whether the wgmma kernels can run here: built for sm_90a, on a card of exactly 9.0
  * (arch-specific code runs on nothing else). Device 0, the backend's. */
 bool wgmma_runs()
