@@ -683,13 +683,32 @@ template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
 	return dim3(a.tiles, (a.inter + cols - 1) / cols);
 }
 
+// How many blocks of the down GEMM the card holds at once.
+template <class S, bool kBf16> uint32_t resident_blocks()
+{
+	static uint32_t slots;
+	if (!slots) {
+		int per_sm = 0;
+		if (allow_smem<S, false, kBf16>() != cudaSuccess ||
+		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mma_kernel<S, false, kBf16>,
+								  S::kThreads, S::kSmem) != cudaSuccess ||
+		    per_sm < 1)
+			per_sm = 1;
+		slots = (uint32_t)per_sm * sm_count();
+	}
+	return slots;
+}
+
 template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t stream)
 {
-	const uint32_t want = 2 * sm_count(); // blocks for two waves
 	// A down GEMM of few blocks (few tiles, small H) would leave SMs idle: split its K
-	// (= I) over more blocks, each of at least 4 k-tiles, adding into a zeroed y.
+	// (= I) over more blocks, each of at least 4 k-tiles, adding into a zeroed y. As many
+	// splits as fill the card's resident blocks once, not more: these blocks stream
+	// weights, and a second, partial wave leaves bandwidth idle at its end (Qwen3 M = 1
+	// took 3 splits, 384 blocks for 264 places; Mixtral M = 4 2 splits, about 350).
 	const uint32_t blocks = a.tiles * ((a.hidden + S::BN - 1) / S::BN);
-	uint32_t splits = blocks >= want ? 1 : (want + blocks - 1) / blocks;
+	const uint32_t slots = resident_blocks<S, kBf16>();
+	uint32_t splits = blocks >= slots ? 1 : slots / blocks;
 	const uint32_t most = (a.inter / kBK) / 4;
 	splits = splits > most ? (most ? most : 1) : splits;
 	splits = splits > 8 ? 8 : splits;
