@@ -75,6 +75,7 @@ struct moe_gpu_args {
 	void *act;                 /* [P, I] scratch, P * I * 4 bytes: f32, or the 16-bit dtype */
 	float *y;                  /* [P, H] scratch: f32, or io_dtype where y_io is set */
 	int y_io;                  /* set by the launch: y holds io_dtype values */
+	int zero_y;                /* set by the launch: the gate/up kernel zeroes y (f32) */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 };
 
@@ -84,7 +85,8 @@ int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
 /* Queue a kernel that traps, losing the device: for the test of fault handling only. */
 int moe_gpu_inject_fault(void *stream);
 
-/* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io. */
+/* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io and
+ * args->zero_y. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
 #ifdef __cplusplus

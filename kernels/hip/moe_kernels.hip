@@ -194,9 +194,46 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 	store(a.out, idx, a.io_dtype, s * a.scale);
 }
 
-// The same where y holds 16-bit values and H is a multiple of 8: one thread per (token,
-// 8 columns), 16-byte loads and stores, the routing of all k read before the rows (the
-// scalar kernel above moved about a third of the copy bandwidth on bf16 y).
+// Eight consecutive values of y (f32, or 16-bit where y_io) from 16-byte loads.
+__device__ __forceinline__ void load8(const struct moe_gpu_args &a, size_t i, float v[8])
+{
+	if (!a.y_io) {
+		const float4 lo = *(const float4 *)(a.y + i), hi = *(const float4 *)(a.y + i + 4);
+		v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+		v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+		return;
+	}
+	const uint4 q = *(const uint4 *)((const uint16_t *)a.y + i);
+	const uint32_t w[4] = { q.x, q.y, q.z, q.w };
+	const bool bf16 = a.io_dtype == MOED_GPU_BF16;
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		const uint16_t h = (uint16_t)(w[j / 2] >> (16 * (j % 2)));
+		v[j] = bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+	}
+}
+
+// Eight consecutive outputs in the I/O dtype, one or two 16-byte stores.
+__device__ __forceinline__ void store8(const struct moe_gpu_args &a, size_t i, const float v[8])
+{
+	if (a.io_dtype == MOED_GPU_F32) {
+		*(float4 *)((float *)a.out + i) = make_float4(v[0], v[1], v[2], v[3]);
+		*(float4 *)((float *)a.out + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+		return;
+	}
+	const bool bf16 = a.io_dtype == MOED_GPU_BF16;
+	uint32_t packed[4];
+#pragma unroll
+	for (int j = 0; j < 4; j++)
+		packed[j] = bf16 ? (uint32_t)f32_to_bf16(v[2 * j]) | (uint32_t)f32_to_bf16(v[2 * j + 1]) << 16
+				 : (uint32_t)f32_to_f16(v[2 * j]) | (uint32_t)f32_to_f16(v[2 * j + 1]) << 16;
+	*(uint4 *)((uint16_t *)a.out + i) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
+// The same where H is a multiple of 8: one thread per (token, 8 columns), 16-byte loads
+// and stores, the routing of all k read before the rows, all rows loaded before they
+// are summed (the scalar kernel above moved about a third of the copy bandwidth on
+// 16-bit y, and waits for each k in turn at small M).
 template <int kMaxTopk> __global__ void combine8_kernel(struct moe_gpu_args a)
 {
 	const uint32_t groups = a.hidden / 8;
@@ -204,7 +241,6 @@ template <int kMaxTopk> __global__ void combine8_kernel(struct moe_gpu_args a)
 	if (idx >= (size_t)a.tokens * groups)
 		return;
 	const uint32_t m = (uint32_t)(idx / groups), h = (uint32_t)(idx % groups) * 8;
-	const bool bf16 = a.io_dtype == MOED_GPU_BF16;
 	uint32_t pos[kMaxTopk];
 	float coef[kMaxTopk];
 #pragma unroll
@@ -213,40 +249,29 @@ template <int kMaxTopk> __global__ void combine8_kernel(struct moe_gpu_args a)
 		pos[k] = k < (int)a.topk ? a.pos_of[pair] : 0;
 		coef[k] = k < (int)a.topk && !a.router_weight_on_input ? a.topk_weights[pair] : 1.0f;
 	}
-	const uint16_t *y = (const uint16_t *)a.y;
-	uint16_t *out = (uint16_t *)a.out;
+	float rows[kMaxTopk][8];
+#pragma unroll
+	for (int k = 0; k < kMaxTopk; k++)
+		if (k < (int)a.topk)
+			load8(a, (size_t)pos[k] * a.hidden + h, rows[k]);
 	if (a.no_combine) {
 #pragma unroll
 		for (int k = 0; k < kMaxTopk; k++)
 			if (k < (int)a.topk)
-				*(uint4 *)(out + ((size_t)m * a.topk + k) * a.hidden + h) =
-					*(const uint4 *)(y + (size_t)pos[k] * a.hidden + h);
+				store8(a, ((size_t)m * a.topk + k) * a.hidden + h, rows[k]);
 		return;
 	}
-	uint4 rows[kMaxTopk];
-#pragma unroll
-	for (int k = 0; k < kMaxTopk; k++)
-		rows[k] = k < (int)a.topk ? *(const uint4 *)(y + (size_t)pos[k] * a.hidden + h)
-					  : make_uint4(0, 0, 0, 0);
 	float s[8] = {};
 #pragma unroll
-	for (int k = 0; k < kMaxTopk; k++) {
-		const uint32_t w[4] = { rows[k].x, rows[k].y, rows[k].z, rows[k].w };
+	for (int k = 0; k < kMaxTopk; k++)
 #pragma unroll
-		for (int j = 0; j < 8; j++) {
-			const uint16_t v = (uint16_t)(w[j / 2] >> (16 * (j % 2)));
+		for (int j = 0; j < 8; j++)
 			if (k < (int)a.topk)
-				s[j] += coef[k] * (bf16 ? bf16_to_f32(v) : f16_to_f32(v));
-		}
-	}
-	uint32_t packed[4];
+				s[j] += coef[k] * rows[k][j];
 #pragma unroll
-	for (int j = 0; j < 4; j++) {
-		const float lo = s[2 * j] * a.scale, hi = s[2 * j + 1] * a.scale;
-		packed[j] = bf16 ? (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16
-				 : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
-	}
-	*(uint4 *)(out + (size_t)m * a.hidden + h) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+	for (int j = 0; j < 8; j++)
+		s[j] *= a.scale;
+	store8(a, (size_t)m * a.hidden + h, s);
 }
 
 /* Whether the wgmma kernels can run here: built for sm_90a, on a card of exactly 9.0
@@ -338,12 +363,13 @@ namespace {
 void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 {
 	const size_t cells = (size_t)a.tokens * a.hidden;
-	if (a.y_io && a.hidden % 8 == 0 && a.topk <= 8) {
-		const dim3 grid((unsigned)((cells / 8 + 255) / 256));
+	if (a.hidden % 8 == 0 && a.topk <= 8) {
+		/* 128 threads a block: a decode job's few rows still span several SMs. */
+		const dim3 grid((unsigned)((cells / 8 + 127) / 128));
 		if (a.topk <= 2)
-			hipLaunchKernelGGL(combine8_kernel<2>, grid, dim3(256), 0, s, a);
+			hipLaunchKernelGGL(combine8_kernel<2>, grid, dim3(128), 0, s, a);
 		else
-			hipLaunchKernelGGL(combine8_kernel<8>, grid, dim3(256), 0, s, a);
+			hipLaunchKernelGGL(combine8_kernel<8>, grid, dim3(128), 0, s, a);
 		return;
 	}
 	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
@@ -355,7 +381,7 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 {
 	struct moe_gpu_args a = *args;
 	hipStream_t s = (hipStream_t)stream;
-	a.y_io = 0;
+	a.y_io = 0, a.zero_y = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
 	if (a.kernel != MOE_GPU_WARP) {

@@ -493,6 +493,17 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		fence_operands<S::BN / 2>(&acc[0][0][0]);
 	}
 	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
+	if constexpr (kGateUp) {
+		// The down GEMM adds its split-K partial sums into y: zero it here, each block a
+		// stride of it (H is a multiple of 8, so y is whole float4s). The down grid reads
+		// y only after this grid has finished (griddepcontrol.wait or stream order).
+		if (a.zero_y) {
+			const size_t n = (size_t)a.tokens * a.topk * a.hidden / 4, blocks = gridDim.x * gridDim.y;
+			const size_t at = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
+			for (size_t i = at * S::kThreads + tid; i < n; i += blocks * S::kThreads)
+				((float4 *)a.y)[i] = make_float4(0, 0, 0, 0);
+		}
+	}
 }
 
 // mbarriers in shared memory (sm_90): the persistent kernel's stages are handed between
@@ -716,11 +727,7 @@ template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t s
 	// Unsplit, y is written once in the I/O dtype: half the bytes of f32 to write and for
 	// the combine to read, one more rounding (2^-9 relative in bf16) inside the bounds.
 	a.y_io = splits == 1;
-	if (splits > 1) {
-		const cudaError_t e = cudaMemsetAsync(a.y, 0, (size_t)a.tokens * a.topk * a.hidden * 4, stream);
-		if (e != cudaSuccess)
-			return (int)e;
-	}
+	a.zero_y = splits > 1; // by the gate/up blocks: one node fewer than a memset
 	const int e = launch_gemm<S, true, kBf16>(a, gate_up_grid<S>(a), stream);
 	return e ? e : launch_gemm<S, false, kBf16>(a, g2, stream);
 }
