@@ -163,12 +163,12 @@ int forced_kernel(int *out, struct moed_error *err)
 	if (k < 0)
 		return moed_error_set(err, -EINVAL,
 				      "MOED_GPU_KERNEL=%s names no GPU kernel (warp, mma16, mma64, mma128, "
-				      "wgmma128, wgmma128w, wgmma128p)", name);
+				      "wgmma128, wgmma128w, wgmma128p, mfma64)", name);
 	if (!moe_gpu_kernel_usable((enum moe_gpu_kernel)k))
 		return moed_error_set(err, -EINVAL,
 				      "MOED_GPU_KERNEL=%s: not in this build or not for this card (the wgmma "
 				      "kernels need --with-gpu-arch=sm_90a and an sm_90 card; AMD builds "
-				      "have only warp)", name);
+				      "have warp and mfma64, NVIDIA builds the others)", name);
 	*out = k;
 	return 0;
 }

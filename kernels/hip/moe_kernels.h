@@ -15,7 +15,7 @@ enum { MOED_GPU_SILU = 0, MOED_GPU_GELU = 1 };                    /* = enum moed
 /* The kernels that can run a job, chosen per job by moe_gpu_plan(). */
 enum moe_gpu_kernel {
 	MOE_GPU_WARP,   /* a warp per (tile, weight row), CUDA cores: f32, rows that are not
-			   multiples of 8, and every AMD build for now */
+			   multiples of 8, and AMD builds unless MFMA is forced */
 	MOE_GPU_MMA16,  /* matrix units (NVIDIA mma.sync), tiles of 16 pairs: weight streaming */
 	MOE_GPU_MMA64,  /* matrix units, tiles of 64 pairs */
 	MOE_GPU_MMA128, /* matrix units, tiles of 128 pairs: prefill */
@@ -24,8 +24,10 @@ enum moe_gpu_kernel {
 	MOE_GPU_WGMMA128W, /* the same, tiles of 128 pairs by 256 weight rows */
 	MOE_GPU_WGMMA128P, /* the same tiles in a persistent, warp-specialised kernel (forced
 			      only, until measured: MOED_GPU_KERNEL=wgmma128p) */
+	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
+			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };
-#define MOE_GPU_KERNELS 7
+#define MOE_GPU_KERNELS 8
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
@@ -49,7 +51,7 @@ struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 int moe_gpu_kernel_by_name(const char *name);
 
 /* Whether this build has the kernel and device 0 can run it: the wgmma ones need code
- * for sm_90a and a card of compute capability 9.0. */
+ * for sm_90a and a card of compute capability 9.0; mfma64 is AMD's, the others NVIDIA's. */
 int moe_gpu_kernel_usable(enum moe_gpu_kernel k);
 
 /* The largest hidden or intermediate size the kernels take (grids span rows in their
@@ -88,6 +90,9 @@ int moe_gpu_inject_fault(void *stream);
 /* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io and
  * args->zero_y. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
+
+/* AMD's (moe_mfma.hip), the same way; sets args->y_io. */
+int moe_gpu_launch_mfma(struct moe_gpu_args *args, void *stream);
 
 #ifdef __cplusplus
 }

@@ -298,17 +298,18 @@ bool wgmma_runs()
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 					     uint32_t hidden, uint32_t inter, int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 64 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
-#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-	(void)tiles, (void)most_pairs, (void)io_dtype, (void)w_dtype, (void)hidden, (void)inter;
-	(void)forced;
-#else
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+	(void)most_pairs;
+	if (mma && forced == MOE_GPU_MFMA64)
+		p.kernel = MOE_GPU_MFMA64, p.tile = tiles[MOE_GPU_MFMA64];
+#else
 	if (!mma)
 		return p;
-	if (forced >= 0 && forced < MOE_GPU_KERNELS) {
+	if (forced >= 0 && forced < MOE_GPU_KERNELS && forced != MOE_GPU_MFMA64) {
 		p.kernel = (enum moe_gpu_kernel)forced, p.tile = tiles[forced];
 		return p;
 	}
@@ -336,9 +337,9 @@ extern "C" int moe_gpu_kernel_by_name(const char *name)
 extern "C" int moe_gpu_kernel_usable(enum moe_gpu_kernel k)
 {
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-	return k == MOE_GPU_WARP; /* the matrix-unit kernels are NVIDIA's, for now */
+	return k == MOE_GPU_WARP || k == MOE_GPU_MFMA64;
 #elif defined(MOED_GPU_WGMMA)
-	return k >= 0 && (k < MOE_GPU_WGMMA128 || (k < MOE_GPU_KERNELS && wgmma_runs()));
+	return k >= 0 && (k < MOE_GPU_WGMMA128 || (k < MOE_GPU_MFMA64 && wgmma_runs()));
 #else
 	return k >= 0 && k < MOE_GPU_WGMMA128;
 #endif
@@ -354,6 +355,7 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_WGMMA128: return "wgmma128";
 	case MOE_GPU_WGMMA128W: return "wgmma128w";
 	case MOE_GPU_WGMMA128P: return "wgmma128p";
+	case MOE_GPU_MFMA64: return "mfma64";
 	}
 	return "?";
 }
@@ -384,8 +386,9 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	a.y_io = 0, a.zero_y = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
-	if (a.kernel != MOE_GPU_WARP) {
-		const int e = moe_gpu_launch_mma(&a, stream); /* may set a.y_io */
+	if (a.kernel != MOE_GPU_WARP) { /* may set a.y_io, a.zero_y */
+		const int e = a.kernel == MOE_GPU_MFMA64 ? moe_gpu_launch_mfma(&a, stream)
+							 : moe_gpu_launch_mma(&a, stream);
 		if (e)
 			return e;
 		launch_combine(a, s);

@@ -18,8 +18,8 @@
 // Hopper's 128-byte swizzle, so the wgmma variants (sm_90a builds: ShapeWg128, ShapeWg128W
 // and the persistent ws_kernel) read the tiles through descriptors with no ldmatrix,
 // sharing the loading (TileLoader) and the epilogue (store_tile).
-// AMD builds compile none of this (MFMA kernels are still to come); the plan never picks
-// these kernels there.
+// AMD builds compile none of this (AMD's matrix-unit kernels are moe_mfma.hip); the plan
+// never picks these kernels there.
 #include <stdint.h>
 
 #include "moe_device.h"
