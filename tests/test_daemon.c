@@ -191,6 +191,15 @@ static void expect_exit0(pid_t pid, const char *who)
 		      status);
 }
 
+/* A control request that the daemon must refuse with `status`, its reply saying `words`. */
+static void expect_refused(int sock, uint32_t type, const void *body, size_t len, int status,
+			   const char *words)
+{
+	struct moed_reply rep;
+	ck_assert_int_eq(raw_request(sock, type, body, len, &rep, NULL, 0), status);
+	ck_assert_msg(strstr(rep.message, words), "reply '%s' lacks '%s'", rep.message, words);
+}
+
 START_TEST(many_clients_correct)
 {
 	test_daemon_start(&daemon_, NULL);
@@ -604,10 +613,9 @@ START_TEST(hostile_raw_clients)
 
 	/* Malformed control messages get error replies; the connection survives them. */
 	unsigned char junk[sizeof(struct moed_hello)] = { 0 };
-	ck_assert_int_eq(raw_request(rc.sock, 77, junk, 8, &rep, NULL, 0), -EPROTO);
-	ck_assert_ptr_nonnull(strstr(rep.message, "unknown message type 77"));
-	ck_assert_int_eq(raw_request(rc.sock, MOED_MSG_WEIGHTS_COMMIT, junk, 3, &rep, NULL, 0), -EPROTO);
-	ck_assert_ptr_nonnull(strstr(rep.message, "needs a 8-byte body, got 3"));
+	expect_refused(rc.sock, 77, junk, 8, -EPROTO, "unknown message type 77");
+	expect_refused(rc.sock, MOED_MSG_WEIGHTS_COMMIT, junk, 3, -EPROTO,
+		       "needs a 8-byte body, got 3");
 	ck_assert_int_eq(raw_request(rc.sock, MOED_MSG_HELLO, junk, sizeof(struct moed_hello), &rep, NULL, 0),
 			 -EPROTONOSUPPORT);
 
@@ -640,42 +648,35 @@ START_TEST(hostile_raw_clients)
 				     &wr, sizeof(wr)), 0);
 	ck_assert_uint_eq(wr.must_upload, 1);
 	struct moed_weights_attach att = { .name = "raw" };
-	ck_assert_int_eq(raw_request(good.sock, MOED_MSG_WEIGHTS_ATTACH, &att, sizeof(att), &rep, NULL, 0),
-			 -EBUSY);
-	ck_assert_ptr_nonnull(strstr(rep.message, "weight set 'raw' is still being uploaded"));
+	expect_refused(good.sock, MOED_MSG_WEIGHTS_ATTACH, &att, sizeof(att), -EBUSY,
+		       "weight set 'raw' is still being uploaded");
 	struct moed_weights_upload up = { .weights_id = wr.weights_id, .tensor = MOED_TENSOR_W13,
 					  .tensor_offset = 8, .arena_offset = 0, .length = 504 };
-	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
-			 -EINVAL);
-	ck_assert_ptr_nonnull(strstr(rep.message, "upload of w13 must continue at byte 0, not 8"));
+	expect_refused(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), -EINVAL,
+		       "upload of w13 must continue at byte 0, not 8");
 	up.tensor_offset = 0;
 	up.length = 1024;
-	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
-			 -EINVAL);
-	ck_assert_ptr_nonnull(strstr(rep.message, "upload of 1024 bytes runs past the end of w13 (512 bytes)"));
+	expect_refused(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), -EINVAL,
+		       "upload of 1024 bytes runs past the end of w13 (512 bytes)");
 	up.arena_offset = arena - 100;
 	up.length = 512;
-	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
-			 -EINVAL);
-	ck_assert_ptr_nonnull(strstr(rep.message, "upload source ["));
+	expect_refused(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), -EINVAL,
+		       "upload source [");
 	up.arena_offset = 0;
 	up.tensor = 7;
-	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
-			 -EINVAL);
-	ck_assert_ptr_nonnull(strstr(rep.message, "unknown tensor 7"));
+	expect_refused(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), -EINVAL,
+		       "unknown tensor 7");
 	up.tensor = MOED_TENSOR_W13;
 	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0), 0);
 	struct moed_weights_ref ref = { .weights_id = wr.weights_id };
-	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_COMMIT, &ref, sizeof(ref), &rep, NULL, 0),
-			 -EINVAL);
-	ck_assert_ptr_nonnull(strstr(rep.message, "'raw' is incomplete: w13 has 512 of 512 bytes, w2 0 of 256"));
+	expect_refused(up_c.sock, MOED_MSG_WEIGHTS_COMMIT, &ref, sizeof(ref), -EINVAL,
+		       "'raw' is incomplete: w13 has 512 of 512 bytes, w2 0 of 256");
 	up.tensor = MOED_TENSOR_W2;
 	up.length = 256;
 	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0), 0);
 	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_COMMIT, &ref, sizeof(ref), &rep, NULL, 0), 0);
-	ck_assert_int_eq(raw_request(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), &rep, NULL, 0),
-			 -EPERM);
-	ck_assert_ptr_nonnull(strstr(rep.message, "'raw' is not open for upload by this client"));
+	expect_refused(up_c.sock, MOED_MSG_WEIGHTS_UPLOAD, &up, sizeof(up), -EPERM,
+		       "'raw' is not open for upload by this client");
 	ck_assert_int_eq(raw_request(good.sock, MOED_MSG_WEIGHTS_ATTACH, &att, sizeof(att), &rep, NULL, 0), 0);
 	raw_close(&up_c);
 	struct moed_sqe nop = { .opcode = MOED_OP_NOP, .user_data = 42 };
