@@ -345,9 +345,14 @@ int main(int argc, char **argv)
 			CHECK(hipFree(p));
 		CHECK(hipHostFree(stage));
 	}
+	if (!rows) {
+		fprintf(stderr, "MOED_BENCH_ONLY=%s names no row timed (model:M, e.g. Qwen3-30B-A3B:1)\n",
+			getenv("MOED_BENCH_ONLY") ? getenv("MOED_BENCH_ONLY") : "");
+		return 2;
+	}
 	printf("geometric mean of floor/time over the %d rows timed: all %.3f (target 0.90), "
 	       "M <= 64 %.3f (target 0.95), M >= 256 %.3f (target 0.85)\n",
-	       rows, rows ? exp(log_sum / rows) : 0.0, small ? exp(log_small / small) : 0.0,
+	       rows, exp(log_sum / rows), small ? exp(log_small / small) : 0.0,
 	       big ? exp(log_big / big) : 0.0);
 	return 0;
 }

@@ -648,13 +648,13 @@ bool dependent_launch()
 }
 
 // The kernels want more than the default 48 KiB of shared memory: raised once each.
-template <class S, bool kGateUp, bool kBf16> cudaError_t allow_smem()
+template <auto kKernel, int kBytes> cudaError_t allow_smem()
 {
 	static bool raised;
 	if (raised)
 		return cudaSuccess;
-	const cudaError_t e = cudaFuncSetAttribute(mma_kernel<S, kGateUp, kBf16>,
-						   cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmem);
+	const cudaError_t e =
+		cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
 	raised = e == cudaSuccess;
 	return e;
 }
@@ -682,7 +682,7 @@ int launch_on(Kernel kernel, dim3 grid, int threads, int smem, bool dependent, c
 template <class S, bool kGateUp, bool kBf16>
 int launch_gemm(const struct moe_gpu_args &a, dim3 grid, cudaStream_t stream)
 {
-	const cudaError_t e = allow_smem<S, kGateUp, kBf16>();
+	const cudaError_t e = allow_smem<mma_kernel<S, kGateUp, kBf16>, S::kSmem>();
 	if (e != cudaSuccess)
 		return (int)e;
 	return launch_on(mma_kernel<S, kGateUp, kBf16>, grid, S::kThreads, S::kSmem, !kGateUp, stream, a);
@@ -700,7 +700,7 @@ template <class S, bool kBf16> uint32_t resident_blocks()
 	static uint32_t slots;
 	if (!slots) {
 		int per_sm = 0;
-		if (allow_smem<S, false, kBf16>() != cudaSuccess ||
+		if (allow_smem<mma_kernel<S, false, kBf16>, S::kSmem>() != cudaSuccess ||
 		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mma_kernel<S, false, kBf16>,
 								  S::kThreads, S::kSmem) != cudaSuccess ||
 		    per_sm < 1)
@@ -737,15 +737,11 @@ template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t
 {
 	const auto gate_up = ws_kernel<true, kBf16>;
 	const auto down = ws_kernel<false, kBf16>;
-	static bool smem_raised;
-	if (!smem_raised) {
-		cudaError_t e = cudaFuncSetAttribute(gate_up, cudaFuncAttributeMaxDynamicSharedMemorySize, kWsSmem);
-		if (e == cudaSuccess)
-			e = cudaFuncSetAttribute(down, cudaFuncAttributeMaxDynamicSharedMemorySize, kWsSmem);
-		if (e != cudaSuccess)
-			return (int)e;
-		smem_raised = true;
-	}
+	cudaError_t raised = allow_smem<ws_kernel<true, kBf16>, kWsSmem>();
+	if (raised == cudaSuccess)
+		raised = allow_smem<ws_kernel<false, kBf16>, kWsSmem>();
+	if (raised != cudaSuccess)
+		return (int)raised;
 	const uint32_t sms = sm_count(), gate_cols = a.gated ? ShapeWs::BN / 2 : ShapeWs::BN;
 	const uint32_t items1 = a.tiles * ((a.inter + gate_cols - 1) / gate_cols);
 	const uint32_t items2 = a.tiles * ((a.hidden + ShapeWs::BN - 1) / ShapeWs::BN);
