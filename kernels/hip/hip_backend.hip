@@ -19,10 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
 extern "C" {
 #include "backend.h"
+#include "clock.h"
 }
 #include "hip_compat.h"
 
@@ -38,11 +37,11 @@ struct dbuf {
 	size_t cap;
 };
 
-/* MOED_HIP_TRACE: where a job's time went. Host clock readings (µs) and timing events
+/* MOED_HIP_TRACE: where a job's time went. Host clock readings and timing events
  * around the input copies, the kernels and the output copy; armed once all are queued. */
 struct job_trace {
 	hipEvent_t start, in, kernels, out;
-	double t_submit, t_sorted, t_queued;
+	uint64_t t_submit, t_sorted, t_queued; /* moed_now_ns() */
 	uint32_t tokens;
 	int kernel;
 	bool armed;
@@ -81,13 +80,6 @@ struct moed_backend {
 };
 
 namespace {
-
-double now_us()
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
-}
 
 int gpu_error(struct moed_error *err, hipError_t e, const char *what)
 {
@@ -379,12 +371,12 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	}
 	struct job_trace *tr = c->trace.start ? &c->trace : NULL;
 	if (tr)
-		tr->armed = false, tr->t_submit = now_us(), tr->tokens = (uint32_t)m;
+		tr->armed = false, tr->t_submit = moed_now_ns(), tr->tokens = (uint32_t)m;
 	struct moe_gpu_plan plan;
 	if ((r = sort_pairs(c, job, w, arena, forced, &plan, err)) < 0)
 		return r;
 	if (tr)
-		tr->t_sorted = now_us(), tr->kernel = plan.kernel;
+		tr->t_sorted = moed_now_ns(), tr->kernel = plan.kernel;
 	const struct moe_routing *rt = &c->route;
 	const size_t routing_bytes = moe_route_packed_bytes(rt);
 	if ((r = ensure(&c->x, m * h * ds, err)) || (r = ensure(&c->routing, routing_bytes, err)) ||
@@ -448,7 +440,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's output");
 	if (tr)
-		tr->t_queued = now_us(), tr->armed = true;
+		tr->t_queued = moed_now_ns(), tr->armed = true;
 	return 0;
 }
 
@@ -542,7 +534,7 @@ void report_trace(struct job_trace *tr)
 	if (!tr->armed)
 		return;
 	tr->armed = false;
-	const double seen = now_us();
+	const uint64_t seen = moed_now_ns();
 	float in = 0, kernels = 0, out = 0;
 	(void)hipEventElapsedTime(&in, tr->start, tr->in);
 	(void)hipEventElapsedTime(&kernels, tr->in, tr->kernels);
@@ -550,8 +542,9 @@ void report_trace(struct job_trace *tr)
 	fprintf(stderr,
 		"moed-hip trace: M %u, %s: host sort %.1f us, queueing %.1f us; GPU copies in %.1f us, "
 		"kernels %.1f us, copy out %.1f us; seen done %.1f us after submit\n",
-		tr->tokens, moe_gpu_kernel_name((enum moe_gpu_kernel)tr->kernel), tr->t_sorted - tr->t_submit,
-		tr->t_queued - tr->t_sorted, in * 1e3, kernels * 1e3, out * 1e3, seen - tr->t_submit);
+		tr->tokens, moe_gpu_kernel_name((enum moe_gpu_kernel)tr->kernel),
+		(tr->t_sorted - tr->t_submit) / 1e3, (tr->t_queued - tr->t_sorted) / 1e3, in * 1e3,
+		kernels * 1e3, out * 1e3, (seen - tr->t_submit) / 1e3);
 }
 
 int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
