@@ -47,6 +47,10 @@ struct moe_gpu_plan {
 struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype, uint32_t hidden,
 				 uint32_t inter, int forced);
 
+/* Device 0's (the backend's) compute capability as 10 * major + minor, read once; 0 on
+ * AMD builds or where it cannot be read. */
+int moe_gpu_compute_capability(void);
+
 /* The kernel called `name` (as moe_gpu_kernel_name says it), or -1. */
 int moe_gpu_kernel_by_name(const char *name);
 

@@ -275,19 +275,11 @@ template <int kMaxTopk> __global__ void combine8_kernel(struct moe_gpu_args a)
 }
 
 /* Whether the wgmma kernels can run here: built for sm_90a, on a card of exactly 9.0
- * (arch-specific code runs on nothing else). Device 0, the backend's. */
+ * (arch-specific code runs on nothing else). */
 bool wgmma_runs()
 {
-#if defined(MOED_GPU_WGMMA) && !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
-	static int known, runs;
-	if (!known) {
-		int major = 0, minor = 0;
-		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess &&
-		    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) == cudaSuccess)
-			runs = major == 9 && minor == 0;
-		known = 1;
-	}
-	return runs;
+#if defined(MOED_GPU_WGMMA)
+	return moe_gpu_compute_capability() == 90;
 #else
 	return false;
 #endif
@@ -324,6 +316,23 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 	p.tile = tiles[p.kernel];
 #endif
 	return p;
+}
+
+extern "C" int moe_gpu_compute_capability(void)
+{
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+	return 0;
+#else
+	static int known = -1;
+	if (known < 0) {
+		int major = 0, minor = 0;
+		if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+		    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess)
+			major = minor = 0;
+		known = 10 * major + minor;
+	}
+	return known;
+#endif
 }
 
 extern "C" int moe_gpu_kernel_by_name(const char *name)

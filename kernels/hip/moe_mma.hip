@@ -641,10 +641,7 @@ int sm_count()
 // Whether device 0 takes programmatic dependent launches (compute capability 9.0 and up).
 bool dependent_launch()
 {
-	static int major = -1;
-	if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess)
-		major = 0;
-	return major >= 9;
+	return moe_gpu_compute_capability() >= 90;
 }
 
 // The kernels want more than the default 48 KiB of shared memory: raised once each.
