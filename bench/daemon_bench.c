@@ -37,6 +37,7 @@
 #include "moe_ref.h"
 #include "moed/moed.h"
 #include "stats.h"
+#include "targets.h"
 
 static pid_t daemon_pid;
 static char dir[64], sock[108];
@@ -191,7 +192,7 @@ static double matmul_rate(const char **how)
 struct shape {
 	const char *name;
 	uint32_t e, k, h, i;
-	double anchor_us[7]; /* TARGETS.md's anchor at M = 1 ... 4096 (full-size layers) */
+	const double *anchor_us; /* TARGETS.md's anchor at target_ms[] (full-size layers) */
 };
 
 /* log(floor / full) over the GPU rows, for the geometric means TARGETS.md asks for. */
@@ -265,7 +266,7 @@ static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double b
 		qsort(full, REPS, sizeof(double), cmp_double);
 		printf("  %-22s %6u %9.0f %9.0f %9.0f   %5.2f %5.2f", s->name, p.m, floor_us, kern[REPS / 2],
 		       full[REPS / 2], floor_us / kern[REPS / 2], floor_us / full[REPS / 2]);
-		const double anchor = gpu && mi < 7 ? s->anchor_us[mi] : 0;
+		const double anchor = s->anchor_us && mi < TARGET_ROWS ? s->anchor_us[mi] : 0;
 		if (anchor > 0)
 			printf(" %9.0f %8.2fx", anchor, anchor / full[REPS / 2]);
 		printf("\n");
@@ -374,15 +375,11 @@ int main(int argc, char **argv)
 		printf("  %-22s %6s %9s %9s %9s   %5s %5s %9s %9s\n", "layer", "M", "floor us", "run us",
 		       "full us", "f/run", "f/full", "anchor us", "vs anchor");
 		start_daemon(moed, "50", -1, backend);
-		const struct shape shapes[] = {
-			{ "Mixtral-8x7B", 8, 2, 4096, 14336, { 262, 485, 944, 977, 1073, 1818, 5518 } },
-			{ "Qwen3-30B-A3B", 128, 8, 2048, 768, { 49, 117, 283, 408, 449, 536, 971 } },
-			{ "DeepSeek-V3", 256, 8, 7168, 2048,
-			  { 261, 935, 2812, 6222, 7455, 7938, 10189 } },
-		};
-		const unsigned ms[] = { 1, 4, 16, 64, 256, 1024, 4096 };
-		for (int i = 0; i < 3; i++)
-			moe_rows(&shapes[i], ms, 7, gpu_bw, gpu_rate, true);
+		for (int i = 0; i < 3; i++) {
+			const struct target_model *row = &target_models[i];
+			const struct shape s = { row->name, row->e, row->k, row->h, row->i, row->anchor_us };
+			moe_rows(&s, target_ms, TARGET_ROWS, gpu_bw, gpu_rate, true);
+		}
 		stop_daemon();
 		/* "vs anchor" sets the whole path (copies, sorting, the daemon) against the
 		 * anchor's kernels alone, as TARGETS.md asks of the full path. */
@@ -402,9 +399,9 @@ int main(int argc, char **argv)
 		       "kernel us", "full us", "f/ker", "f/full");
 		start_daemon(moed, "50", -1, "cpu");
 		const struct shape shapes[] = {
-			{ "qwen3-30b-a3b/8", 128, 8, 256, 96, { 0 } }, /* scaled: no anchor */
-			{ "mixtral-8x7b/16", 8, 2, 256, 896, { 0 } },
-			{ "deepseek-v3/16", 256, 8, 448, 128, { 0 } },
+			{ "qwen3-30b-a3b/8", 128, 8, 256, 96, NULL }, /* scaled: no anchor */
+			{ "mixtral-8x7b/16", 8, 2, 256, 896, NULL },
+			{ "deepseek-v3/16", 256, 8, 448, 128, NULL },
 		};
 		const unsigned ms[] = { 1, 16, 64, 256 };
 		for (int i = 0; i < 3; i++)

@@ -25,6 +25,7 @@
 #include "dtype.h"
 #include "moe_kernels.h"
 #include "moe_routing.h"
+#include "targets.h"
 
 #define CHECK(x)                                                                                   \
 	do {                                                                                       \
@@ -35,21 +36,9 @@
 		}                                                                                  \
 	} while (0)
 
-struct model {
-	const char *name;
-	uint32_t e, k, h, i;
-	double anchor_us[7]; /* TARGETS.md, M = 1, 4, 16, 64, 256, 1024, 4096 */
-};
-
-static const struct model models[] = {
-	{ "Mixtral-8x7B", 8, 2, 4096, 14336, { 262, 485, 944, 977, 1073, 1818, 5518 } },
-	{ "Qwen3-30B-A3B", 128, 8, 2048, 768, { 49, 117, 283, 408, 449, 536, 971 } },
-	{ "DeepSeek-V3", 256, 8, 7168, 2048, { 261, 935, 2812, 6222, 7455, 7938, 10189 } },
-};
-static const uint32_t ms[7] = { 1, 4, 16, 64, 256, 1024, 4096 };
 
 /* The PyTorch reference's times (bench/torch_moe.py's output), where given. */
-static double torch_us[3][7];
+static double torch_us[3][TARGET_ROWS];
 
 static void read_torch_times(const char *path)
 {
@@ -64,8 +53,8 @@ static void read_torch_times(const char *path)
 	while (fgets(line, sizeof(line), f))
 		if (line[0] != '#' && sscanf(line, "%63s %u %lf", name, &m, &us) == 3)
 			for (int i = 0; i < 3; i++)
-				for (int j = 0; j < 7; j++)
-					if (!strcmp(name, models[i].name) && m == ms[j])
+				for (int j = 0; j < TARGET_ROWS; j++)
+					if (!strcmp(name, target_models[i].name) && m == target_ms[j])
 						torch_us[i][j] = us;
 	fclose(f);
 }
@@ -225,12 +214,12 @@ int main(int argc, char **argv)
 
 	double log_sum = 0, log_small = 0, log_big = 0;
 	int rows = 0, small = 0, big = 0;
-	for (const struct model &md : models) {
+	for (const struct target_model &md : target_models) {
 		const size_t w13n = (size_t)md.e * 2 * md.i * md.h, w2n = (size_t)md.e * md.h * md.i;
 		uint16_t *w13, *w2, *x, *out;
 		float *y;
 		void *act, *routing, *stage;
-		const uint32_t mmax = ms[6], pmax = mmax * md.k;
+		const uint32_t mmax = target_ms[TARGET_ROWS - 1], pmax = mmax * md.k;
 		CHECK(hipMalloc((void **)&w13, w13n * 2));
 		CHECK(hipMalloc((void **)&w2, w2n * 2));
 		CHECK(hipMalloc((void **)&x, (size_t)mmax * md.h * 2));
@@ -248,8 +237,8 @@ int main(int argc, char **argv)
 		struct moe_routing rt;
 		memset(&rt, 0, sizeof(rt));
 		double last_us = 0;
-		for (int mi = 0; mi < 7; mi++) {
-			const uint32_t m = ms[mi], pairs = m * md.k;
+		for (int mi = 0; mi < TARGET_ROWS; mi++) {
+			const uint32_t m = target_ms[mi], pairs = m * md.k;
 			if (!row_wanted(md.name, m))
 				continue;
 			if (last_us * 4 * (reps + 3) > 120e6) { /* over two minutes a row: skip */
@@ -327,7 +316,7 @@ int main(int argc, char **argv)
 			const double flops = 2.0 * pairs * 3 * md.i * md.h;
 			const double floor_us = fmax(bytes / bw, flops / rate) * 1e6;
 			const double ratio = floor_us / kern, anchor = md.anchor_us[mi];
-			const double torch = torch_us[&md - models][mi];
+			const double torch = torch_us[&md - target_models][mi];
 			printf("%-14s %5u %9.0f %9.0f %9.0f %9.0f %7.2f %9.0f %7.2fx %9.0f %7.1fx %s\n",
 			       md.name, m, floor_us, kern, launched, kern + t_sort, ratio, anchor, anchor / kern, torch,
 			       torch / (kern + t_sort), moe_gpu_kernel_name(plan.kernel));
