@@ -32,28 +32,35 @@ extern "C" {
 
 namespace {
 
+/* The largest x copied to the GPU in the routing's copy (see enqueue). */
+constexpr size_t STAGED_X_MAX = 64 << 10;
+
 struct dbuf {
 	void *p;
 	size_t cap;
 };
 
-/* MOED_HIP_TRACE: where a job's time went. Host clock readings and timing events
- * around the input copies, the kernels and the output copy; armed once all are queued. */
+/* MOED_HIP_TRACE: where a job's time went. Host clock readings at each step of
+ * submit() and when the completion callback ran; timing events around the input copies,
+ * the kernels and the output copy. Armed once all is queued. */
 struct job_trace {
 	hipEvent_t start, in, kernels, out;
-	uint64_t t_submit, t_sorted, t_queued; /* moed_now_ns() */
+	uint64_t t_submit, t_sorted, t_copies, t_kernels, t_queued; /* moed_now_ns() */
+	uint64_t t_called; /* set on the runtime's callback thread */
 	uint32_t tokens;
 	int kernel;
-	bool armed;
+	bool armed, staged_x;
 };
 
 /* One client's context. It has at most one job in flight (the daemon's rule). */
 struct hip_client {
 	struct job_trace trace; /* events made only where tracing */
+	struct moed_backend *backend; /* for the completion callback */
 	hipStream_t stream;
 	hipEvent_t done;            /* recorded after the job's output copy */
 	unsigned char *pinned;      /* the arena, where registering it worked */
 	dbuf x, routing, act, y, out;
+	uint32_t *blocks_done;      /* moe_gpu_args.blocks_done: zeroed once, then by the kernels */
 	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
 	 * buffer the sorted routing is packed into for one asynchronous copy */
 	int32_t *ids;
@@ -135,6 +142,13 @@ template <typename T> bool grow(T **p, size_t n)
 
 int hip_probe(struct moed_error *err)
 {
+#if MOED_GPU_NVIDIA
+	/* The first runtime call of the process: have the driver load every kernel of this
+	 * module when the context is made (daemon start-up), not at a kernel's first launch,
+	 * which blocked a client's first job of each kind for milliseconds (moed(8)). A value
+	 * the administrator set is kept. */
+	setenv("CUDA_MODULE_LOADING", "EAGER", 0);
+#endif
 	int n = 0;
 	hipError_t e = hipGetDeviceCount(&n);
 	if (e != hipSuccess)
@@ -203,6 +217,8 @@ void client_free(struct hip_client *c)
 	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out };
 	for (dbuf *d : all)
 		release(d);
+	if (c->blocks_done)
+		(void)hipFree(c->blocks_done);
 	if (c->pinned)
 		(void)hipHostUnregister(c->pinned);
 	if (c->stage)
@@ -221,30 +237,41 @@ void client_free(struct hip_client *c)
 }
 
 /* A context; the arena, when given, is registered for DMA where the runtime allows. */
-int client_make(const struct moed_arena *arena, bool trace, struct hip_client **out,
+int client_make(struct moed_backend *b, const struct moed_arena *arena, struct hip_client **out,
 		struct moed_error *err)
 {
 	struct hip_client *c = (struct hip_client *)calloc(1, sizeof(*c));
 	if (!c)
 		return moed_error_set(err, -ENOMEM, "out of memory");
+	c->backend = b;
 	hipError_t e = hipStreamCreateWithFlags(&c->stream, hipStreamNonBlocking);
 	if (e == hipSuccess)
 		e = hipEventCreateWithFlags(&c->done, hipEventDisableTiming);
 	hipEvent_t *marks[] = { &c->trace.start, &c->trace.in, &c->trace.kernels, &c->trace.out };
 	for (hipEvent_t *m : marks)
-		if (trace && e == hipSuccess)
+		if (b->trace && e == hipSuccess)
 			e = hipEventCreateWithFlags(m, hipEventDefault);
+	if (e == hipSuccess)
+		e = hipMalloc(&c->blocks_done, sizeof(*c->blocks_done));
+	if (e == hipSuccess)
+		e = hipMemsetAsync(c->blocks_done, 0, sizeof(*c->blocks_done), c->stream);
 	if (e != hipSuccess) {
 		client_free(c);
 		return gpu_error(err, e, "stream set-up");
 	}
 	/* Not every mapping can be pinned (the runtime decides): unpinned, copies are
 	 * staged by the runtime and submit() returns only once they are done. */
-	if (arena && arena->size &&
-	    hipHostRegister(arena->base, arena->size, hipHostRegisterDefault) == hipSuccess)
-		c->pinned = arena->base;
-	else
-		(void)hipGetLastError();
+	if (arena && arena->size) {
+		e = hipHostRegister(arena->base, arena->size, hipHostRegisterDefault);
+		if (e == hipSuccess)
+			c->pinned = arena->base;
+		else
+			(void)hipGetLastError();
+		if (b->trace)
+			fprintf(stderr, "moed-hip trace: client arena of %zu bytes %s%s\n", arena->size,
+				e == hipSuccess ? "pinned" : "not pinned: ",
+				e == hipSuccess ? "" : hipGetErrorString(e));
+	}
 	*out = c;
 	return 0;
 }
@@ -371,31 +398,41 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	}
 	struct job_trace *tr = c->trace.start ? &c->trace : NULL;
 	if (tr)
-		tr->armed = false, tr->t_submit = moed_now_ns(), tr->tokens = (uint32_t)m;
+		tr->armed = false, tr->t_submit = moed_now_ns(), tr->t_called = 0, tr->tokens = (uint32_t)m;
 	struct moe_gpu_plan plan;
 	if ((r = sort_pairs(c, job, w, arena, forced, &plan, err)) < 0)
 		return r;
 	if (tr)
 		tr->t_sorted = moed_now_ns(), tr->kernel = plan.kernel;
 	const struct moe_routing *rt = &c->route;
-	const size_t routing_bytes = moe_route_packed_bytes(rt);
-	if ((r = ensure(&c->x, m * h * ds, err)) || (r = ensure(&c->routing, routing_bytes, err)) ||
+	/* A small x travels in the routing's copy, behind it (one copy fewer for a decode job:
+	 * each costs microseconds of the stream's time); a large one is copied on its own
+	 * from the arena, where a host copy into the stage would cost more than it saves. */
+	const size_t x_bytes = m * h * ds, x_at = (moe_route_packed_bytes(rt) + 255) & ~(size_t)255;
+	const bool stage_x = x_bytes <= STAGED_X_MAX;
+	const size_t copy_bytes = stage_x ? x_at + x_bytes : moe_route_packed_bytes(rt);
+	if ((r = ensure(&c->x, stage_x ? 0 : x_bytes, err)) || (r = ensure(&c->routing, copy_bytes, err)) ||
 	    (r = ensure(&c->act, pairs * i * 4, err)) || (r = ensure(&c->y, pairs * h * 4, err)) ||
-	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure_stage(c, routing_bytes, err)))
+	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure_stage(c, copy_bytes, err)))
 		return r;
 	/* The stage is free: the previous job's copy finished before that job completed. */
 	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage);
+	if (stage_x)
+		memcpy((unsigned char *)c->stage + x_at, arena->base + job->hidden.offset, x_bytes);
+	void *x_dev = stage_x ? (unsigned char *)c->routing.p + x_at : c->x.p;
 
 	hipError_t e = tr ? hipEventRecord(tr->start, c->stream) : hipSuccess;
+	if (e == hipSuccess && !stage_x)
+		e = hipMemcpyAsync(x_dev, arena->base + job->hidden.offset, x_bytes, hipMemcpyHostToDevice,
+				   c->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(c->x.p, arena->base + job->hidden.offset, m * h * ds,
-				   hipMemcpyHostToDevice, c->stream);
-	if (e == hipSuccess)
-		e = hipMemcpyAsync(c->routing.p, c->stage, routing_bytes, hipMemcpyHostToDevice, c->stream);
+		e = hipMemcpyAsync(c->routing.p, c->stage, copy_bytes, hipMemcpyHostToDevice, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->in, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
+	if (tr)
+		tr->t_copies = moed_now_ns(), tr->staged_x = stage_x;
 
 	struct moe_gpu_args a;
 	memset(&a, 0, sizeof(a));
@@ -412,7 +449,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.router_weight_on_input = job->router_weight_on_input;
 	a.scale = job->routed_scaling_factor;
 	a.kernel = plan.kernel;
-	a.x = c->x.p;
+	a.x = x_dev;
 	a.topk_weights = MOE_ROUTE_WEIGHTS(c->routing.p, rt);
 	a.pair_of = MOE_ROUTE_PAIR_OF(c->routing.p, rt);
 	a.pos_of = MOE_ROUTE_POS_OF(c->routing.p, rt);
@@ -426,11 +463,14 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.act = c->act.p;
 	a.y = (float *)c->y.p;
 	a.out = c->out.p;
+	a.blocks_done = c->blocks_done;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->kernels, c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "kernel launch");
+	if (tr)
+		tr->t_kernels = moed_now_ns();
 	e = hipMemcpyAsync(arena->base + job->output.offset, c->out.p, job->output.length,
 			   hipMemcpyDeviceToHost, c->stream);
 	if (e == hipSuccess && tr)
@@ -469,9 +509,13 @@ bool notifies(struct moed_backend *b)
 	return yes;
 }
 
+/* Runs on the runtime's callback thread once a client's stream gets past its job. */
 void notify_done(void *arg)
 {
-	struct moed_backend *b = (struct moed_backend *)arg;
+	struct hip_client *c = (struct hip_client *)arg;
+	struct moed_backend *b = c->backend;
+	if (c->trace.start)
+		__atomic_store_n(&c->trace.t_called, moed_now_ns(), __ATOMIC_RELEASE);
 	pthread_mutex_lock(&b->notify_lock);
 	if (b->notify)
 		b->notify(b->notify_arg);
@@ -490,7 +534,7 @@ int hip_client_open(struct moed_backend *b, const struct moed_arena *arena, void
 		    struct moed_error *err)
 {
 	struct hip_client *c;
-	const int r = client_make(arena, b->trace, &c, err);
+	const int r = client_make(b, arena, &c, err);
 	if (r == 0)
 		*ctx = c;
 	return r;
@@ -518,8 +562,7 @@ int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
 	}
 	int r = enqueue(c, job, w, arena, b->forced, err);
 	if (r == 0 && notifies(b)) {
-		/* Runs on the runtime's callback thread once the stream gets here. */
-		const hipError_t e = hipLaunchHostFunc(c->stream, notify_done, b);
+		const hipError_t e = hipLaunchHostFunc(c->stream, notify_done, c);
 		if (e != hipSuccess)
 			r = gpu_error(err, e, "completion callback");
 	}
@@ -528,23 +571,29 @@ int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
 	return r == -EIO ? check_lost(b, r, err) : r;
 }
 
-/* MOED_HIP_TRACE's line for a finished job. */
+/* MOED_HIP_TRACE's line for a finished job: the host's steps from submit() on, then the
+ * GPU's, then when the callback ran and when poll() saw the job done (both from submit). */
 void report_trace(struct job_trace *tr)
 {
 	if (!tr->armed)
 		return;
 	tr->armed = false;
-	const uint64_t seen = moed_now_ns();
+	const uint64_t seen = moed_now_ns(), called = __atomic_load_n(&tr->t_called, __ATOMIC_ACQUIRE);
 	float in = 0, kernels = 0, out = 0;
 	(void)hipEventElapsedTime(&in, tr->start, tr->in);
 	(void)hipEventElapsedTime(&kernels, tr->in, tr->kernels);
 	(void)hipEventElapsedTime(&out, tr->kernels, tr->out);
+	char callback[48] = "no callback";
+	if (called)
+		snprintf(callback, sizeof(callback), "callback at %.1f us", (called - tr->t_submit) / 1e3);
 	fprintf(stderr,
-		"moed-hip trace: M %u, %s: host sort %.1f us, queueing %.1f us; GPU copies in %.1f us, "
-		"kernels %.1f us, copy out %.1f us; seen done %.1f us after submit\n",
+		"moed-hip trace: M %u, %s: host sort %.1f, copies%s %.1f, kernels %.1f, rest %.1f us; "
+		"GPU copies in %.1f, kernels %.1f, copy out %.1f us; %s, seen done at %.1f us\n",
 		tr->tokens, moe_gpu_kernel_name((enum moe_gpu_kernel)tr->kernel),
-		(tr->t_sorted - tr->t_submit) / 1e3, (tr->t_queued - tr->t_sorted) / 1e3, in * 1e3,
-		kernels * 1e3, out * 1e3, (seen - tr->t_submit) / 1e3);
+		(tr->t_sorted - tr->t_submit) / 1e3, tr->staged_x ? " (x staged)" : "",
+		(tr->t_copies - tr->t_sorted) / 1e3, (tr->t_kernels - tr->t_copies) / 1e3,
+		(tr->t_queued - tr->t_kernels) / 1e3, in * 1e3, kernels * 1e3, out * 1e3, callback,
+		(seen - tr->t_submit) / 1e3);
 }
 
 int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
@@ -563,7 +612,7 @@ int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
 int hip_run(struct moed_backend *b, const struct moed_job *job, const struct moed_weights *w,
 	    const struct moed_kwargs *kw, const struct moed_arena *arena, struct moed_error *err)
 {
-	int r = b->own ? 0 : client_make(NULL, b->trace, &b->own, err);
+	int r = b->own ? 0 : client_make(b, NULL, &b->own, err);
 	if (r == 0)
 		r = hip_submit(b, b->own, job, w, kw, arena, err);
 	if (r < 0)

@@ -11,9 +11,11 @@
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 #include <hip/hip_runtime.h>
 #define MOED_GPU_PLATFORM "amd"
+#define MOED_GPU_NVIDIA 0
 #else
 #include <cuda_runtime.h>
 #define MOED_GPU_PLATFORM "nvidia"
+#define MOED_GPU_NVIDIA 1
 
 typedef cudaError_t hipError_t;
 typedef cudaStream_t hipStream_t;
