@@ -228,6 +228,9 @@ int main(int argc, char **argv)
 		CHECK(hipMalloc((void **)&y, (size_t)pmax * md.h * 4));
 		const size_t routing_cap = (3 * (size_t)pmax + 3 * ((size_t)pmax + md.e + 1)) * 4;
 		CHECK(hipMalloc(&routing, routing_cap));
+		uint32_t *blocks_done; /* moe_gpu_args.blocks_done, zero between jobs */
+		CHECK(hipMalloc((void **)&blocks_done, sizeof(*blocks_done)));
+		CHECK(hipMemsetAsync(blocks_done, 0, sizeof(*blocks_done), st));
 		CHECK(hipHostMalloc(&stage, routing_cap, hipHostMallocDefault));
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w13, w13n, 3ull, 1.7f / sqrtf(md.h));
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w2, w2n, 4ull, 1.7f / sqrtf(md.i));
@@ -276,7 +279,7 @@ int main(int argc, char **argv)
 			a.pair_of = MOE_ROUTE_PAIR_OF(routing, &rt), a.pos_of = MOE_ROUTE_POS_OF(routing, &rt);
 			a.tiles = rt.ntiles, a.max_tile = rt.max_tile, a.tile_first = MOE_ROUTE_TILES(routing, &rt);
 			a.tile_count = a.tile_first + rt.ntiles, a.tile_expert = a.tile_first + 2 * rt.ntiles;
-			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out;
+			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.blocks_done = blocks_done;
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));
@@ -329,7 +332,7 @@ int main(int argc, char **argv)
 		moe_routing_free(&rt);
 		free(ids);
 		free(tw);
-		void *bufs[] = { w13, w2, x, out, act, y, routing };
+		void *bufs[] = { w13, w2, x, out, act, y, routing, blocks_done };
 		for (void *p : bufs)
 			CHECK(hipFree(p));
 		CHECK(hipHostFree(stage));

@@ -82,6 +82,11 @@ struct moe_gpu_args {
 	float *y;                  /* [P, H] scratch: f32, or io_dtype where y_io is set */
 	int y_io;                  /* set by the launch: y holds io_dtype values */
 	int zero_y;                /* set by the launch: the gate/up kernel zeroes y (f32) */
+	int fold;                  /* set by the launch: the combine is the down GEMM's (below) */
+	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
+				      GEMM of a split K and a small M (decode) adds router-weighted
+				      partial sums into y as [M, H] f32 and its last block writes out
+				      (and zeroes the counter), one kernel fewer; NULL: never */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 };
 
@@ -91,8 +96,8 @@ int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
 /* Queue a kernel that traps, losing the device: for the test of fault handling only. */
 int moe_gpu_inject_fault(void *stream);
 
-/* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io and
- * args->zero_y. */
+/* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io,
+ * args->zero_y and args->fold. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */

@@ -392,7 +392,7 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 {
 	struct moe_gpu_args a = *args;
 	hipStream_t s = (hipStream_t)stream;
-	a.y_io = 0, a.zero_y = 0;
+	a.y_io = 0, a.zero_y = 0, a.fold = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
 	if (a.kernel != MOE_GPU_WARP) { /* may set a.y_io, a.zero_y */
@@ -400,7 +400,8 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 							 : moe_gpu_launch_mma(&a, stream);
 		if (e)
 			return e;
-		launch_combine(a, s);
+		if (!a.fold)
+			launch_combine(a, s);
 		return (int)hipGetLastError();
 	}
 	const dim3 block(kWarp * kWarpsPerBlock);

@@ -346,6 +346,14 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 				continue;
 			const size_t pos = first + row;
 			if (!kGateUp) {
+				// Folded (see moe_gpu_args.fold): the pair's token row of y, its weight.
+				size_t y_row = pos;
+				float coef = 1.0f;
+				if (a.fold) {
+					const uint32_t pair = a.pair_of[pos];
+					y_row = pair / a.topk;
+					coef = (a.router_weight_on_input ? 1.0f : a.topk_weights[pair]) * a.scale;
+				}
 #pragma unroll
 				for (int nt = 0; nt < S::kNT; nt++) {
 					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
@@ -356,9 +364,9 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 							pack2<kBf16>(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
 						continue;
 					}
-					float *y = a.y + pos * N + col; // partial sums over K: y was zeroed
-					atomicAdd(y, acc[mt][nt][2 * h]);
-					atomicAdd(y + 1, acc[mt][nt][2 * h + 1]);
+					float *y = a.y + y_row * N + col; // partial sums over K: y was zeroed
+					atomicAdd(y, coef * acc[mt][nt][2 * h]);
+					atomicAdd(y + 1, coef * acc[mt][nt][2 * h + 1]);
 				}
 				continue;
 			}
@@ -386,6 +394,31 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 			}
 		}
 	}
+}
+
+// The folded combine's end: the down grid's last block to finish converts y ([M, H]
+// f32, every block's weighted sums in it) into out, and leaves the counter at zero.
+template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
+{
+	__shared__ bool last;
+	__threadfence(); // this thread's sums reach the device before its block is counted
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(a.blocks_done, 1u) == gridDim.x * gridDim.y * gridDim.z - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	const float4 *y = (const float4 *)a.y;
+	uint4 *out = (uint4 *)a.out;
+	const size_t groups = (size_t)a.tokens * a.hidden / 8; // H is a multiple of 8
+	for (size_t g = threadIdx.x; g < groups; g += blockDim.x) {
+		const float4 lo = __ldcg(y + 2 * g), hi = __ldcg(y + 2 * g + 1); // from L2, not L1
+		out[g] = make_uint4(pack2<kBf16>(lo.x, lo.y), pack2<kBf16>(lo.z, lo.w),
+				    pack2<kBf16>(hi.x, hi.y), pack2<kBf16>(hi.z, hi.w));
+	}
+	if (threadIdx.x == 0)
+		*a.blocks_done = 0;
 }
 
 template <class S, bool kGateUp, bool kBf16>
@@ -493,6 +526,10 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		fence_operands<S::BN / 2>(&acc[0][0][0]);
 	}
 	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
+	if constexpr (!kGateUp) {
+		if (a.fold)
+			finish_fold<kBf16>(a);
+	}
 	if constexpr (kGateUp) {
 		// The down GEMM adds its split-K partial sums into y: zero it here, each block a
 		// stride of it (H is a multiple of 8, so y is whole float4s). The down grid reads
@@ -691,6 +728,10 @@ template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
 	return dim3(a.tiles, (a.inter + cols - 1) / cols);
 }
 
+// The largest M * H whose combine the down GEMM's last block does (finish_fold): one
+// block converts it, 16 values a thread at 1024.
+constexpr size_t kFoldMaxCells = 16384;
+
 // How many blocks of the down GEMM the card holds at once.
 template <class S, bool kBf16> uint32_t resident_blocks()
 {
@@ -725,6 +766,10 @@ template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t s
 	// the combine to read, one more rounding (2^-9 relative in bf16) inside the bounds.
 	a.y_io = splits == 1;
 	a.zero_y = splits > 1; // by the gate/up blocks: one node fewer than a memset
+	// A decode job's combine is a kernel of a few blocks that costs a launch: split, the
+	// down GEMM does it (moe_gpu_args.fold), while its last block's conversion is short.
+	a.fold = splits > 1 && !a.no_combine && a.blocks_done &&
+		 (size_t)a.tokens * a.hidden <= kFoldMaxCells;
 	const int e = launch_gemm<S, true, kBf16>(a, gate_up_grid<S>(a), stream);
 	return e ? e : launch_gemm<S, false, kBf16>(a, g2, stream);
 }
