@@ -11,7 +11,9 @@
  *        bandwidth and the f32 matrix-multiply rate (OpenBLAS sgemm where built with it).
  *        With -b hip: TARGETS.md's layers in full through the daemon on the GPU (run_ns:
  *        sorting, copies and kernels; full: the client's round trip), beside the card's
- *        floors when -F gives them (moed-gpu-bench measures them).
+ *        floors when -F gives them (moed-gpu-bench measures them). -s sets how long the
+ *        daemon and the client busy-wait (--spin-us; default: the daemon's 50 us and the
+ *        library's 20 us), to time the path where cores are spent on latency.
  */
 #include "config.h"
 
@@ -41,6 +43,13 @@
 
 static pid_t daemon_pid;
 static char dir[64], sock[108];
+static long moe_spin_us = -1; /* -s: the MoE rows' daemon and client spin, or -1: defaults */
+
+/* The daemon's --spin-us for the MoE rows: -s's, or its default. */
+static void moe_daemon_spin(char *buf, size_t len)
+{
+	snprintf(buf, len, "%ld", moe_spin_us >= 0 ? moe_spin_us : 50L);
+}
 
 static void start_daemon(const char *moed, const char *spin_us, int pin_cpu, const char *backend)
 {
@@ -220,6 +229,8 @@ static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double b
 	/* The CPU runs from the arena's half of the weights' size; a GPU needs room for the
 	 * largest job's inputs and output, and a stage for the weight upload. */
 	struct moed_client *c = connect_daemon(gpu ? io + (256 << 20) : wbytes / 2 + (64 << 20));
+	if (moe_spin_us >= 0)
+		moed_set_spin_us(c, (uint32_t)moe_spin_us);
 	const struct moed_weights_shape shape = { .num_experts = p.e, .hidden_size = p.h,
 						  .inter_size = p.i, .dtype = p.w_dtype, .gated = 1 };
 	int handle = moed_weights_register(c, s->name, &shape, p.w13, p.w2);
@@ -306,9 +317,16 @@ int main(int argc, char **argv)
 		snprintf(moed, sizeof(moed), "moed");
 	const char *backend = "cpu";
 	double gpu_bw = 0, gpu_rate = 0;
-	while ((opt = getopt(argc, argv, "n:D:imb:F:h")) != -1) {
+	while ((opt = getopt(argc, argv, "n:D:imb:F:s:h")) != -1) {
 		switch (opt) {
 		case 'n': n = atol(optarg); break;
+		case 's':
+			moe_spin_us = atol(optarg);
+			if (moe_spin_us < 0 || moe_spin_us > 1000000) {
+				fprintf(stderr, "-s wants microseconds from 0 to 1000000\n");
+				return 2;
+			}
+			break;
 		case 'D': snprintf(moed, sizeof(moed), "%s", optarg); break;
 		case 'i': moe = false; break;
 		case 'm': ipc = false; break;
@@ -323,7 +341,8 @@ int main(int argc, char **argv)
 		default:
 			printf("usage: %s [-n ROUND_TRIPS] [-D MOED] [-i: IPC only] [-m: MoE only]\n"
 			       "       [-b BACKEND: MoE on that backend, TARGETS.md's layers in full]\n"
-			       "       [-F COPY_TB_PER_S,MATMUL_TFLOP_PER_S: the GPU's floors]\n", argv[0]);
+			       "       [-F COPY_TB_PER_S,MATMUL_TFLOP_PER_S: the GPU's floors]\n"
+			       "       [-s SPIN_US: the MoE rows' daemon and client busy-wait]\n", argv[0]);
 			return opt == 'h' ? 0 : 2;
 		}
 	}
@@ -374,7 +393,10 @@ int main(int argc, char **argv)
 			       gpu_rate / 1e12);
 		printf("  %-22s %6s %9s %9s %9s   %5s %5s %9s %9s\n", "layer", "M", "floor us", "run us",
 		       "full us", "f/run", "f/full", "anchor us", "vs anchor");
-		start_daemon(moed, "50", -1, backend);
+		char spin[24];
+		moe_daemon_spin(spin, sizeof(spin));
+		printf("  daemon --spin-us %s, client spin %s us\n", spin, moe_spin_us >= 0 ? spin : "20 (default)");
+		start_daemon(moed, spin, -1, backend);
 		for (int i = 0; i < 3; i++) {
 			const struct target_model *row = &target_models[i];
 			const struct shape s = { row->name, row->e, row->k, row->h, row->i, row->anchor_us };
@@ -397,7 +419,9 @@ int main(int argc, char **argv)
 		       bw / 1e9, rate / 1e9, how);
 		printf("  %-22s %6s %9s %9s %9s   %5s %5s\n", "layer (scaled)", "M", "floor us",
 		       "kernel us", "full us", "f/ker", "f/full");
-		start_daemon(moed, "50", -1, "cpu");
+		char spin[24];
+		moe_daemon_spin(spin, sizeof(spin));
+		start_daemon(moed, spin, -1, "cpu");
 		const struct shape shapes[] = {
 			{ "qwen3-30b-a3b/8", 128, 8, 256, 96, NULL }, /* scaled: no anchor */
 			{ "mixtral-8x7b/16", 8, 2, 256, 896, NULL },

@@ -217,7 +217,7 @@ static const struct setting settings[] = {
 	{ "threads", 't', false, set_threads, "N", "CPU backend worker threads (default: one per CPU)" },
 	{ "withhold", 0, false, set_withhold, "CAP", "do not offer a capability (no_combine,\n"
 	  "                            router_weight_on_input), as an older kernel would not" },
-	{ "spin-us", 0, true, set_spin, "N", "poller busy-waits this long before sleeping (default 50)" },
+	{ "spin-us", 0, true, set_spin, "N", "poller and runner busy-wait this long before sleeping (default 50)" },
 	{ "sq-entries", 0, true, set_sq, "N", "jobs a client may have in flight (power of two, default 64)" },
 	{ "arena-default", 0, true, set_arena_default, "SIZE", "data arena of a client that asks for none (default 64M)" },
 	{ "arena-max", 0, true, set_arena_max, "SIZE", "largest data arena a client may ask for (default 1G)" },

@@ -406,6 +406,7 @@ static void *poller_main(void *arg)
 void moed_poller_set_spin_us(struct moed_poller *p, unsigned spin_us)
 {
 	__atomic_store_n(&p->spin_us, spin_us, __ATOMIC_RELAXED);
+	moed_runner_set_spin_us(p->runner, spin_us);
 }
 
 bool moed_poller_healthy(struct moed_poller *p)

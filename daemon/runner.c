@@ -27,6 +27,7 @@ struct moed_runner {
 	bool notified;                             /* the backend says when jobs end */
 	struct moed_run_item *inflight;            /* runner thread: submitted, not finished */
 	bool lost;                                 /* runner thread: the device is lost */
+	unsigned spin_us;                          /* atomic: the poller's --spin-us */
 };
 
 /* Without word from the backend, polling for finished jobs backs off from the first to
@@ -120,17 +121,27 @@ static bool reap(struct moed_runner *r)
 	return any;
 }
 
+/*
+ * Jobs running: within --spin-us of the last job submitted or finished, the runner asks
+ * the backend again at once, as the poller spins for rings (a GPU job's completion
+ * callback came 10-400 us after its output copy on an H200, trace in bench/RESULTS.md);
+ * past it, it waits for the backend's word or the next poll.
+ */
 static void *runner_main(void *arg)
 {
 	struct moed_runner *r = arg;
 	unsigned wait_us = POLL_WAIT_MIN_US;
+	uint64_t active_ns = moed_now_ns();
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
 		while (!r->queue && !r->inflight && !r->stop)
 			pthread_cond_wait(&r->wake, &r->lock);
 		if (!r->queue && !r->inflight)
 			break; /* stopping, and nothing left */
-		if (!r->queue && !r->kicked) { /* jobs running: look again soon, or when told */
+		const uint64_t spin_ns = (uint64_t)__atomic_load_n(&r->spin_us, __ATOMIC_RELAXED) * 1000;
+		if (!r->queue && !r->kicked && moed_now_ns() - active_ns < spin_ns) {
+			moed_cpu_relax();
+		} else if (!r->queue && !r->kicked) { /* look again soon, or when told */
 			const unsigned us = r->notified ? POLL_WAIT_NOTIFIED_US : wait_us;
 			struct timespec t;
 			clock_gettime(CLOCK_MONOTONIC, &t);
@@ -150,6 +161,8 @@ static void *runner_main(void *arg)
 			start(r, it);
 		}
 		const bool any = reap(r);
+		if (any || fresh)
+			active_ns = moed_now_ns();
 		wait_us = any || fresh ? POLL_WAIT_MIN_US
 				       : wait_us * 2 > POLL_WAIT_MAX_US ? POLL_WAIT_MAX_US : wait_us * 2;
 		pthread_mutex_lock(&r->lock);
@@ -164,6 +177,7 @@ int moed_runner_start(struct moed_daemon *d, struct moed_runner **out)
 	if (!r)
 		return -ENOMEM;
 	r->d = d;
+	r->spin_us = d->opt.spin_us;
 	r->queue_tail = &r->queue;
 	r->done_tail = &r->done;
 	pthread_mutex_init(&r->lock, NULL);
@@ -193,6 +207,11 @@ void moed_runner_submit(struct moed_runner *r, struct moed_run_item *it)
 	append(&r->queue_tail, it);
 	pthread_cond_signal(&r->wake);
 	pthread_mutex_unlock(&r->lock);
+}
+
+void moed_runner_set_spin_us(struct moed_runner *r, unsigned spin_us)
+{
+	__atomic_store_n(&r->spin_us, spin_us, __ATOMIC_RELAXED);
 }
 
 struct moed_run_item *moed_runner_take_done(struct moed_runner *r)
