@@ -21,6 +21,8 @@
 // AMD builds compile none of this (AMD's matrix-unit kernels are moe_mfma.hip); the plan
 // never picks these kernels there.
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "moe_device.h"
 
@@ -676,9 +678,15 @@ int sm_count()
 }
 
 // Whether device 0 takes programmatic dependent launches (compute capability 9.0 and up).
+// MOED_GPU_DEPENDENT_LAUNCH=0 turns it off, for measurements (moed(8)); read once.
 bool dependent_launch()
 {
-	return moe_gpu_compute_capability() >= 90;
+	static int allowed = -1;
+	if (allowed < 0) {
+		const char *env = getenv("MOED_GPU_DEPENDENT_LAUNCH");
+		allowed = !(env && !strcmp(env, "0"));
+	}
+	return allowed && moe_gpu_compute_capability() >= 90;
 }
 
 // The kernels want more than the default 48 KiB of shared memory: raised once each.
