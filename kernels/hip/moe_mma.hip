@@ -65,12 +65,6 @@ struct Shape {
 // Few pairs (weight streaming): more stages, more bytes in flight per block. Many pairs:
 // 64 x 64 warp tiles, which read half the shared memory per mma of 64 x 32 ones.
 using Shape16 = Shape<16, 128, 1, 4, 5>;
-// Decode's gate/up GEMM has fewer blocks than the card has SMs (Qwen3 M = 1: 96 for 132;
-// ncu, H200: 4 warps an SM, DRAM 55% busy): ten stages keep more of each block's weight
-// stream in flight, one block an SM. Its down GEMM keeps Shape16 (split K fills the card).
-using Shape16Deep = Shape<16, 128, 1, 4, 10>;
-template <class S> struct GateUpShape { using type = S; };
-template <> struct GateUpShape<Shape16> { using type = Shape16Deep; };
 using Shape64 = Shape<64, 128, 2, 2, 4>;
 using Shape128 = Shape<128, 128, 2, 2, 3>;
 // Hopper: two warpgroups, each wgmma m64nBNk16 on 64 rows; B and A tiles in shared
@@ -784,8 +778,7 @@ template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t s
 	// down GEMM does it (moe_gpu_args.fold), while its last block's conversion is short.
 	a.fold = splits > 1 && !a.no_combine && a.blocks_done &&
 		 (size_t)a.tokens * a.hidden <= kFoldMaxCells;
-	using G = typename GateUpShape<S>::type;
-	const int e = launch_gemm<G, true, kBf16>(a, gate_up_grid<G>(a), stream);
+	const int e = launch_gemm<S, true, kBf16>(a, gate_up_grid<S>(a), stream);
 	return e ? e : launch_gemm<S, false, kBf16>(a, g2, stream);
 }
 
