@@ -64,6 +64,25 @@ static int send_reply(int sock, struct reply *r, int status, const struct moed_e
 	return sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ? -errno : 0;
 }
 
+/*
+ * The backend's context for a new client, made now rather than at its first job: on a GPU
+ * it makes a stream and pins the arena, tens of milliseconds that the first job would
+ * otherwise wait. Failing here is not the client's doing: its first job tries again
+ * (runner.c) and carries the error.
+ */
+static void open_backend_context(struct moed_daemon *d, struct moed_session *s)
+{
+	struct moed_error err = { "" };
+	if (d->ops->client_open(d->backend, &s->arena, &s->backend_ctx, &err) < 0) {
+		s->backend_ctx = NULL;
+		log_info("client %llu: no backend context yet (%s); its first job tries again",
+			 (unsigned long long)s->id, err.msg);
+		return;
+	}
+	s->backend_ops = d->ops;
+	s->backend = d->backend;
+}
+
 static int do_hello(struct moed_daemon *d, struct moed_session *s, const void *body,
 		    struct reply *r, struct moed_error *err)
 {
@@ -95,6 +114,7 @@ static int do_hello(struct moed_daemon *d, struct moed_session *s, const void *b
 	int rc = moed_session_setup(s, sq, arena, err);
 	if (rc < 0)
 		return rc;
+	open_backend_context(d, s);
 	struct moed_hello_reply *hr = reply_body(r);
 	memset(hr, 0, sizeof(*hr));
 	hr->region_size = s->hdr.region_size;

@@ -76,7 +76,7 @@ static void finish(struct moed_runner *r, struct moed_run_item *it, int status)
 	(void)n;
 }
 
-/* Submit a job on its client's context (opened at the client's first job). */
+/* Submit a job on its client's context (opened when it connected, or here if that failed). */
 static void start(struct moed_runner *r, struct moed_run_item *it)
 {
 	struct moed_daemon *d = r->d;

@@ -72,8 +72,9 @@ struct moed_backend_ops {
 	 * it and returns at once; poll() then says 0 while that job runs, 1 when it is done,
 	 * or its negative errno with err set (-ENOTRECOVERABLE as for run()). A client has
 	 * at most one job in flight: submit again only after poll() said it finished. The
-	 * job, weights, kwargs and arena must stay valid until then. client_close() may be
-	 * called from any thread, never with the client's job in flight. Each client's jobs
+	 * job, weights, kwargs and arena must stay valid until then. client_open() and
+	 * client_close() may be called from any thread (the daemon opens a client's context
+	 * when it connects), close never with the client's job in flight. Each client's jobs
 	 * may run beside other clients' (on the GPU: one stream each).
 	 */
 	int (*client_open)(struct moed_backend *b, const struct moed_arena *arena, void **ctx,
