@@ -93,18 +93,27 @@ int gpu_error(struct moed_error *err, hipError_t e, const char *what)
 	return moed_error_set(err, -EIO, "GPU %s failed: %s", what, hipGetErrorString(e));
 }
 
+/* A scratch buffer of at least `bytes`. Growing frees the old one, and hipFree waits for
+ * the whole device (every client's work): it grows by half again at least, so that jobs
+ * of slowly rising size reallocate a few times, not at each step. */
 int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 {
 	if (bytes <= b->cap)
 		return 0;
 	if (b->p)
 		(void)hipFree(b->p);
+	size_t got = bytes > b->cap + b->cap / 2 ? bytes : b->cap + b->cap / 2;
 	b->p = NULL;
 	b->cap = 0;
-	hipError_t e = hipMalloc(&b->p, bytes);
+	hipError_t e = hipMalloc(&b->p, got);
+	if (e == hipErrorMemoryAllocation && got > bytes) { /* the headroom is optional */
+		(void)hipGetLastError();
+		got = bytes;
+		e = hipMalloc(&b->p, got);
+	}
 	if (e != hipSuccess)
 		return gpu_error(err, e, "allocation of scratch memory");
-	b->cap = bytes;
+	b->cap = got;
 	return 0;
 }
 

@@ -24,6 +24,7 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipSuccess cudaSuccess
 #define hipErrorNoDevice cudaErrorNoDevice
 #define hipErrorNotReady cudaErrorNotReady
+#define hipErrorMemoryAllocation cudaErrorMemoryAllocation
 #define hipGetErrorString cudaGetErrorString
 #define hipGetLastError cudaGetLastError
 #define hipGetDeviceCount cudaGetDeviceCount
