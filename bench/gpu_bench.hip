@@ -147,6 +147,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: not in this build or not for this card (wgmma needs sm_90a)\n", argv[2]);
 		return 2;
 	}
+	if (moe_gpu_tile_group() < 0) {
+		fprintf(stderr, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 to 65536\n",
+			getenv("MOED_GPU_TILE_GROUP"));
+		return 2;
+	}
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
 	CHECK(hipStreamCreateWithFlags(&st, hipStreamNonBlocking));
@@ -204,8 +209,8 @@ int main(int argc, char **argv)
 	CHECK(hipFree(gc));
 
 	printf("card: %s; copy %.2f TB/s (read + written), bf16 matmul %.0f TFLOP/s (cuBLAS); "
-	       "median of %d warm runs\n",
-	       prop.name, bw / 1e12, rate / 1e12, reps);
+	       "median of %d warm runs; tile group %d\n",
+	       prop.name, bw / 1e12, rate / 1e12, reps, moe_gpu_tile_group());
 	if (getenv("MOED_BENCH_TORCH"))
 		read_torch_times(getenv("MOED_BENCH_TORCH"));
 	printf("%-14s %5s %9s %9s %9s %9s %7s %9s %8s %9s %8s %s\n", "model", "M", "floor us",

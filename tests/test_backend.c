@@ -329,6 +329,35 @@ START_TEST(unknown_forced_kernel_refused)
 }
 END_TEST
 
+/* A tile group that is not a number from 1 to 65536 stops the backend with its reason;
+ * a valid one is taken (tools/gpu-round runs the whole GPU test under other groups). */
+START_TEST(bad_tile_group_refused)
+{
+	const char *was = getenv("MOED_GPU_TILE_GROUP");
+	char *saved = was ? strdup(was) : NULL;
+	struct moed_backend *b;
+	struct moed_error err;
+	const struct moed_backend_config cfg = { 0 };
+	const char *bad[] = { "0", "65537", "8x", "-3" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		setenv("MOED_GPU_TILE_GROUP", bad[i], 1);
+		ck_assert_int_eq(ops->create(&cfg, &b, &err), -EINVAL);
+		char want[96];
+		snprintf(want, sizeof(want), "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 to 65536",
+			 bad[i]);
+		ck_assert_msg(strstr(err.msg, want), "message: %s", err.msg);
+	}
+	setenv("MOED_GPU_TILE_GROUP", "1", 1);
+	ck_assert_int_eq(ops->create(&cfg, &b, &err), 0);
+	ops->destroy(b);
+	if (saved)
+		setenv("MOED_GPU_TILE_GROUP", saved, 1);
+	else
+		unsetenv("MOED_GPU_TILE_GROUP");
+	free(saved);
+}
+END_TEST
+
 /* Sizes past what the kernels' grids span are refused when the weights are made. */
 START_TEST(oversized_weights_refused)
 {
@@ -446,6 +475,7 @@ int main(void)
 	tcase_add_loop_test(tc, matrix_unit_tiles, 0, 4);
 	tcase_add_test(tc, oversized_weights_refused);
 	tcase_add_test(tc, unknown_forced_kernel_refused);
+	tcase_add_test(tc, bad_tile_group_refused);
 #else
 	tcase_add_test(tc, kwargs_change_how_not_what);
 #endif

@@ -196,6 +196,9 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	int forced;
 	if ((r = forced_kernel(&forced, err)) < 0)
 		return r;
+	if (moe_gpu_tile_group() < 0)
+		return moed_error_set(err, -EINVAL, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 "
+				      "to 65536", getenv("MOED_GPU_TILE_GROUP"));
 	struct moed_backend *b = (struct moed_backend *)calloc(1, sizeof(*b));
 	if (!b)
 		return moed_error_set(err, -ENOMEM, "out of memory");

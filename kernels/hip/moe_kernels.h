@@ -47,6 +47,12 @@ struct moe_gpu_plan {
 struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype, uint32_t hidden,
 				 uint32_t inter, int forced);
 
+/* How many tiles the matrix-unit kernels' blocks take in a group (all column blocks of
+ * a group before the next group, for L2 reuse): MOED_GPU_TILE_GROUP, 1 to 65536, for
+ * measurements, else MOE_GPU_TILE_GROUP; -1 when the variable says something else. */
+#define MOE_GPU_TILE_GROUP 8
+int moe_gpu_tile_group(void);
+
 /* Device 0's (the backend's) compute capability as 10 * major + minor, read once; 0 on
  * AMD builds or where it cannot be read. */
 int moe_gpu_compute_capability(void);
@@ -83,6 +89,7 @@ struct moe_gpu_args {
 	int y_io;                  /* set by the launch: y holds io_dtype values */
 	int zero_y;                /* set by the launch: the gate/up kernel zeroes y (f32) */
 	int fold;                  /* set by the launch: the combine is the down GEMM's (below) */
+	uint32_t tile_group;       /* set by the launch: tiles whose blocks run together (mma) */
 	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
 				      GEMM of a split K and a small M (decode) adds router-weighted
 				      partial sums into y as [M, H] f32 and its last block writes out

@@ -13,6 +13,7 @@
 // accumulation is f32 throughout. These serve few pairs per expert (decode: the weights
 // are streamed once, the rest is free) and every case the matrix units cannot take.
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "moe_device.h"
@@ -316,6 +317,16 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 	p.tile = tiles[p.kernel];
 #endif
 	return p;
+}
+
+extern "C" int moe_gpu_tile_group(void)
+{
+	const char *env = getenv("MOED_GPU_TILE_GROUP"); /* a getenv a launch: no cache to go stale */
+	if (!env || !*env)
+		return MOE_GPU_TILE_GROUP;
+	char *end = NULL;
+	const long n = strtol(env, &end, 10);
+	return *end || n < 1 || n > 65536 ? -1 : (int)n;
 }
 
 extern "C" int moe_gpu_compute_capability(void)

@@ -424,19 +424,19 @@ template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
 }
 
 // The grid is tiles (x) by column blocks (y), and blocks start roughly in x-major order.
-// Renumbered in groups of kTileGroup tiles, all column blocks of a group before the next
+// Renumbered in groups of a.tile_group tiles, all column blocks of a group before the next
 // group, the blocks running at once share a few tiles' A rows and a few experts' weight
 // columns, each read from DRAM about once while in L2. In x-major order a wave took one
 // column block of every tile: the A rows of all tiles went through L2 once per column
 // block (Mixtral M = 4096: 112 times).
-constexpr uint32_t kTileGroup = 8;
-__device__ __forceinline__ void block_work(uint32_t &tile, uint32_t &column_block)
+// (1: a tile's column blocks together; the grid's width: x-major, as launched.)
+__device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile, uint32_t &column_block)
 {
 	const uint64_t order = (uint64_t)blockIdx.y * gridDim.x + blockIdx.x;
-	const uint64_t per_group = (uint64_t)kTileGroup * gridDim.y;
+	const uint64_t per_group = (uint64_t)group_tiles * gridDim.y;
 	const uint32_t group = (uint32_t)(order / per_group);
-	const uint32_t first = group * kTileGroup, left = gridDim.x - first;
-	const uint32_t tiles = left < kTileGroup ? left : kTileGroup; // the last group may be short
+	const uint32_t first = group * group_tiles, left = gridDim.x - first;
+	const uint32_t tiles = left < group_tiles ? left : group_tiles; // the last group may be short
 	const uint32_t within = (uint32_t)(order - group * per_group);
 	tile = first + within % tiles;
 	column_block = within / tiles;
@@ -449,7 +449,7 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
 	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
 	uint32_t tile, column_block;
-	block_work(tile, column_block);
+	block_work(a.tile_group, tile, column_block);
 	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile];
 	const uint32_t K = kGateUp ? a.hidden : a.inter;
 	const uint32_t n0 = column_block * (kGateUp && a.gated ? S::BN / 2 : S::BN);
@@ -794,6 +794,7 @@ template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t s
 	// the combine to read, one more rounding (2^-9 relative in bf16) inside the bounds.
 	a.y_io = splits == 1;
 	a.zero_y = splits > 1; // by the gate/up blocks: one node fewer than a memset
+	a.tile_group = moe_gpu_tile_group() > 0 ? (uint32_t)moe_gpu_tile_group() : MOE_GPU_TILE_GROUP;
 	// A decode job's combine is a kernel of a few blocks that costs a launch: split, the
 	// down GEMM does it (moe_gpu_args.fold), while its last block's conversion is short.
 	a.fold = splits > 1 && !a.no_combine && a.blocks_done &&
