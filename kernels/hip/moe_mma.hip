@@ -11,8 +11,11 @@
 //            epilogue a = act(g) * u needs no exchange between warps. a is written in the
 //            I/O dtype, the down kernel's A operand.
 //   down:    block = (tile, BN rows of w2[, part of K]); writes y in the I/O dtype for
-//            the combine kernel, or adds into it (f32) where K is split to fill the GPU.
-// Blocks run tiles fastest, so the tiles of one expert share a slice of its weights in L2.
+//            the combine kernel, or adds into it (f32) where K is split to fill the GPU;
+//            split for a decode job, it adds router-weighted sums into y as [M, H] and
+//            its last block writes out: the combine is then its own (finish_fold).
+// Blocks take tiles in groups (block_work): the blocks running at once share a few
+// tiles' A rows and their experts' weight columns in L2.
 // Shared-memory rows are XOR-swizzled by 16-byte chunk (chunk ^ row % 8): the eight rows
 // one ldmatrix reads at a given k fall in eight different bank groups. The same layout is
 // Hopper's 128-byte swizzle, so the wgmma variants (sm_90a builds: ShapeWg128, ShapeWg128W
