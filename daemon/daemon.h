@@ -24,6 +24,7 @@ struct moed_daemon {
 	int signal_fd;
 	int doorbell_fd; /* one eventfd for all clients: "the SQ has work" */
 	bool unlink_socket;
+	unsigned spin_us; /* atomic: --spin-us as now set (SIGHUP changes it); poller and runner */
 
 	/* control thread only */
 	struct moed_session **sessions;

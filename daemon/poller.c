@@ -41,7 +41,6 @@ struct moed_poller {
 	struct moed_run_item *free_items;  /* poller thread */
 
 	/* read by the control thread (atomics) */
-	unsigned spin_us;
 	uint64_t beats;      /* loop iterations */
 	uint64_t beats_seen; /* control thread only */
 	int sleeping;
@@ -390,7 +389,7 @@ static void *poller_main(void *arg)
 		}
 		if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) && !p->running)
 			break; /* a whole round found nothing: what was submitted is done */
-		const uint64_t spin_ns = (uint64_t)__atomic_load_n(&p->spin_us, __ATOMIC_RELAXED) * 1000;
+		const uint64_t spin_ns = (uint64_t)__atomic_load_n(&p->d->spin_us, __ATOMIC_RELAXED) * 1000;
 		if (now_ns() - idle_since < spin_ns) {
 			cpu_relax();
 			continue;
@@ -401,12 +400,6 @@ static void *poller_main(void *arg)
 		idle_since = now_ns();
 	}
 	return NULL;
-}
-
-void moed_poller_set_spin_us(struct moed_poller *p, unsigned spin_us)
-{
-	__atomic_store_n(&p->spin_us, spin_us, __ATOMIC_RELAXED);
-	moed_runner_set_spin_us(p->runner, spin_us);
 }
 
 bool moed_poller_healthy(struct moed_poller *p)
@@ -464,7 +457,6 @@ int moed_poller_start(struct moed_daemon *d, struct moed_poller **out)
 	if (!p)
 		return -ENOMEM;
 	p->d = d;
-	p->spin_us = d->opt.spin_us;
 	pthread_mutex_init(&p->lock, NULL);
 	int r = moed_notifier_new(256, &p->notify);
 	if (r < 0) {

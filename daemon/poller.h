@@ -25,7 +25,6 @@ void moed_poller_kick(struct moed_poller *p);
 void moed_poller_stop(struct moed_poller *p);
 
 /* SIGHUP can change how long the poller spins before it sleeps. */
-void moed_poller_set_spin_us(struct moed_poller *p, unsigned spin_us);
 
 /*
  * For the watchdog: true when the poller has gone round its loop since the last call,

@@ -27,7 +27,6 @@ struct moed_runner {
 	bool notified;                             /* the backend says when jobs end */
 	struct moed_run_item *inflight;            /* runner thread: submitted, not finished */
 	bool lost;                                 /* runner thread: the device is lost */
-	unsigned spin_us;                          /* atomic: the poller's --spin-us */
 };
 
 /* Without word from the backend, polling for finished jobs backs off from the first to
@@ -138,7 +137,7 @@ static void *runner_main(void *arg)
 			pthread_cond_wait(&r->wake, &r->lock);
 		if (!r->queue && !r->inflight)
 			break; /* stopping, and nothing left */
-		const uint64_t spin_ns = (uint64_t)__atomic_load_n(&r->spin_us, __ATOMIC_RELAXED) * 1000;
+		const uint64_t spin_ns = (uint64_t)__atomic_load_n(&r->d->spin_us, __ATOMIC_RELAXED) * 1000;
 		if (!r->queue && !r->kicked && moed_now_ns() - active_ns < spin_ns) {
 			moed_cpu_relax();
 		} else if (!r->queue && !r->kicked) { /* look again soon, or when told */
@@ -177,7 +176,6 @@ int moed_runner_start(struct moed_daemon *d, struct moed_runner **out)
 	if (!r)
 		return -ENOMEM;
 	r->d = d;
-	r->spin_us = d->opt.spin_us;
 	r->queue_tail = &r->queue;
 	r->done_tail = &r->done;
 	pthread_mutex_init(&r->lock, NULL);
@@ -207,11 +205,6 @@ void moed_runner_submit(struct moed_runner *r, struct moed_run_item *it)
 	append(&r->queue_tail, it);
 	pthread_cond_signal(&r->wake);
 	pthread_mutex_unlock(&r->lock);
-}
-
-void moed_runner_set_spin_us(struct moed_runner *r, unsigned spin_us)
-{
-	__atomic_store_n(&r->spin_us, spin_us, __ATOMIC_RELAXED);
 }
 
 struct moed_run_item *moed_runner_take_done(struct moed_runner *r)

@@ -41,8 +41,6 @@ struct moed_run_item {
 int moed_runner_start(struct moed_daemon *d, struct moed_runner **out);
 /* Queue a job; the item belongs to the runner until moed_runner_take_done returns it. */
 void moed_runner_submit(struct moed_runner *r, struct moed_run_item *it);
-/* How long the runner keeps asking the backend, busy, after a job starts or ends. */
-void moed_runner_set_spin_us(struct moed_runner *r, unsigned spin_us);
 /* The jobs finished since the last call, oldest first (NULL when none). */
 struct moed_run_item *moed_runner_take_done(struct moed_runner *r);
 /* True when finished jobs wait to be taken. */

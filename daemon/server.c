@@ -187,6 +187,7 @@ int moed_daemon_start(struct moed_daemon *d, const struct moed_options *opt)
 
 	memset(d, 0, sizeof(*d));
 	d->opt = *opt;
+	d->spin_us = opt->spin_us;
 	d->listen_fd = d->epoll_fd = d->signal_fd = d->doorbell_fd = d->timer_fd = -1;
 	d->started_ns = moed_now_ns();
 	moed_log_set_level(opt->log_level);
@@ -301,7 +302,7 @@ static void reload(struct moed_daemon *d)
 	}
 	d->opt = next;
 	moed_log_set_level(next.log_level);
-	moed_poller_set_spin_us(d->poller, next.spin_us);
+	__atomic_store_n(&d->spin_us, next.spin_us, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&d->weights.lock);
 	d->weights.max_bytes = next.weights_max;
 	pthread_mutex_unlock(&d->weights.lock);
