@@ -147,7 +147,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: not in this build or not for this card (wgmma needs sm_90a)\n", argv[2]);
 		return 2;
 	}
-	if (moe_gpu_tile_group() < 0) {
+	const int tile_group = moe_gpu_tile_group(); /* read once, as the backend does */
+	if (tile_group < 0) {
 		fprintf(stderr, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 to 65536\n",
 			getenv("MOED_GPU_TILE_GROUP"));
 		return 2;
@@ -210,7 +211,7 @@ int main(int argc, char **argv)
 
 	printf("card: %s; copy %.2f TB/s (read + written), bf16 matmul %.0f TFLOP/s (cuBLAS); "
 	       "median of %d warm runs; tile group %d\n",
-	       prop.name, bw / 1e12, rate / 1e12, reps, moe_gpu_tile_group());
+	       prop.name, bw / 1e12, rate / 1e12, reps, tile_group);
 	if (getenv("MOED_BENCH_TORCH"))
 		read_torch_times(getenv("MOED_BENCH_TORCH"));
 	printf("%-14s %5s %9s %9s %9s %9s %7s %9s %8s %9s %8s %s\n", "model", "M", "floor us",
@@ -285,6 +286,7 @@ int main(int argc, char **argv)
 			a.tiles = rt.ntiles, a.max_tile = rt.max_tile, a.tile_first = MOE_ROUTE_TILES(routing, &rt);
 			a.tile_count = a.tile_first + rt.ntiles, a.tile_expert = a.tile_first + 2 * rt.ntiles;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.blocks_done = blocks_done;
+			a.tile_group = (uint32_t)tile_group;
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));

@@ -297,21 +297,46 @@ START_TEST(every_m_and_topk)
 }
 END_TEST
 
-/* MOED_GPU_KERNEL is read when the backend is made: a name that is no kernel stops it,
- * with the names it takes. (The environment is put back: gpu-round forces kernels.) */
-START_TEST(unknown_forced_kernel_refused)
+/* The GPU tests below each set a variable of the environment that tools/gpu-round may
+ * have set for the whole run: what was there is saved and put back. */
+static char *env_save(const char *name)
 {
-	const char *was = getenv("MOED_GPU_KERNEL");
-	char *saved = was ? strdup(was) : NULL;
+	const char *was = getenv(name);
+	return was ? strdup(was) : NULL;
+}
+
+static void env_restore(const char *name, char *saved)
+{
+	if (saved)
+		setenv(name, saved, 1);
+	else
+		unsetenv(name);
+	free(saved);
+}
+
+/* With `name` set to `value`, making the backend fails with -EINVAL and says `why`. */
+static void expect_create_refused(const char *name, const char *value, const char *why)
+{
 	struct moed_backend *b;
 	struct moed_error err;
 	const struct moed_backend_config cfg = { 0 };
-	setenv("MOED_GPU_KERNEL", "mma99", 1);
+	setenv(name, value, 1);
 	ck_assert_int_eq(ops->create(&cfg, &b, &err), -EINVAL);
-	ck_assert_msg(strstr(err.msg, "MOED_GPU_KERNEL=mma99 names no GPU kernel (warp, mma16,"),
-		      "message: %s", err.msg);
+	ck_assert_msg(strstr(err.msg, why), "%s=%s: message: %s", name, value, err.msg);
+}
+
+/* MOED_GPU_KERNEL is read when the backend is made: a name that is no kernel stops it,
+ * with the names it takes. */
+START_TEST(unknown_forced_kernel_refused)
+{
+	char *saved = env_save("MOED_GPU_KERNEL");
+	expect_create_refused("MOED_GPU_KERNEL", "mma99",
+			      "MOED_GPU_KERNEL=mma99 names no GPU kernel (warp, mma16,");
 	/* AMD's kernel in an NVIDIA build (the only kind the GPU tests run on): named, but
 	 * not runnable here. */
+	struct moed_backend *b;
+	struct moed_error err;
+	const struct moed_backend_config cfg = { 0 };
 	setenv("MOED_GPU_KERNEL", "mfma64", 1);
 	const int r = ops->create(&cfg, &b, &err);
 	if (r == 0) {
@@ -321,40 +346,35 @@ START_TEST(unknown_forced_kernel_refused)
 		ck_assert_msg(strstr(err.msg, "MOED_GPU_KERNEL=mfma64: not in this build or not for this card"),
 			      "message: %s", err.msg);
 	}
-	if (saved)
-		setenv("MOED_GPU_KERNEL", saved, 1);
-	else
-		unsetenv("MOED_GPU_KERNEL");
-	free(saved);
+	env_restore("MOED_GPU_KERNEL", saved);
 }
 END_TEST
 
-/* A tile group that is not a number from 1 to 65536 stops the backend with its reason;
- * a valid one is taken (tools/gpu-round runs the whole GPU test under other groups). */
-START_TEST(bad_tile_group_refused)
+/* The measurement settings: a tile group that is not a number from 1 to 65536, or a
+ * dependent-launch switch that is not 0 or 1, stops the backend with its reason; valid
+ * values are taken (tools/gpu-round runs the whole GPU test under other tile groups). */
+START_TEST(bad_measurement_settings_refused)
 {
-	const char *was = getenv("MOED_GPU_TILE_GROUP");
-	char *saved = was ? strdup(was) : NULL;
-	struct moed_backend *b;
-	struct moed_error err;
-	const struct moed_backend_config cfg = { 0 };
+	char *group = env_save("MOED_GPU_TILE_GROUP"), *dependent = env_save("MOED_GPU_DEPENDENT_LAUNCH");
 	const char *bad[] = { "0", "65537", "8x", "-3" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		setenv("MOED_GPU_TILE_GROUP", bad[i], 1);
-		ck_assert_int_eq(ops->create(&cfg, &b, &err), -EINVAL);
 		char want[96];
 		snprintf(want, sizeof(want), "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 to 65536",
 			 bad[i]);
-		ck_assert_msg(strstr(err.msg, want), "message: %s", err.msg);
+		expect_create_refused("MOED_GPU_TILE_GROUP", bad[i], want);
 	}
+	unsetenv("MOED_GPU_TILE_GROUP");
+	expect_create_refused("MOED_GPU_DEPENDENT_LAUNCH", "off",
+			      "MOED_GPU_DEPENDENT_LAUNCH=off: wants 0 (off) or 1 (on)");
+	struct moed_backend *b;
+	struct moed_error err;
+	const struct moed_backend_config cfg = { 0 };
 	setenv("MOED_GPU_TILE_GROUP", "1", 1);
+	setenv("MOED_GPU_DEPENDENT_LAUNCH", "0", 1);
 	ck_assert_int_eq(ops->create(&cfg, &b, &err), 0);
 	ops->destroy(b);
-	if (saved)
-		setenv("MOED_GPU_TILE_GROUP", saved, 1);
-	else
-		unsetenv("MOED_GPU_TILE_GROUP");
-	free(saved);
+	env_restore("MOED_GPU_TILE_GROUP", group);
+	env_restore("MOED_GPU_DEPENDENT_LAUNCH", dependent);
 }
 END_TEST
 
@@ -475,7 +495,7 @@ int main(void)
 	tcase_add_loop_test(tc, matrix_unit_tiles, 0, 4);
 	tcase_add_test(tc, oversized_weights_refused);
 	tcase_add_test(tc, unknown_forced_kernel_refused);
-	tcase_add_test(tc, bad_tile_group_refused);
+	tcase_add_test(tc, bad_measurement_settings_refused);
 #else
 	tcase_add_test(tc, kwargs_change_how_not_what);
 #endif

@@ -38,6 +38,7 @@ constexpr size_t STAGED_X_MAX = 64 << 10;
 struct dbuf {
 	void *p;
 	size_t cap;
+	bool host; /* pinned host memory, not device memory */
 };
 
 /* MOED_HIP_TRACE: where a job's time went. Host clock readings at each step of
@@ -66,8 +67,7 @@ struct hip_client {
 	int32_t *ids;
 	size_t host_pairs;
 	struct moe_routing route;
-	void *stage;
-	size_t stage_cap;
+	dbuf stage;
 };
 
 } // namespace
@@ -78,6 +78,7 @@ struct moed_backend {
 	bool inject_fault; /* trap in the next job (the fault-handling test) */
 	bool trace;        /* MOED_HIP_TRACE=1 */
 	int forced;        /* MOED_GPU_KERNEL's kernel, or -1 */
+	uint32_t tile_group; /* MOED_GPU_TILE_GROUP's, or the default (moe_gpu_tile_group) */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
@@ -93,51 +94,41 @@ int gpu_error(struct moed_error *err, hipError_t e, const char *what)
 	return moed_error_set(err, -EIO, "GPU %s failed: %s", what, hipGetErrorString(e));
 }
 
-/* A scratch buffer of at least `bytes`. Growing frees the old one, and hipFree waits for
- * the whole device (every client's work): it grows by half again at least, so that jobs
- * of slowly rising size reallocate a few times, not at each step. */
+void release(dbuf *b)
+{
+	if (b->p)
+		(void)(b->host ? hipHostFree(b->p) : hipFree(b->p));
+	b->p = NULL;
+	b->cap = 0;
+}
+
+hipError_t allocate(dbuf *b, size_t bytes)
+{
+	return b->host ? hipHostMalloc(&b->p, bytes, hipHostMallocDefault) : hipMalloc(&b->p, bytes);
+}
+
+/* A buffer of at least `bytes`. Growing frees the old one, and freeing waits for the
+ * whole device (every client's work): it grows by half again at least, so that jobs of
+ * slowly rising size reallocate a few times, not at each step. */
 int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 {
 	if (bytes <= b->cap)
 		return 0;
-	if (b->p)
-		(void)hipFree(b->p);
 	size_t got = bytes > b->cap + b->cap / 2 ? bytes : b->cap + b->cap / 2;
-	b->p = NULL;
-	b->cap = 0;
-	hipError_t e = hipMalloc(&b->p, got);
+	release(b);
+	hipError_t e = allocate(b, got);
 	if (e == hipErrorMemoryAllocation && got > bytes) { /* the headroom is optional */
 		(void)hipGetLastError();
 		got = bytes;
-		e = hipMalloc(&b->p, got);
+		e = allocate(b, got);
 	}
-	if (e != hipSuccess)
-		return gpu_error(err, e, "allocation of scratch memory");
+	if (e != hipSuccess) {
+		b->p = NULL;
+		return gpu_error(err, e, b->host ? "allocation of pinned host memory"
+						 : "allocation of scratch memory");
+	}
 	b->cap = got;
 	return 0;
-}
-
-int ensure_stage(struct hip_client *c, size_t bytes, struct moed_error *err)
-{
-	if (bytes <= c->stage_cap)
-		return 0;
-	if (c->stage)
-		(void)hipHostFree(c->stage);
-	c->stage = NULL;
-	c->stage_cap = 0;
-	hipError_t e = hipHostMalloc(&c->stage, bytes, hipHostMallocDefault);
-	if (e != hipSuccess)
-		return gpu_error(err, e, "allocation of pinned host memory");
-	c->stage_cap = bytes;
-	return 0;
-}
-
-void release(dbuf *b)
-{
-	if (b->p)
-		(void)hipFree(b->p);
-	b->p = NULL;
-	b->cap = 0;
 }
 
 template <typename T> bool grow(T **p, size_t n)
@@ -175,10 +166,14 @@ int forced_kernel(int *out, struct moed_error *err)
 	if (!name || !*name)
 		return 0;
 	const int k = moe_gpu_kernel_by_name(name);
-	if (k < 0)
-		return moed_error_set(err, -EINVAL,
-				      "MOED_GPU_KERNEL=%s names no GPU kernel (warp, mma16, mma64, mma128, "
-				      "wgmma128, wgmma128w, wgmma128p, mfma64)", name);
+	if (k < 0) {
+		char names[128] = "";
+		for (int i = 0, at = 0; i < MOE_GPU_KERNELS && at < (int)sizeof(names); i++)
+			at += snprintf(names + at, sizeof(names) - at, "%s%s", i ? ", " : "",
+				       moe_gpu_kernel_name((enum moe_gpu_kernel)i));
+		return moed_error_set(err, -EINVAL, "MOED_GPU_KERNEL=%s names no GPU kernel (%s)", name,
+				      names);
+	}
 	if (!moe_gpu_kernel_usable((enum moe_gpu_kernel)k))
 		return moed_error_set(err, -EINVAL,
 				      "MOED_GPU_KERNEL=%s: not in this build or not for this card (the wgmma "
@@ -196,9 +191,14 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	int forced;
 	if ((r = forced_kernel(&forced, err)) < 0)
 		return r;
-	if (moe_gpu_tile_group() < 0)
+	const int tile_group = moe_gpu_tile_group();
+	if (tile_group < 0)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 "
 				      "to 65536", getenv("MOED_GPU_TILE_GROUP"));
+	const char *dependent = getenv("MOED_GPU_DEPENDENT_LAUNCH");
+	if (dependent && *dependent && strcmp(dependent, "0") && strcmp(dependent, "1"))
+		return moed_error_set(err, -EINVAL, "MOED_GPU_DEPENDENT_LAUNCH=%s: wants 0 (off) or 1 (on)",
+				      dependent);
 	struct moed_backend *b = (struct moed_backend *)calloc(1, sizeof(*b));
 	if (!b)
 		return moed_error_set(err, -ENOMEM, "out of memory");
@@ -212,6 +212,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->schema.specs = NULL;
 	b->schema.count = 0;
 	b->forced = forced;
+	b->tile_group = (uint32_t)tile_group;
 	pthread_mutex_init(&b->notify_lock, NULL);
 	const char *inject = getenv("MOED_HIP_INJECT_FAULT"), *trace = getenv("MOED_HIP_TRACE");
 	b->inject_fault = inject && !strcmp(inject, "1");
@@ -226,15 +227,13 @@ void client_free(struct hip_client *c)
 		return;
 	if (c->stream) /* its work done, host callbacks included, before anything goes */
 		(void)hipStreamSynchronize(c->stream);
-	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out };
+	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out, &c->stage };
 	for (dbuf *d : all)
 		release(d);
 	if (c->blocks_done)
 		(void)hipFree(c->blocks_done);
 	if (c->pinned)
 		(void)hipHostUnregister(c->pinned);
-	if (c->stage)
-		(void)hipHostFree(c->stage);
 	if (c->done)
 		(void)hipEventDestroy(c->done);
 	hipEvent_t *marks[] = { &c->trace.start, &c->trace.in, &c->trace.kernels, &c->trace.out };
@@ -256,6 +255,7 @@ int client_make(struct moed_backend *b, const struct moed_arena *arena, struct h
 	if (!c)
 		return moed_error_set(err, -ENOMEM, "out of memory");
 	c->backend = b;
+	c->stage.host = true;
 	hipError_t e = hipStreamCreateWithFlags(&c->stream, hipStreamNonBlocking);
 	if (e == hipSuccess)
 		e = hipEventCreateWithFlags(&c->done, hipEventDisableTiming);
@@ -373,8 +373,7 @@ void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 /* Read the routing once (it lives in shared memory), check it, pick the kernels from the
  * most pairs any expert has, group the pairs by expert into the kernels' tiles. */
 int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct moed_weights *w,
-	       const struct moed_arena *arena, int forced, struct moe_gpu_plan *plan,
-	       struct moed_error *err)
+	       const struct moed_arena *arena, struct moe_gpu_plan *plan, struct moed_error *err)
 {
 	const uint32_t experts = w->shape.num_experts;
 	const size_t pairs = (size_t)job->num_tokens * job->topk;
@@ -392,13 +391,13 @@ int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct mo
 	if (r < 0)
 		return moed_error_set(err, r, "out of memory");
 	*plan = moe_gpu_plan(c->route.most_pairs, job->dtype, w->shape.dtype, job->hidden_size,
-			     w->shape.inter_size, forced);
+			     w->shape.inter_size, c->backend->forced);
 	return moe_route_cut(&c->route, plan->tile);
 }
 
 /* Queue a job's copies and kernels on the client's stream, then its event. */
 int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_weights *w,
-	    const struct moed_arena *arena, int forced, struct moed_error *err)
+	    const struct moed_arena *arena, struct moed_error *err)
 {
 	const size_t m = job->num_tokens, k = job->topk, pairs = m * k;
 	const size_t h = job->hidden_size, i = w->shape.inter_size;
@@ -412,7 +411,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	if (tr)
 		tr->armed = false, tr->t_submit = moed_now_ns(), tr->t_called = 0, tr->tokens = (uint32_t)m;
 	struct moe_gpu_plan plan;
-	if ((r = sort_pairs(c, job, w, arena, forced, &plan, err)) < 0)
+	if ((r = sort_pairs(c, job, w, arena, &plan, err)) < 0)
 		return r;
 	if (tr)
 		tr->t_sorted = moed_now_ns(), tr->kernel = plan.kernel;
@@ -425,12 +424,12 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	const size_t copy_bytes = stage_x ? x_at + x_bytes : moe_route_packed_bytes(rt);
 	if ((r = ensure(&c->x, stage_x ? 0 : x_bytes, err)) || (r = ensure(&c->routing, copy_bytes, err)) ||
 	    (r = ensure(&c->act, pairs * i * 4, err)) || (r = ensure(&c->y, pairs * h * 4, err)) ||
-	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure_stage(c, copy_bytes, err)))
+	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure(&c->stage, copy_bytes, err)))
 		return r;
 	/* The stage is free: the previous job's copy finished before that job completed. */
-	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage);
+	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage.p);
 	if (stage_x)
-		memcpy((unsigned char *)c->stage + x_at, arena->base + job->hidden.offset, x_bytes);
+		memcpy((unsigned char *)c->stage.p + x_at, arena->base + job->hidden.offset, x_bytes);
 	void *x_dev = stage_x ? (unsigned char *)c->routing.p + x_at : c->x.p;
 
 	hipError_t e = tr ? hipEventRecord(tr->start, c->stream) : hipSuccess;
@@ -438,7 +437,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 		e = hipMemcpyAsync(x_dev, arena->base + job->hidden.offset, x_bytes, hipMemcpyHostToDevice,
 				   c->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(c->routing.p, c->stage, copy_bytes, hipMemcpyHostToDevice, c->stream);
+		e = hipMemcpyAsync(c->routing.p, c->stage.p, copy_bytes, hipMemcpyHostToDevice, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->in, c->stream);
 	if (e != hipSuccess)
@@ -476,6 +475,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.y = (float *)c->y.p;
 	a.out = c->out.p;
 	a.blocks_done = c->blocks_done;
+	a.tile_group = c->backend->tile_group;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->kernels, c->stream);
@@ -572,7 +572,7 @@ int hip_submit(struct moed_backend *b, void *ctx, const struct moed_job *job,
 		if (e != hipSuccess)
 			return check_lost(b, gpu_error(err, e, "fault injection"), err);
 	}
-	int r = enqueue(c, job, w, arena, b->forced, err);
+	int r = enqueue(c, job, w, arena, err);
 	if (r == 0 && notifies(b)) {
 		const hipError_t e = hipLaunchHostFunc(c->stream, notify_done, c);
 		if (e != hipSuccess)

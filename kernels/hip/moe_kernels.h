@@ -49,7 +49,8 @@ struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 
 /* How many tiles the matrix-unit kernels' blocks take in a group (all column blocks of
  * a group before the next group, for L2 reuse): MOED_GPU_TILE_GROUP, 1 to 65536, for
- * measurements, else MOE_GPU_TILE_GROUP; -1 when the variable says something else. */
+ * measurements, else MOE_GPU_TILE_GROUP; -1 when the variable says something else.
+ * Callers read it once and pass it in moe_gpu_args.tile_group. */
 #define MOE_GPU_TILE_GROUP 8
 int moe_gpu_tile_group(void);
 
@@ -89,7 +90,8 @@ struct moe_gpu_args {
 	int y_io;                  /* set by the launch: y holds io_dtype values */
 	int zero_y;                /* set by the launch: the gate/up kernel zeroes y (f32) */
 	int fold;                  /* set by the launch: the combine is the down GEMM's (below) */
-	uint32_t tile_group;       /* set by the launch: tiles whose blocks run together (mma) */
+	uint32_t tile_group;       /* tiles whose blocks run together (matrix-unit kernels; 0:
+				      MOE_GPU_TILE_GROUP): moe_gpu_tile_group(), read once by the caller */
 	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
 				      GEMM of a split K and a small M (decode) adds router-weighted
 				      partial sums into y as [M, H] f32 and its last block writes out
@@ -104,7 +106,7 @@ int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
 int moe_gpu_inject_fault(void *stream);
 
 /* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io,
- * args->zero_y and args->fold. */
+ * args->zero_y and args->fold, and args->tile_group where it is 0. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */

@@ -321,7 +321,7 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 
 extern "C" int moe_gpu_tile_group(void)
 {
-	const char *env = getenv("MOED_GPU_TILE_GROUP"); /* a getenv a launch: no cache to go stale */
+	const char *env = getenv("MOED_GPU_TILE_GROUP");
 	if (!env || !*env)
 		return MOE_GPU_TILE_GROUP;
 	char *end = NULL;

@@ -701,7 +701,8 @@ int sm_count()
 }
 
 // Whether device 0 takes programmatic dependent launches (compute capability 9.0 and up).
-// MOED_GPU_DEPENDENT_LAUNCH=0 turns it off, for measurements (moed(8)); read once.
+// MOED_GPU_DEPENDENT_LAUNCH=0 turns it off, for measurements (moed(8); the backend refuses
+// other values than 0 and 1); read once.
 bool dependent_launch()
 {
 	static int allowed = -1;
@@ -797,7 +798,7 @@ template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t s
 	// the combine to read, one more rounding (2^-9 relative in bf16) inside the bounds.
 	a.y_io = splits == 1;
 	a.zero_y = splits > 1; // by the gate/up blocks: one node fewer than a memset
-	a.tile_group = moe_gpu_tile_group() > 0 ? (uint32_t)moe_gpu_tile_group() : MOE_GPU_TILE_GROUP;
+	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	// A decode job's combine is a kernel of a few blocks that costs a launch: split, the
 	// down GEMM does it (moe_gpu_args.fold), while its last block's conversion is short.
 	a.fold = splits > 1 && !a.no_combine && a.blocks_done &&
