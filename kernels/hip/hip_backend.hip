@@ -178,7 +178,7 @@ int forced_kernel(int *out, struct moed_error *err)
 		return moed_error_set(err, -EINVAL,
 				      "MOED_GPU_KERNEL=%s: not in this build or not for this card (the wgmma "
 				      "kernels need --with-gpu-arch=sm_90a and an sm_90 card; AMD builds "
-				      "have warp, gemv and mfma64, NVIDIA builds all but mfma64)", name);
+				      "have warp and mfma64, NVIDIA builds the others)", name);
 	*out = k;
 	return 0;
 }

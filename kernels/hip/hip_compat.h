@@ -23,7 +23,6 @@ typedef cudaEvent_t hipEvent_t;
 typedef cudaDeviceProp hipDeviceProp_t;
 #define hipSuccess cudaSuccess
 #define hipErrorNoDevice cudaErrorNoDevice
-#define hipErrorInvalidValue cudaErrorInvalidValue
 #define hipErrorNotReady cudaErrorNotReady
 #define hipErrorMemoryAllocation cudaErrorMemoryAllocation
 #define hipGetErrorString cudaGetErrorString

@@ -26,11 +26,8 @@ enum moe_gpu_kernel {
 			      only, until measured: MOED_GPU_KERNEL=wgmma128p) */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
-	MOE_GPU_GEMV,      /* matrix-vector products on the CUDA cores, weights straight into
-			      registers, tiles of 4 pairs: decode (moe_gemv.hip); on AMD
-			      forced only, until run there */
 };
-#define MOE_GPU_KERNELS 9
+#define MOE_GPU_KERNELS 8
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
@@ -114,10 +111,6 @@ int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */
 int moe_gpu_launch_mfma(struct moe_gpu_args *args, void *stream);
-
-/* The decode kernels (moe_gemv.hip), the same way; sets args->y_io, args->zero_y and
- * args->fold. */
-int moe_gpu_launch_gemv(struct moe_gpu_args *args, void *stream);
 
 #ifdef __cplusplus
 }

@@ -291,30 +291,24 @@ bool wgmma_runs()
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 					     uint32_t hidden, uint32_t inter, int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 64, 4 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 64 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
-	/* The kernels but the warp ones want I/O and weights of one 16-bit dtype, and rows
-	 * that are whole 16-byte loads. */
-	const bool wide = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
-			  inter % 8 == 0;
+	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
+			 inter % 8 == 0;
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 	(void)most_pairs;
-	if (wide && (forced == MOE_GPU_MFMA64 || forced == MOE_GPU_GEMV))
-		p.kernel = (enum moe_gpu_kernel)forced, p.tile = tiles[forced];
+	if (mma && forced == MOE_GPU_MFMA64)
+		p.kernel = MOE_GPU_MFMA64, p.tile = tiles[MOE_GPU_MFMA64];
 #else
-	if (!wide)
+	if (!mma)
 		return p;
 	if (forced >= 0 && forced < MOE_GPU_KERNELS && forced != MOE_GPU_MFMA64) {
 		p.kernel = (enum moe_gpu_kernel)forced, p.tile = tiles[forced];
 		return p;
 	}
 	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
-	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us); the
-	 * matrix-vector kernels of the gemv family faster still where no expert has more
-	 * than their tile (version 9). */
-	if (most_pairs <= tiles[MOE_GPU_GEMV])
-		p.kernel = MOE_GPU_GEMV;
-	else if (most_pairs <= 16)
+	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
+	if (most_pairs <= 16)
 		p.kernel = MOE_GPU_MMA16;
 	else if (most_pairs <= 64)
 		p.kernel = MOE_GPU_MMA64;
@@ -363,12 +357,11 @@ extern "C" int moe_gpu_kernel_by_name(const char *name)
 extern "C" int moe_gpu_kernel_usable(enum moe_gpu_kernel k)
 {
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-	return k == MOE_GPU_WARP || k == MOE_GPU_MFMA64 || k == MOE_GPU_GEMV;
+	return k == MOE_GPU_WARP || k == MOE_GPU_MFMA64;
 #elif defined(MOED_GPU_WGMMA)
-	return k >= 0 && (k < MOE_GPU_WGMMA128 || k == MOE_GPU_GEMV ||
-			  (k < MOE_GPU_MFMA64 && wgmma_runs()));
+	return k >= 0 && (k < MOE_GPU_WGMMA128 || (k < MOE_GPU_MFMA64 && wgmma_runs()));
 #else
-	return k >= 0 && (k < MOE_GPU_WGMMA128 || k == MOE_GPU_GEMV);
+	return k >= 0 && k < MOE_GPU_WGMMA128;
 #endif
 }
 
@@ -383,7 +376,6 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_WGMMA128W: return "wgmma128w";
 	case MOE_GPU_WGMMA128P: return "wgmma128p";
 	case MOE_GPU_MFMA64: return "mfma64";
-	case MOE_GPU_GEMV: return "gemv";
 	}
 	return "?";
 }
@@ -416,7 +408,6 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 		return 0;
 	if (a.kernel != MOE_GPU_WARP) { /* may set a.y_io, a.zero_y */
 		const int e = a.kernel == MOE_GPU_MFMA64 ? moe_gpu_launch_mfma(&a, stream)
-			      : a.kernel == MOE_GPU_GEMV ? moe_gpu_launch_gemv(&a, stream)
 							 : moe_gpu_launch_mma(&a, stream);
 		if (e)
 			return e;

@@ -28,7 +28,6 @@
 #include <string.h>
 
 #include "moe_device.h"
-#include "moe_launch.h"
 
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 
@@ -131,6 +130,29 @@ __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0
 		    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
 		    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
 		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <bool kBf16> __device__ __forceinline__ uint32_t pack2(float lo, float hi)
+{
+	return kBf16 ? (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16
+		     : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
+}
+
+// Programmatic dependent launch (sm_90 and later; elsewhere the launch has no such
+// dependency and these are not needed): the gate/up grid lets the down grid start once all
+// its blocks run, and the down grid fetches weights before it waits for the gate/up results.
+__device__ __forceinline__ void let_dependents_launch()
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_prerequisite_grid()
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
 }
 
 // wgmma (sm_90a only: the arch-specific features; elsewhere these trap, and the plan
@@ -377,6 +399,31 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 			}
 		}
 	}
+}
+
+// The folded combine's end: the down grid's last block to finish converts y ([M, H]
+// f32, every block's weighted sums in it) into out, and leaves the counter at zero.
+template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
+{
+	__shared__ bool last;
+	__threadfence(); // this thread's sums reach the device before its block is counted
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(a.blocks_done, 1u) == gridDim.x * gridDim.y * gridDim.z - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	const float4 *y = (const float4 *)a.y;
+	uint4 *out = (uint4 *)a.out;
+	const size_t groups = (size_t)a.tokens * a.hidden / 8; // H is a multiple of 8
+	for (size_t g = threadIdx.x; g < groups; g += blockDim.x) {
+		const float4 lo = __ldcg(y + 2 * g), hi = __ldcg(y + 2 * g + 1); // from L2, not L1
+		out[g] = make_uint4(pack2<kBf16>(lo.x, lo.y), pack2<kBf16>(lo.z, lo.w),
+				    pack2<kBf16>(hi.x, hi.y), pack2<kBf16>(hi.z, hi.w));
+	}
+	if (threadIdx.x == 0)
+		*a.blocks_done = 0;
 }
 
 // The grid is tiles (x) by column blocks (y), and blocks start roughly in x-major order.
@@ -653,6 +700,19 @@ int sm_count()
 	return sms;
 }
 
+// Whether device 0 takes programmatic dependent launches (compute capability 9.0 and up).
+// MOED_GPU_DEPENDENT_LAUNCH=0 turns it off, for measurements (moed(8); the backend refuses
+// other values than 0 and 1); read once.
+bool dependent_launch()
+{
+	static int allowed = -1;
+	if (allowed < 0) {
+		const char *env = getenv("MOED_GPU_DEPENDENT_LAUNCH");
+		allowed = !(env && !strcmp(env, "0"));
+	}
+	return allowed && moe_gpu_compute_capability() >= 90;
+}
+
 // The kernels want more than the default 48 KiB of shared memory: raised once each.
 template <auto kKernel, int kBytes> cudaError_t allow_smem()
 {
@@ -663,6 +723,26 @@ template <auto kKernel, int kBytes> cudaError_t allow_smem()
 		cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
 	raised = e == cudaSuccess;
 	return e;
+}
+
+// The down GEMM is launched as the gate/up one's programmatic dependent where the card
+// allows: its blocks start while the gate/up grid finishes and stream their first weight
+// stages meanwhile (decode jobs are a few short kernels; this hides one launch's ramp).
+template <class Kernel, class... Args>
+int launch_on(Kernel kernel, dim3 grid, int threads, int smem, bool dependent, cudaStream_t stream,
+	      Args... args)
+{
+	cudaLaunchConfig_t config = {};
+	cudaLaunchAttribute early;
+	config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = smem;
+	config.stream = stream;
+	if (dependent && dependent_launch()) {
+		early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		early.val.programmaticStreamSerializationAllowed = 1;
+		config.attrs = &early, config.numAttrs = 1;
+	}
+	const cudaError_t e = cudaLaunchKernelEx(&config, kernel, args...);
+	return (int)(e != cudaSuccess ? e : cudaGetLastError());
 }
 
 template <class S, bool kGateUp, bool kBf16>
@@ -679,6 +759,10 @@ template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
 	const uint32_t cols = a.gated ? S::BN / 2 : S::BN; // output columns a block
 	return dim3(a.tiles, (a.inter + cols - 1) / cols);
 }
+
+// The largest M * H whose combine the down GEMM's last block does (finish_fold): one
+// block converts it, 16 values a thread at 1024.
+constexpr size_t kFoldMaxCells = 16384;
 
 // How many blocks of the down GEMM the card holds at once.
 template <class S, bool kBf16> uint32_t resident_blocks()
