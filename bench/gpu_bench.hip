@@ -140,7 +140,7 @@ int main(int argc, char **argv)
 	/* A kernel by name (warp, mma16, ...) instead of the plan's, for comparisons. */
 	const int forced = argc > 2 ? moe_gpu_kernel_by_name(argv[2]) : -1;
 	if (argc > 2 && forced < 0) {
-		fprintf(stderr, "usage: %s [repetitions [warp|mma16|mma64|mma128|wgmma128|wgmma128w|wgmma128p]]\n", argv[0]);
+		fprintf(stderr, "usage: %s [repetitions [warp|mma16|mma64|mma128|wgmma128|wgmma128w|wgmma128p|wgmma128wn]]\n", argv[0]);
 		return 2;
 	}
 	if (forced >= 0 && !moe_gpu_kernel_usable((enum moe_gpu_kernel)forced)) {

@@ -24,10 +24,12 @@ enum moe_gpu_kernel {
 	MOE_GPU_WGMMA128W, /* the same, tiles of 128 pairs by 256 weight rows */
 	MOE_GPU_WGMMA128P, /* the same tiles in a persistent, warp-specialised kernel (forced
 			      only, until measured: MOED_GPU_KERNEL=wgmma128p) */
+	MOE_GPU_WGMMA128WN, /* wgmma128w's gate/up GEMM, wgmma128's down GEMM (two blocks an
+			       SM: one's epilogue overlaps the other's math, where K = I is short) */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };
-#define MOE_GPU_KERNELS 8
+#define MOE_GPU_KERNELS 9
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16

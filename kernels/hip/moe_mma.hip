@@ -780,20 +780,22 @@ template <class S, bool kBf16> uint32_t resident_blocks()
 	return slots;
 }
 
-template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t stream)
+// SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
+template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t stream)
 {
+	static_assert(SG::BM == SD::BM, "both GEMMs take the tiles the routing cut");
 	// A down GEMM of few blocks (few tiles, small H) would leave SMs idle: split its K
 	// (= I) over more blocks, each of at least 4 k-tiles, adding into a zeroed y. As many
 	// splits as fill the card's resident blocks once, not more: these blocks stream
 	// weights, and a second, partial wave leaves bandwidth idle at its end (Qwen3 M = 1
 	// took 3 splits, 384 blocks for 264 places; Mixtral M = 4 2 splits, about 350).
-	const uint32_t blocks = a.tiles * ((a.hidden + S::BN - 1) / S::BN);
-	const uint32_t slots = resident_blocks<S, kBf16>();
+	const uint32_t blocks = a.tiles * ((a.hidden + SD::BN - 1) / SD::BN);
+	const uint32_t slots = resident_blocks<SD, kBf16>();
 	uint32_t splits = blocks >= slots ? 1 : slots / blocks;
 	const uint32_t most = (a.inter / kBK) / 4;
 	splits = splits > most ? (most ? most : 1) : splits;
 	splits = splits > 8 ? 8 : splits;
-	const dim3 g2(a.tiles, (a.hidden + S::BN - 1) / S::BN, splits);
+	const dim3 g2(a.tiles, (a.hidden + SD::BN - 1) / SD::BN, splits);
 	// Unsplit, y is written once in the I/O dtype: half the bytes of f32 to write and for
 	// the combine to read, one more rounding (2^-9 relative in bf16) inside the bounds.
 	a.y_io = splits == 1;
@@ -803,8 +805,8 @@ template <class S, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t s
 	// down GEMM does it (moe_gpu_args.fold), while its last block's conversion is short.
 	a.fold = splits > 1 && !a.no_combine && a.blocks_done &&
 		 (size_t)a.tokens * a.hidden <= kFoldMaxCells;
-	const int e = launch_gemm<S, true, kBf16>(a, gate_up_grid<S>(a), stream);
-	return e ? e : launch_gemm<S, false, kBf16>(a, g2, stream);
+	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
+	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
 }
 
 // The persistent kernel: a block an SM (at most one per work item), never split.
@@ -832,11 +834,12 @@ template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t
 template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stream)
 {
 	switch (a.kernel) {
-	case MOE_GPU_MMA16: return launch<Shape16, kBf16>(a, stream);
-	case MOE_GPU_MMA64: return launch<Shape64, kBf16>(a, stream);
-	case MOE_GPU_MMA128: return launch<Shape128, kBf16>(a, stream);
-	case MOE_GPU_WGMMA128: return launch<ShapeWg128, kBf16>(a, stream);
-	case MOE_GPU_WGMMA128W: return launch<ShapeWg128W, kBf16>(a, stream);
+	case MOE_GPU_MMA16: return launch<Shape16, Shape16, kBf16>(a, stream);
+	case MOE_GPU_MMA64: return launch<Shape64, Shape64, kBf16>(a, stream);
+	case MOE_GPU_MMA128: return launch<Shape128, Shape128, kBf16>(a, stream);
+	case MOE_GPU_WGMMA128: return launch<ShapeWg128, ShapeWg128, kBf16>(a, stream);
+	case MOE_GPU_WGMMA128W: return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
+	case MOE_GPU_WGMMA128WN: return launch<ShapeWg128W, ShapeWg128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
