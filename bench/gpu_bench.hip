@@ -232,7 +232,9 @@ int main(int argc, char **argv)
 		CHECK(hipMalloc((void **)&out, (size_t)mmax * md.h * 2));
 		CHECK(hipMalloc(&act, (size_t)pmax * md.i * 4));
 		CHECK(hipMalloc((void **)&y, (size_t)pmax * md.h * 4));
-		const size_t routing_cap = (3 * (size_t)pmax + 3 * ((size_t)pmax + md.e + 1)) * 4;
+		/* The packed routing at its largest (moe_routing.h): 4 arrays of pairs (ids
+		 * included), at most pairs + experts tiles, the experts' first positions. */
+		const size_t routing_cap = (4 * (size_t)pmax + 3 * ((size_t)pmax + md.e + 1) + md.e) * 4;
 		CHECK(hipMalloc(&routing, routing_cap));
 		uint32_t *blocks_done; /* moe_gpu_args.blocks_done, zero between jobs */
 		CHECK(hipMalloc((void **)&blocks_done, sizeof(*blocks_done)));
@@ -257,8 +259,12 @@ int main(int argc, char **argv)
 			}
 			route(m, md.e, md.k, ids, tw);
 			/* Token sorting as the backend does it, timed warm (median of reps): count,
-			 * plan, cut, pack into pinned memory, one copy. */
+			 * plan, cut, pack into pinned memory, one copy, and for a large job the
+			 * device's placing of the pairs. The kernels are then timed without it. */
 			struct moe_gpu_plan plan;
+			struct moe_gpu_args a;
+			memset(&a, 0, sizeof(a));
+			a.tokens = m, a.topk = md.k, a.hidden = md.h, a.inter = md.i, a.experts = md.e;
 			float *ts = (float *)malloc((reps + 1) * sizeof(float));
 			for (int r = 0; r <= reps; r++) {
 				size_t bad;
@@ -268,23 +274,22 @@ int main(int argc, char **argv)
 						    forced);
 				moe_route_cut(&rt, plan.tile);
 				moe_route_pack(&rt, tw, stage);
-				CHECK(hipMemcpyAsync(routing, stage, moe_route_packed_bytes(&rt),
-						     hipMemcpyHostToDevice, st));
+				const size_t from = moe_route_upload_from(&rt);
+				CHECK(hipMemcpyAsync((char *)routing + from, (const char *)stage + from,
+						     moe_route_packed_bytes(&rt) - from, hipMemcpyHostToDevice, st));
+				moe_route_args(&rt, routing, &a);
+				if (a.place_ids)
+					CHECK((hipError_t)moe_gpu_place_pairs(&a, st));
 				CHECK(hipStreamSynchronize(st));
 				ts[r] = (float)(now_us() - t0);
 			}
 			qsort(ts + 1, reps, sizeof(float), cmp_f); /* the first, cold, is left out */
 			const double t_sort = ts[1 + reps / 2];
 			free(ts);
-			struct moe_gpu_args a;
-			memset(&a, 0, sizeof(a));
-			a.tokens = m, a.topk = md.k, a.hidden = md.h, a.inter = md.i, a.experts = md.e;
+			a.place_ids = NULL, a.place_next = NULL; /* placed */
 			a.io_dtype = MOED_GPU_BF16, a.w_dtype = MOED_GPU_BF16, a.activation = MOED_GPU_SILU;
 			a.gated = 1, a.scale = 1, a.kernel = plan.kernel;
-			a.x = x, a.topk_weights = MOE_ROUTE_WEIGHTS(routing, &rt);
-			a.pair_of = MOE_ROUTE_PAIR_OF(routing, &rt), a.pos_of = MOE_ROUTE_POS_OF(routing, &rt);
-			a.tiles = rt.ntiles, a.max_tile = rt.max_tile, a.tile_first = MOE_ROUTE_TILES(routing, &rt);
-			a.tile_count = a.tile_first + rt.ntiles, a.tile_expert = a.tile_first + 2 * rt.ntiles;
+			a.x = x;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.blocks_done = blocks_done;
 			a.tile_group = (uint32_t)tile_group;
 			for (int r = 0; r < 3; r++)

@@ -3,7 +3,9 @@
  * The GPU backend's token sorting (kernels/hip/moe_routing.c, plain C, so it is tested
  * here on every machine): fresh random routings with skewed experts and random tile
  * sizes against a direct recount; expert ids out of range refused with their position;
- * the packed copy laid out as the kernels read it.
+ * the packed copy laid out as the kernels read it. Where the device places the pairs
+ * (large jobs), the test places them from the packed copy as its kernel does, the
+ * pairs taken in a random order as its atomics may come in.
  */
 #include "config.h"
 
@@ -14,11 +16,13 @@
 
 #include "check_run.h"
 #include "helpers.h"
+#include "moe_kernels.h"
 #include "moe_routing.h"
 
-/* Every property the kernels rely on, checked against the ids themselves. */
-static void check_sorted(const struct moe_routing *r, const int32_t *ids, size_t pairs,
-			 uint32_t experts, uint32_t tile)
+/* Every property the kernels rely on, checked against the ids themselves; pair_of and
+ * pos_of as given (the routing's, or placed from the packed copy). */
+static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, const uint32_t *pos_of,
+			 const int32_t *ids, size_t pairs, uint32_t experts, uint32_t tile)
 {
 	uint32_t *count = calloc(experts, sizeof(uint32_t)), most = 0, used = 0;
 	for (size_t p = 0; p < pairs; p++)
@@ -31,17 +35,17 @@ static void check_sorted(const struct moe_routing *r, const int32_t *ids, size_t
 	ck_assert_uint_eq(r->used_experts, used);
 
 	/* pair_of is a permutation grouped by expert in ascending order, stable within an
-	 * expert, and pos_of its inverse. */
+	 * expert where the host placed the pairs, and pos_of its inverse. */
 	unsigned char *seen = calloc(pairs + 1, 1);
 	for (size_t q = 0; q < pairs; q++) {
-		const uint32_t p = r->pair_of[q];
+		const uint32_t p = pair_of[q];
 		ck_assert_uint_lt(p, pairs);
 		ck_assert(!seen[p]);
 		seen[p] = 1;
-		ck_assert_uint_eq(r->pos_of[p], q);
+		ck_assert_uint_eq(pos_of[p], q);
 		if (q) {
-			const uint32_t prev = r->pair_of[q - 1];
-			ck_assert(ids[prev] < ids[p] || (ids[prev] == ids[p] && prev < p));
+			const uint32_t prev = pair_of[q - 1];
+			ck_assert(ids[prev] < ids[p] || (ids[prev] == ids[p] && (r->on_device || prev < p)));
 		}
 	}
 
@@ -53,7 +57,7 @@ static void check_sorted(const struct moe_routing *r, const int32_t *ids, size_t
 		ck_assert_uint_eq(first[t], at);
 		ck_assert(cnt[t] >= 1 && cnt[t] <= tile);
 		for (uint32_t q = first[t]; q < first[t] + cnt[t]; q++)
-			ck_assert_int_eq(ids[r->pair_of[q]], (int32_t)exp[t]);
+			ck_assert_int_eq(ids[pair_of[q]], (int32_t)exp[t]);
 		if (cnt[t] < tile && t + 1 < n)
 			ck_assert_uint_ne(exp[t + 1], exp[t]);
 		max_tile = cnt[t] > max_tile ? cnt[t] : max_tile;
@@ -83,19 +87,63 @@ START_TEST(random_routings)
 		size_t bad = 0;
 		ck_assert_int_eq(moe_route_count(&r, ids, pairs, experts, &bad), 0);
 		ck_assert_int_eq(moe_route_cut(&r, tile), 0);
-		check_sorted(&r, ids, pairs, experts, tile);
+		ck_assert_int_eq(r.on_device, pairs >= MOE_ROUTE_DEVICE_PAIRS);
 
-		/* The packed copy, through the kernels' accessors. */
+		/* The packed copy, through the kernels' accessors; what lies before
+		 * upload_from is not the host's to fill. */
 		float *tw = malloc(pairs * sizeof(float));
 		for (size_t p = 0; p < pairs; p++)
 			tw[p] = (float)test_rand_double(&rng);
-		void *packed = malloc(moe_route_packed_bytes(&r));
+		const size_t bytes = moe_route_packed_bytes(&r);
+		unsigned char *packed = malloc(bytes);
+		memset(packed, 0xa5, bytes);
 		moe_route_pack(&r, tw, packed);
-		ck_assert_uint_eq(moe_route_packed_bytes(&r), (3 * pairs + 3 * (size_t)r.ntiles) * 4);
-		ck_assert_mem_eq(MOE_ROUTE_PAIR_OF(packed, &r), r.pair_of, pairs * 4);
-		ck_assert_mem_eq(MOE_ROUTE_POS_OF(packed, &r), r.pos_of, pairs * 4);
+		const size_t placing = r.on_device ? pairs + experts : 0;
+		ck_assert_uint_eq(bytes, (3 * pairs + 3 * (size_t)r.ntiles + placing) * 4);
+		ck_assert_uint_eq(moe_route_upload_from(&r), r.on_device ? 2 * pairs * 4 : 0);
 		ck_assert_mem_eq(MOE_ROUTE_WEIGHTS(packed, &r), tw, pairs * 4);
 		ck_assert_mem_eq(MOE_ROUTE_TILES(packed, &r), r.tiles, 3 * (size_t)r.ntiles * 4);
+		if (!r.on_device) {
+			ck_assert_mem_eq(MOE_ROUTE_PAIR_OF(packed, &r), r.pair_of, pairs * 4);
+			ck_assert_mem_eq(MOE_ROUTE_POS_OF(packed, &r), r.pos_of, pairs * 4);
+			check_sorted(&r, r.pair_of, r.pos_of, ids, pairs, experts, tile);
+		} else {
+			/* As place_pairs_kernel, the pairs in a random order (Fisher-Yates). */
+			uint32_t *order = malloc(pairs * sizeof(uint32_t));
+			for (size_t p = 0; p < pairs; p++)
+				order[p] = (uint32_t)p;
+			for (size_t p = pairs - 1; p > 0; p--) {
+				const size_t j = (size_t)test_rand_range(&rng, 0, p);
+				const uint32_t t = order[p];
+				order[p] = order[j], order[j] = t;
+			}
+			const uint32_t *dev_ids = MOE_ROUTE_IDS(packed, &r);
+			uint32_t *next = MOE_ROUTE_STARTS(packed, &r);
+			uint32_t *pair_of = MOE_ROUTE_PAIR_OF(packed, &r), *pos_of = MOE_ROUTE_POS_OF(packed, &r);
+			for (size_t i = 0; i < pairs; i++) {
+				const uint32_t p = order[i];
+				ck_assert_int_eq((int32_t)dev_ids[p], ids[p]);
+				const uint32_t pos = next[dev_ids[p]]++;
+				ck_assert_uint_lt(pos, pairs);
+				pair_of[pos] = p, pos_of[p] = pos;
+			}
+			check_sorted(&r, pair_of, pos_of, ids, pairs, experts, tile);
+			free(order);
+		}
+
+		/* The kernels' arguments point into the copy. */
+		struct moe_gpu_args a;
+		memset(&a, 0, sizeof(a));
+		moe_route_args(&r, packed, &a);
+		ck_assert_ptr_eq(a.topk_weights, MOE_ROUTE_WEIGHTS(packed, &r));
+		ck_assert_ptr_eq(a.pair_of, MOE_ROUTE_PAIR_OF(packed, &r));
+		ck_assert_ptr_eq(a.pos_of, MOE_ROUTE_POS_OF(packed, &r));
+		ck_assert_ptr_eq(a.tile_first, MOE_ROUTE_TILES(packed, &r));
+		ck_assert_ptr_eq(a.tile_expert, MOE_ROUTE_TILES(packed, &r) + 2 * (size_t)r.ntiles);
+		ck_assert_uint_eq(a.tiles, r.ntiles);
+		ck_assert_uint_eq(a.max_tile, r.max_tile);
+		ck_assert(r.on_device ? a.place_ids == MOE_ROUTE_IDS(packed, &r) : !a.place_ids);
+		ck_assert(r.on_device ? a.place_next == MOE_ROUTE_STARTS(packed, &r) : !a.place_next);
 		free(packed);
 		free(tw);
 		free(ids);

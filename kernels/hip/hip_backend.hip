@@ -371,7 +371,8 @@ void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 }
 
 /* Read the routing once (it lives in shared memory), check it, pick the kernels from the
- * most pairs any expert has, group the pairs by expert into the kernels' tiles. */
+ * most pairs any expert has, group the pairs by expert into the kernels' tiles (large
+ * jobs' pairs are placed by the device: moe_routing.h). */
 int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct moed_weights *w,
 	       const struct moed_arena *arena, struct moe_gpu_plan *plan, struct moed_error *err)
 {
@@ -422,6 +423,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	const size_t x_bytes = m * h * ds, x_at = (moe_route_packed_bytes(rt) + 255) & ~(size_t)255;
 	const bool stage_x = x_bytes <= STAGED_X_MAX;
 	const size_t copy_bytes = stage_x ? x_at + x_bytes : moe_route_packed_bytes(rt);
+	const size_t copy_from = moe_route_upload_from(rt); /* the device fills what lies before */
 	if ((r = ensure(&c->x, stage_x ? 0 : x_bytes, err)) || (r = ensure(&c->routing, copy_bytes, err)) ||
 	    (r = ensure(&c->act, pairs * i * 4, err)) || (r = ensure(&c->y, pairs * h * 4, err)) ||
 	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure(&c->stage, copy_bytes, err)))
@@ -437,7 +439,9 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 		e = hipMemcpyAsync(x_dev, arena->base + job->hidden.offset, x_bytes, hipMemcpyHostToDevice,
 				   c->stream);
 	if (e == hipSuccess)
-		e = hipMemcpyAsync(c->routing.p, c->stage.p, copy_bytes, hipMemcpyHostToDevice, c->stream);
+		e = hipMemcpyAsync((unsigned char *)c->routing.p + copy_from,
+				   (const unsigned char *)c->stage.p + copy_from, copy_bytes - copy_from,
+				   hipMemcpyHostToDevice, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->in, c->stream);
 	if (e != hipSuccess)
@@ -461,14 +465,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.scale = job->routed_scaling_factor;
 	a.kernel = plan.kernel;
 	a.x = x_dev;
-	a.topk_weights = MOE_ROUTE_WEIGHTS(c->routing.p, rt);
-	a.pair_of = MOE_ROUTE_PAIR_OF(c->routing.p, rt);
-	a.pos_of = MOE_ROUTE_POS_OF(c->routing.p, rt);
-	a.tiles = rt->ntiles;
-	a.max_tile = rt->max_tile;
-	a.tile_first = MOE_ROUTE_TILES(c->routing.p, rt);
-	a.tile_count = a.tile_first + rt->ntiles;
-	a.tile_expert = a.tile_count + rt->ntiles;
+	moe_route_args(rt, c->routing.p, &a);
 	a.w13 = w->w13;
 	a.w2 = w->w2;
 	a.act = c->act.p;

@@ -82,8 +82,10 @@ struct moe_gpu_args {
 	enum moe_gpu_kernel kernel; /* from the plan the routing was cut for */
 	const void *x;             /* [M, H] io_dtype */
 	const float *topk_weights; /* [M, K] */
-	const uint32_t *pair_of;   /* sorted position -> m * K + k */
-	const uint32_t *pos_of;    /* m * K + k -> sorted position */
+	uint32_t *pair_of;         /* sorted position -> m * K + k */
+	uint32_t *pos_of;          /* m * K + k -> sorted position */
+	const uint32_t *place_ids; /* set: the launch first places the pairs (pair_of, pos_of) */
+	uint32_t *place_next;      /* from their expert ids and each expert's first position */
 	uint32_t tiles;
 	uint32_t max_tile;         /* the most pairs in any tile */
 	const uint32_t *tile_first, *tile_count, *tile_expert; /* per tile: sorted range, expert */
@@ -102,8 +104,13 @@ struct moe_gpu_args {
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 };
 
-/* Queue the job's kernels on `stream`; returns the runtime's error code (0 = none). */
+/* Queue the job's kernels on `stream`, first moe_gpu_place_pairs() where place_ids is
+ * set; returns the runtime's error code (0 = none). */
 int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
+
+/* Queue the placing of the pairs (pair_of, pos_of) from place_ids and place_next, which
+ * it consumes: once a job (the benchmark then replays the rest with place_ids NULL). */
+int moe_gpu_place_pairs(const struct moe_gpu_args *args, void *stream);
 
 /* Queue a kernel that traps, losing the device: for the test of fault handling only. */
 int moe_gpu_inject_fault(void *stream);

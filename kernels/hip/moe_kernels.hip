@@ -383,6 +383,19 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 
 namespace {
 
+// A thread a pair: its place in its expert's range (moe_routing.h), from the expert's
+// cursor, which starts at the range's first position. The ids were checked on the host.
+__global__ void place_pairs_kernel(const uint32_t *ids, uint32_t *next, uint32_t *pair_of,
+				   uint32_t *pos_of, uint32_t pairs)
+{
+	const uint32_t p = blockIdx.x * blockDim.x + threadIdx.x;
+	if (p >= pairs)
+		return;
+	const uint32_t pos = atomicAdd(next + ids[p], 1u);
+	pair_of[pos] = p;
+	pos_of[p] = pos;
+}
+
 void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 {
 	const size_t cells = (size_t)a.tokens * a.hidden;
@@ -400,6 +413,16 @@ void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 
 } // namespace
 
+extern "C" int moe_gpu_place_pairs(const struct moe_gpu_args *a, void *stream)
+{
+	const uint32_t pairs = a->tokens * a->topk;
+	if (pairs)
+		hipLaunchKernelGGL(place_pairs_kernel, dim3((pairs + 255) / 256), dim3(256), 0,
+				   (hipStream_t)stream, a->place_ids, a->place_next, a->pair_of, a->pos_of,
+				   pairs);
+	return (int)hipGetLastError();
+}
+
 extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 {
 	struct moe_gpu_args a = *args;
@@ -407,6 +430,8 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	a.y_io = 0, a.zero_y = 0, a.fold = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
+	if (a.place_ids)
+		moe_gpu_place_pairs(&a, stream);
 	if (a.kernel != MOE_GPU_WARP) { /* may set a.y_io, a.zero_y */
 		const int e = a.kernel == MOE_GPU_MFMA64 ? moe_gpu_launch_mfma(&a, stream)
 							 : moe_gpu_launch_mma(&a, stream);

@@ -75,6 +75,10 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile)
 	r->ntiles = n;
 	r->max_tile = max_tile;
 
+	/* counts[e] is now expert e's first position: the device's cursors, or the host's. */
+	r->on_device = r->pairs >= MOE_ROUTE_DEVICE_PAIRS;
+	if (r->on_device)
+		return 0;
 	for (size_t p = 0; p < r->pairs; p++) {
 		const uint32_t pos = r->counts[r->ids[p]]++;
 		r->pair_of[pos] = (uint32_t)p;
@@ -85,17 +89,43 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile)
 
 size_t moe_route_packed_bytes(const struct moe_routing *r)
 {
-	return (3 * r->pairs + 3 * (size_t)r->ntiles) * sizeof(uint32_t);
+	const size_t placing = r->on_device ? r->pairs + r->experts : 0;
+	return (3 * r->pairs + 3 * (size_t)r->ntiles + placing) * sizeof(uint32_t);
+}
+
+size_t moe_route_upload_from(const struct moe_routing *r)
+{
+	return r->on_device ? 2 * r->pairs * sizeof(uint32_t) : 0;
 }
 
 void moe_route_pack(const struct moe_routing *r, const float *topk_weights, void *dst)
 {
 	unsigned char *d = (unsigned char *)dst;
-	const size_t p = r->pairs * sizeof(uint32_t);
-	memcpy(d, r->pair_of, p);
-	memcpy(d + p, r->pos_of, p);
+	const size_t p = r->pairs * sizeof(uint32_t), t = 3 * (size_t)r->ntiles * sizeof(uint32_t);
+	if (!r->on_device) {
+		memcpy(d, r->pair_of, p);
+		memcpy(d + p, r->pos_of, p);
+	}
 	memcpy(d + 2 * p, topk_weights, p);
-	memcpy(d + 3 * p, r->tiles, 3 * (size_t)r->ntiles * sizeof(uint32_t));
+	memcpy(d + 3 * p, r->tiles, t);
+	if (r->on_device) { /* the ids were checked by moe_route_count() */
+		memcpy(d + 3 * p + t, r->ids, p);
+		memcpy(d + 4 * p + t, r->counts, r->experts * sizeof(uint32_t));
+	}
+}
+
+void moe_route_args(const struct moe_routing *r, void *dev, struct moe_gpu_args *a)
+{
+	a->topk_weights = MOE_ROUTE_WEIGHTS(dev, r);
+	a->pair_of = MOE_ROUTE_PAIR_OF(dev, r);
+	a->pos_of = MOE_ROUTE_POS_OF(dev, r);
+	a->tiles = r->ntiles;
+	a->max_tile = r->max_tile;
+	a->tile_first = MOE_ROUTE_TILES(dev, r);
+	a->tile_count = a->tile_first + r->ntiles;
+	a->tile_expert = a->tile_count + r->ntiles;
+	a->place_ids = r->on_device ? MOE_ROUTE_IDS(dev, r) : NULL;
+	a->place_next = r->on_device ? MOE_ROUTE_STARTS(dev, r) : NULL;
 }
 
 void moe_routing_free(struct moe_routing *r)
