@@ -430,8 +430,11 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	a.y_io = 0, a.zero_y = 0, a.fold = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
-	if (a.place_ids)
-		moe_gpu_place_pairs(&a, stream);
+	if (a.place_ids) {
+		const int e = moe_gpu_place_pairs(&a, stream);
+		if (e)
+			return e;
+	}
 	if (a.kernel != MOE_GPU_WARP) { /* may set a.y_io, a.zero_y */
 		const int e = a.kernel == MOE_GPU_MFMA64 ? moe_gpu_launch_mfma(&a, stream)
 							 : moe_gpu_launch_mma(&a, stream);
