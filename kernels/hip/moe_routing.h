@@ -20,8 +20,10 @@
 extern "C" {
 #endif
 
-/* From this many pairs the device places them: the host's scatter and the copy of the
- * two [pairs] arrays it fills cost more than a kernel there (bench/RESULTS.md, version 9). */
+/* From this many pairs the device places them: at 32768 the host's scatter and the copy
+ * of the two [pairs] arrays it fills cost tens of µs more than the kernel (bench/RESULTS.md,
+ * version 9); below a few thousand, less than a kernel's launch. The bound between is
+ * chosen, not measured. */
 #define MOE_ROUTE_DEVICE_PAIRS 4096
 
 struct moe_routing {
