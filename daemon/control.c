@@ -73,14 +73,9 @@ static int send_reply(int sock, struct reply *r, int status, const struct moed_e
 static void open_backend_context(struct moed_daemon *d, struct moed_session *s)
 {
 	struct moed_error err = { "" };
-	if (d->ops->client_open(d->backend, &s->arena, &s->backend_ctx, &err) < 0) {
-		s->backend_ctx = NULL;
+	if (moed_session_open_backend(s, d->ops, d->backend, &err) < 0)
 		log_info("client %llu: no backend context yet (%s); its first job tries again",
 			 (unsigned long long)s->id, err.msg);
-		return;
-	}
-	s->backend_ops = d->ops;
-	s->backend = d->backend;
 }
 
 static int do_hello(struct moed_daemon *d, struct moed_session *s, const void *body,

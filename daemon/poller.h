@@ -24,8 +24,6 @@ void moed_poller_kick(struct moed_poller *p);
 /* Serve whatever is already submitted, then stop the thread and drop every session. */
 void moed_poller_stop(struct moed_poller *p);
 
-/* SIGHUP can change how long the poller spins before it sleeps. */
-
 /*
  * For the watchdog: true when the poller has gone round its loop since the last call,
  * or is asleep waiting for work; false when it is stuck. (A long job is the runner's,

@@ -82,14 +82,7 @@ static void start(struct moed_runner *r, struct moed_run_item *it)
 	struct moed_session *s = it->s;
 	it->err.msg[0] = 0;
 	it->t_run = moed_now_ns();
-	int st = 0;
-	if (!s->backend_ctx) {
-		st = d->ops->client_open(d->backend, &s->arena, &s->backend_ctx, &it->err);
-		if (st == 0) {
-			s->backend_ops = d->ops;
-			s->backend = d->backend;
-		}
-	}
+	int st = moed_session_open_backend(s, d->ops, d->backend, &it->err);
 	if (st == 0)
 		st = d->ops->submit(d->backend, s->backend_ctx, &it->job, &it->w->w, &it->kwargs,
 				    &s->arena, &it->err);

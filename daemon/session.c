@@ -53,6 +53,21 @@ void moed_session_put(struct moed_session *s)
 	free(s);
 }
 
+int moed_session_open_backend(struct moed_session *s, const struct moed_backend_ops *ops,
+			      struct moed_backend *b, struct moed_error *err)
+{
+	if (s->backend_ctx)
+		return 0;
+	const int r = ops->client_open(b, &s->arena, &s->backend_ctx, err);
+	if (r < 0) {
+		s->backend_ctx = NULL;
+		return r;
+	}
+	s->backend_ops = ops;
+	s->backend = b;
+	return 0;
+}
+
 int moed_session_setup(struct moed_session *s, uint32_t sq_entries, uint64_t arena_size,
 		       struct moed_error *err)
 {

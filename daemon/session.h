@@ -57,8 +57,9 @@ struct moed_session {
 	int64_t drain_left;        /* poller: entries still served once draining; -1 = not draining */
 	bool running;              /* poller: a job of this session is at the runner */
 
-	/* The backend's context for this client: opened by the runner at the first job,
-	 * closed by the last moed_session_put (no job can be in flight by then). */
+	/* The backend's context for this client: opened when it says HELLO, or by the
+	 * runner at its first job if that failed (moed_session_open_backend), closed by the
+	 * last moed_session_put (no job can be in flight by then). */
 	void *backend_ctx;
 	const struct moed_backend_ops *backend_ops;
 	struct moed_backend *backend;
@@ -85,6 +86,11 @@ int moed_session_setup(struct moed_session *s, uint32_t sq_entries, uint64_t are
 int moed_session_use_weights(struct moed_session *s, uint32_t handle,
 			     struct moed_weight_registry *reg, struct moed_weight_set **out,
 			     struct moed_error *err);
+
+/* The backend's context for this client, opened unless it is already; 0 or the
+ * backend's negative errno with its message. */
+int moed_session_open_backend(struct moed_session *s, const struct moed_backend_ops *ops,
+			      struct moed_backend *b, struct moed_error *err);
 
 /* Release every weight set the session holds (when it goes away). */
 void moed_session_release_all(struct moed_session *s, struct moed_weight_registry *reg);
