@@ -314,14 +314,24 @@ static void env_restore(const char *name, char *saved)
 	free(saved);
 }
 
+/* Makes the backend with `name` set to `value` (left set) and destroys it again; what
+ * create() returned, its message in err. */
+static int create_with(const char *name, const char *value, struct moed_error *err)
+{
+	struct moed_backend *b;
+	const struct moed_backend_config cfg = { 0 };
+	setenv(name, value, 1);
+	const int r = ops->create(&cfg, &b, err);
+	if (r == 0)
+		ops->destroy(b);
+	return r;
+}
+
 /* With `name` set to `value`, making the backend fails with -EINVAL and says `why`. */
 static void expect_create_refused(const char *name, const char *value, const char *why)
 {
-	struct moed_backend *b;
 	struct moed_error err;
-	const struct moed_backend_config cfg = { 0 };
-	setenv(name, value, 1);
-	ck_assert_int_eq(ops->create(&cfg, &b, &err), -EINVAL);
+	ck_assert_int_eq(create_with(name, value, &err), -EINVAL);
 	ck_assert_msg(strstr(err.msg, why), "%s=%s: message: %s", name, value, err.msg);
 }
 
@@ -333,15 +343,10 @@ START_TEST(unknown_forced_kernel_refused)
 	expect_create_refused("MOED_GPU_KERNEL", "mma99",
 			      "MOED_GPU_KERNEL=mma99 names no GPU kernel (warp, mma16,");
 	/* AMD's kernel in an NVIDIA build (the only kind the GPU tests run on): named, but
-	 * not runnable here. */
-	struct moed_backend *b;
+	 * not runnable here (an AMD build, whose kernel it is, takes it). */
 	struct moed_error err;
-	const struct moed_backend_config cfg = { 0 };
-	setenv("MOED_GPU_KERNEL", "mfma64", 1);
-	const int r = ops->create(&cfg, &b, &err);
-	if (r == 0) {
-		ops->destroy(b); /* an AMD build, whose kernel it is */
-	} else {
+	const int r = create_with("MOED_GPU_KERNEL", "mfma64", &err);
+	if (r != 0) {
 		ck_assert_int_eq(r, -EINVAL);
 		ck_assert_msg(strstr(err.msg, "MOED_GPU_KERNEL=mfma64: not in this build or not for this card"),
 			      "message: %s", err.msg);
@@ -351,11 +356,13 @@ START_TEST(unknown_forced_kernel_refused)
 END_TEST
 
 /* The measurement settings: a tile group that is not a number from 1 to 65536, or a
- * dependent-launch switch that is not 0 or 1, stops the backend with its reason; valid
- * values are taken (tools/gpu-round runs the whole GPU test under other tile groups). */
+ * dependent-launch or trace switch that is not 0 or 1, stops the backend with its
+ * reason; valid values are taken (tools/gpu-round runs the whole GPU test under other
+ * tile groups). */
 START_TEST(bad_measurement_settings_refused)
 {
 	char *group = env_save("MOED_GPU_TILE_GROUP"), *dependent = env_save("MOED_GPU_DEPENDENT_LAUNCH");
+	char *trace = env_save("MOED_HIP_TRACE");
 	const char *bad[] = { "0", "65537", "8x", "-3" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char want[96];
@@ -366,13 +373,13 @@ START_TEST(bad_measurement_settings_refused)
 	unsetenv("MOED_GPU_TILE_GROUP");
 	expect_create_refused("MOED_GPU_DEPENDENT_LAUNCH", "off",
 			      "MOED_GPU_DEPENDENT_LAUNCH=off: wants 0 (off) or 1 (on)");
-	struct moed_backend *b;
+	unsetenv("MOED_GPU_DEPENDENT_LAUNCH");
+	expect_create_refused("MOED_HIP_TRACE", "yes", "MOED_HIP_TRACE=yes: wants 0 (off) or 1 (on)");
 	struct moed_error err;
-	const struct moed_backend_config cfg = { 0 };
 	setenv("MOED_GPU_TILE_GROUP", "1", 1);
-	setenv("MOED_GPU_DEPENDENT_LAUNCH", "0", 1);
-	ck_assert_int_eq(ops->create(&cfg, &b, &err), 0);
-	ops->destroy(b);
+	setenv("MOED_HIP_TRACE", "0", 1);
+	ck_assert_int_eq(create_with("MOED_GPU_DEPENDENT_LAUNCH", "0", &err), 0);
+	env_restore("MOED_HIP_TRACE", trace);
 	env_restore("MOED_GPU_TILE_GROUP", group);
 	env_restore("MOED_GPU_DEPENDENT_LAUNCH", dependent);
 }
