@@ -183,6 +183,19 @@ int forced_kernel(int *out, struct moed_error *err)
 	return 0;
 }
 
+/* A switch from the environment: 0 or 1, `unset` where it is unset or empty. */
+int env_switch(const char *name, bool unset, bool *on, struct moed_error *err)
+{
+	const char *v = getenv(name);
+	*on = unset;
+	if (!v || !*v)
+		return 0;
+	if (strcmp(v, "0") && strcmp(v, "1"))
+		return moed_error_set(err, -EINVAL, "%s=%s: wants 0 (off) or 1 (on)", name, v);
+	*on = v[0] == '1';
+	return 0;
+}
+
 int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out, struct moed_error *err)
 {
 	int r = hip_probe(err);
@@ -195,10 +208,13 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	if (tile_group < 0)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 "
 				      "to 65536", getenv("MOED_GPU_TILE_GROUP"));
-	const char *dependent = getenv("MOED_GPU_DEPENDENT_LAUNCH");
-	if (dependent && *dependent && strcmp(dependent, "0") && strcmp(dependent, "1"))
-		return moed_error_set(err, -EINVAL, "MOED_GPU_DEPENDENT_LAUNCH=%s: wants 0 (off) or 1 (on)",
-				      dependent);
+	/* The dependent launch's switch is checked here and read by the launches
+	 * (moe_mma.hip), the benchmark's as the backend's. */
+	bool dependent, trace, inject;
+	if ((r = env_switch("MOED_GPU_DEPENDENT_LAUNCH", true, &dependent, err)) < 0 ||
+	    (r = env_switch("MOED_HIP_TRACE", false, &trace, err)) < 0 ||
+	    (r = env_switch("MOED_HIP_INJECT_FAULT", false, &inject, err)) < 0)
+		return r;
 	struct moed_backend *b = (struct moed_backend *)calloc(1, sizeof(*b));
 	if (!b)
 		return moed_error_set(err, -ENOMEM, "out of memory");
@@ -214,9 +230,8 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->forced = forced;
 	b->tile_group = (uint32_t)tile_group;
 	pthread_mutex_init(&b->notify_lock, NULL);
-	const char *inject = getenv("MOED_HIP_INJECT_FAULT"), *trace = getenv("MOED_HIP_TRACE");
-	b->inject_fault = inject && !strcmp(inject, "1");
-	b->trace = trace && !strcmp(trace, "1");
+	b->inject_fault = inject;
+	b->trace = trace;
 	*out = b;
 	return 0;
 }
