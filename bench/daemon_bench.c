@@ -204,9 +204,8 @@ struct shape {
 	const double *anchor_us; /* TARGETS.md's anchor at target_ms[] (full-size layers) */
 };
 
-/* log(floor / full) over the GPU rows, for the geometric means TARGETS.md asks for. */
-static double log_all, log_small, log_big;
-static int rows_all, rows_small, rows_big;
+/* floor / full over the GPU rows */
+static struct target_means full_means;
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -281,14 +280,8 @@ static void moe_rows(const struct shape *s, const unsigned *ms, int nm, double b
 		if (anchor > 0)
 			printf(" %9.0f %8.2fx", anchor, anchor / full[REPS / 2]);
 		printf("\n");
-		if (gpu && floor_us > 0) {
-			const double l = log(floor_us / full[REPS / 2]);
-			log_all += l, rows_all++;
-			if (p.m <= 64)
-				log_small += l, rows_small++;
-			if (p.m >= 256)
-				log_big += l, rows_big++;
-		}
+		if (gpu && floor_us > 0)
+			target_means_add(&full_means, p.m, floor_us / full[REPS / 2]);
 		fflush(stdout);
 		moed_arena_free(c, x);
 		moed_arena_free(c, out);
@@ -405,11 +398,8 @@ int main(int argc, char **argv)
 		stop_daemon();
 		/* "vs anchor" sets the whole path (copies, sorting, the daemon) against the
 		 * anchor's kernels alone, as TARGETS.md asks of the full path. */
-		if (rows_all)
-			printf("  geometric mean of floor/full over the %d rows: all %.3f (target 0.90), "
-			       "M <= 64 %.3f (0.95), M >= 256 %.3f (0.85)\n",
-			       rows_all, exp(log_all / rows_all), rows_small ? exp(log_small / rows_small) : 0.0,
-			       rows_big ? exp(log_big / rows_big) : 0.0);
+		if (full_means.all)
+			target_means_print(&full_means, "  ", "floor/full");
 	} else if (moe) {
 		const char *how = "";
 		const double bw = copy_bandwidth(), rate = matmul_rate(&how);

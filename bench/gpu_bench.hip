@@ -134,13 +134,34 @@ static double now_us(void)
 	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
+/* The median over `reps` runs of `queue` (work it queues on st), timed by events, in us. */
+template <class Queue>
+static double median_us(int reps, hipStream_t st, cudaEvent_t e0, cudaEvent_t e1, Queue queue)
+{
+	float *t = (float *)malloc(reps * sizeof(float));
+	for (int r = 0; r < reps; r++) {
+		cudaEventRecord(e0, st);
+		queue();
+		cudaEventRecord(e1, st);
+		cudaEventSynchronize(e1);
+		cudaEventElapsedTime(&t[r], e0, e1);
+	}
+	qsort(t, reps, sizeof(float), cmp_f);
+	const double us = t[reps / 2] * 1e3;
+	free(t);
+	return us;
+}
+
 int main(int argc, char **argv)
 {
 	const int reps = argc > 1 ? atoi(argv[1]) : 30;
 	/* A kernel by name (warp, mma16, ...) instead of the plan's, for comparisons. */
 	const int forced = argc > 2 ? moe_gpu_kernel_by_name(argv[2]) : -1;
 	if (argc > 2 && forced < 0) {
-		fprintf(stderr, "usage: %s [repetitions [warp|mma16|mma64|mma128|wgmma128|wgmma128w|wgmma128p|wgmma128wn]]\n", argv[0]);
+		fprintf(stderr, "usage: %s [repetitions [KERNEL]]; KERNEL: one of", argv[0]);
+		for (int k = 0; k < MOE_GPU_KERNELS; k++)
+			fprintf(stderr, " %s", moe_gpu_kernel_name((enum moe_gpu_kernel)k));
+		fprintf(stderr, "\n");
 		return 2;
 	}
 	if (forced >= 0 && !moe_gpu_kernel_usable((enum moe_gpu_kernel)forced)) {
@@ -218,8 +239,7 @@ int main(int argc, char **argv)
 	       "kernel us", "launched", "w/ sort", "floor/t", "anchor us", "vs anchor", "torch us",
 	       "vs torch", "kernel");
 
-	double log_sum = 0, log_small = 0, log_big = 0;
-	int rows = 0, small = 0, big = 0;
+	struct target_means means = {};
 	for (const struct target_model &md : target_models) {
 		const size_t w13n = (size_t)md.e * 2 * md.i * md.h, w2n = (size_t)md.e * md.h * md.i;
 		uint16_t *w13, *w2, *x, *out;
@@ -296,16 +316,9 @@ int main(int argc, char **argv)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));
 			/* Kernel by kernel, as the backend launches them... */
-			float *t = (float *)malloc(reps * sizeof(float));
-			for (int r = 0; r < reps; r++) {
-				cudaEventRecord(e0, st);
+			const double launched = median_us(reps, st, e0, e1, [&] {
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
-				cudaEventRecord(e1, st);
-				cudaEventSynchronize(e1);
-				cudaEventElapsedTime(&t[r], e0, e1);
-			}
-			qsort(t, reps, sizeof(float), cmp_f);
-			const double launched = t[reps / 2] * 1e3;
+			});
 			/* ...and as one graph (no launch gaps: how the anchor was timed). */
 			cudaGraph_t graph;
 			cudaGraphExec_t exec;
@@ -314,19 +327,10 @@ int main(int argc, char **argv)
 			CHECK(cudaStreamEndCapture(st, &graph));
 			CHECK(cudaGraphInstantiate(&exec, graph, 0));
 			CHECK(cudaGraphLaunch(exec, st));
-			for (int r = 0; r < reps; r++) {
-				cudaEventRecord(e0, st);
-				CHECK(cudaGraphLaunch(exec, st));
-				cudaEventRecord(e1, st);
-				cudaEventSynchronize(e1);
-				cudaEventElapsedTime(&t[r], e0, e1);
-			}
+			const double kern = median_us(reps, st, e0, e1, [&] { CHECK(cudaGraphLaunch(exec, st)); });
 			CHECK(cudaGraphExecDestroy(exec));
 			CHECK(cudaGraphDestroy(graph));
-			qsort(t, reps, sizeof(float), cmp_f);
-			const double kern = t[reps / 2] * 1e3;
 			last_us = kern;
-			free(t);
 			const double bytes = (double)rt.used_experts * 3 * md.i * md.h * 2 + 2.0 * m * md.h * 2;
 			const double flops = 2.0 * pairs * 3 * md.i * md.h;
 			const double floor_us = fmax(bytes / bw, flops / rate) * 1e6;
@@ -335,11 +339,7 @@ int main(int argc, char **argv)
 			printf("%-14s %5u %9.0f %9.0f %9.0f %9.0f %7.2f %9.0f %7.2fx %9.0f %7.1fx %s\n",
 			       md.name, m, floor_us, kern, launched, kern + t_sort, ratio, anchor, anchor / kern, torch,
 			       torch / (kern + t_sort), moe_gpu_kernel_name(plan.kernel));
-			log_sum += log(ratio), rows++;
-			if (m <= 64)
-				log_small += log(ratio), small++;
-			if (m >= 256)
-				log_big += log(ratio), big++;
+			target_means_add(&means, m, ratio);
 		}
 		moe_routing_free(&rt);
 		free(ids);
@@ -349,14 +349,11 @@ int main(int argc, char **argv)
 			CHECK(hipFree(p));
 		CHECK(hipHostFree(stage));
 	}
-	if (!rows) {
+	if (!means.all) {
 		fprintf(stderr, "MOED_BENCH_ONLY=%s names no row timed (model:M, e.g. Qwen3-30B-A3B:1)\n",
 			getenv("MOED_BENCH_ONLY") ? getenv("MOED_BENCH_ONLY") : "");
 		return 2;
 	}
-	printf("geometric mean of floor/time over the %d rows timed: all %.3f (target 0.90), "
-	       "M <= 64 %.3f (target 0.95), M >= 256 %.3f (target 0.85)\n",
-	       rows, exp(log_sum / rows), small ? exp(log_small / small) : 0.0,
-	       big ? exp(log_big / big) : 0.0);
+	target_means_print(&means, "", "floor/time");
 	return 0;
 }

@@ -2,12 +2,14 @@
 /*
  * TARGETS.md's GPU rows, for the benchmarks that time them (moed-gpu-bench, the kernels;
  * moed-daemon-bench -b hip, the whole path): the three model shapes, the token counts,
- * and the anchor's time on an H100 at each.
+ * the anchor's time on an H100 at each, and the geometric means the targets are set on.
  */
 #ifndef MOED_BENCH_TARGETS_H
 #define MOED_BENCH_TARGETS_H
 
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define TARGET_ROWS 7 /* token counts a model */
 
@@ -24,5 +26,31 @@ static const struct target_model target_models[3] = {
 	{ "Qwen3-30B-A3B", 128, 8, 2048, 768, { 49, 117, 283, 408, 449, 536, 971 } },
 	{ "DeepSeek-V3", 256, 8, 7168, 2048, { 261, 935, 2812, 6222, 7455, 7938, 10189 } },
 };
+
+/* The geometric means of floor over time that TARGETS.md asks for: over every row, the
+ * rows of M <= 64 and those of M >= 256. */
+struct target_means {
+	double log_all, log_small, log_big;
+	int all, small, big;
+};
+
+static inline void target_means_add(struct target_means *t, uint32_t m, double floor_over_time)
+{
+	const double l = log(floor_over_time);
+	t->log_all += l, t->all++;
+	if (m <= 64)
+		t->log_small += l, t->small++;
+	if (m >= 256)
+		t->log_big += l, t->big++;
+}
+
+/* One line: "geometric mean of `what` over the N rows: all ... M >= 256 ..." */
+static inline void target_means_print(const struct target_means *t, const char *indent, const char *what)
+{
+	printf("%sgeometric mean of %s over the %d rows: all %.3f (target 0.90), M <= 64 %.3f "
+	       "(target 0.95), M >= 256 %.3f (target 0.85)\n",
+	       indent, what, t->all, t->all ? exp(t->log_all / t->all) : 0.0,
+	       t->small ? exp(t->log_small / t->small) : 0.0, t->big ? exp(t->log_big / t->big) : 0.0);
+}
 
 #endif
