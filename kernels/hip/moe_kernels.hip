@@ -312,8 +312,14 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 		p.kernel = MOE_GPU_MMA16;
 	else if (most_pairs <= 64)
 		p.kernel = MOE_GPU_MMA64;
+	else if (!wgmma_runs())
+		p.kernel = MOE_GPU_MMA128;
 	else
-		p.kernel = wgmma_runs() ? MOE_GPU_WGMMA128W : MOE_GPU_MMA128;
+		/* The down GEMM's K is I: where it is short, one wgmma128w block an SM spends much
+		 * of each tile on its prologue and epilogue, which two wgmma128 blocks an SM
+		 * overlap (Qwen3, I = 768: down GEMM 154 -> 138 us at M = 1024, 320 -> 305 at
+		 * M = 4096; longer I mixed: bench/RESULTS.md, version 9). */
+		p.kernel = inter <= 1024 ? MOE_GPU_WGMMA128WN : MOE_GPU_WGMMA128W;
 	p.tile = tiles[p.kernel];
 #endif
 	return p;

@@ -831,12 +831,6 @@ template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t
 	return e;
 }
 
-// The down GEMM's K is I. Where it is short, one wgmma128w block an SM spends much of
-// each tile on its prologue and epilogue, which two wgmma128 blocks an SM overlap: Qwen3
-// (I = 768, 12 k-tiles) down GEMM 154 -> 138 us at M = 1024, 320 -> 305 at M = 4096
-// (bench/RESULTS.md, version 9). Longer K is not measured yet: stays wide.
-constexpr uint32_t kNarrowDownMaxK = 1024;
-
 template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stream)
 {
 	switch (a.kernel) {
@@ -844,9 +838,7 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 	case MOE_GPU_MMA64: return launch<Shape64, Shape64, kBf16>(a, stream);
 	case MOE_GPU_MMA128: return launch<Shape128, Shape128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128: return launch<ShapeWg128, ShapeWg128, kBf16>(a, stream);
-	case MOE_GPU_WGMMA128W:
-		return a.inter <= kNarrowDownMaxK ? launch<ShapeWg128W, ShapeWg128, kBf16>(a, stream)
-						  : launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
+	case MOE_GPU_WGMMA128W: return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128WN: return launch<ShapeWg128W, ShapeWg128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
