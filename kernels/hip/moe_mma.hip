@@ -38,6 +38,9 @@ extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *, void *)
 
 #else
 
+#include <cuda.h> // the TMA's tensor maps (types only: the encoder comes through the runtime)
+#include <cudaTypedefs.h>
+
 namespace {
 
 using namespace moe;
@@ -433,16 +436,24 @@ template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
 // column block of every tile: the A rows of all tiles went through L2 once per column
 // block (Mixtral M = 4096: 112 times).
 // (1: a tile's column blocks together; the grid's width: x-major, as launched.)
+// work_item: the (tile, column block) of the order-th block to start, or the persistent
+// kernel's order-th work item.
+__device__ __forceinline__ void work_item(uint64_t order, uint32_t tiles, uint32_t column_blocks,
+					  uint32_t group_tiles, uint32_t &tile, uint32_t &column_block)
+{
+	const uint64_t per_group = (uint64_t)group_tiles * column_blocks;
+	const uint32_t group = (uint32_t)(order / per_group);
+	const uint32_t first = group * group_tiles, left = tiles - first;
+	const uint32_t in_group = left < group_tiles ? left : group_tiles; // the last may be short
+	const uint32_t within = (uint32_t)(order - group * per_group);
+	tile = first + within % in_group;
+	column_block = within / in_group;
+}
+
 __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile, uint32_t &column_block)
 {
-	const uint64_t order = (uint64_t)blockIdx.y * gridDim.x + blockIdx.x;
-	const uint64_t per_group = (uint64_t)group_tiles * gridDim.y;
-	const uint32_t group = (uint32_t)(order / per_group);
-	const uint32_t first = group * group_tiles, left = gridDim.x - first;
-	const uint32_t tiles = left < group_tiles ? left : group_tiles; // the last group may be short
-	const uint32_t within = (uint32_t)(order - group * per_group);
-	tile = first + within % tiles;
-	column_block = within / tiles;
+	work_item((uint64_t)blockIdx.y * gridDim.x + blockIdx.x, gridDim.x, gridDim.y, group_tiles, tile,
+		  column_block);
 }
 
 template <class S, bool kGateUp, bool kBf16>
@@ -591,23 +602,60 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
 		     : "memory");
 }
 
+// The tensor-memory accelerator (TMA, sm_90): one thread asks for a whole box of a 2-D
+// tensor; it lands in shared memory in the 128-byte swizzle the wgmma descriptors read,
+// zero-filled where it lies outside the tensor, and counts its bytes off the barrier's
+// expected transaction count, which this thread's arrival sets.
+__device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes)
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(
+			     bar),
+		     "r"(bytes)
+		     : "memory");
+#else
+	(void)bar, (void)bytes;
+#endif
+}
+
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap &map, uint32_t k, uint32_t row,
+					 uint32_t bar)
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+		     "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+		     "l"((uint64_t)&map), "r"(k), "r"(row), "r"(bar)
+		     : "memory");
+#else
+	(void)dst, (void)map, (void)k, (void)row, (void)bar;
+#endif
+}
+
 // The persistent, warp-specialised variant of wgmma128w (forced only until measured:
 // MOED_GPU_KERNEL=wgmma128p). One block an SM walks the (tile, column block) work items
-// with a stride of the grid, tiles fastest as the other kernels' grids run. Warpgroup 0
-// loads: it waits for a stage to be empty, copies it with cp.async, and hands the stage
-// it copied one step earlier to the math once its own copies have landed (and have been
-// fenced for the async proxy that wgmma reads through), so two stages are in flight
-// per loader and it never blocks holding a stage that the math is waiting for.
-// Warpgroups 1 and 2 compute the tile's two halves of 64 pairs by 256 weight rows, keep
-// one wgmma group in flight, release each stage when its math is done, and write their
-// results from registers while the loaders already fill the next work item's stages.
+// with a stride of the grid, in the order of the other kernels' tile groups (work_item).
+// Warpgroup 0 loads; its first thread has the TMA fetch the weight tile (and, for the down
+// GEMM, the A tile: act's rows are contiguous) as two boxes of 128 rows: a gated expert's
+// gate rows and the matching up rows, or 256 consecutive rows. The gate/up GEMM's A rows
+// are gathered from x, which the TMA cannot do on Hopper: all 128 threads copy them with
+// cp.async and hand each stage to the math one step later, once their own copies have
+// landed and been fenced for the async proxy (two stages in flight per thread), so the
+// stage's "full" barrier counts 128 such arrivals and the TMA's. Warpgroups 1 and 2
+// compute the tile's two halves of 64 pairs by 256 weight rows, keep one wgmma group in
+// flight, release each stage when its math is done, and write their results from
+// registers while the loaders already fill the next work item's stages.
 using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
 constexpr int kWsLoaders = 128;
 constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
 constexpr int kWsSmem = ShapeWs::kSmem + 2 * ShapeWs::kStages * 8;
+constexpr uint32_t kBoxRows = 128;                            // rows of one TMA box
+constexpr uint32_t kBoxBytes = kBoxRows * kBK * 2;            // 16 KiB
+static_assert(ShapeWs::BN == 2 * kBoxRows && ShapeWs::BM == kBoxRows, "two weight boxes, one A box");
 
 template <bool kGateUp, bool kBf16>
-__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const struct moe_gpu_args a, uint32_t items)
+__global__ void __launch_bounds__(kWsThreads, 1)
+	ws_kernel(const struct moe_gpu_args a, uint32_t items, const __grid_constant__ CUtensorMap map_a,
+		  const __grid_constant__ CUtensorMap map_w)
 {
 #ifdef MOED_HAVE_WGMMA
 	using S = ShapeWs;
@@ -616,51 +664,82 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const struct moe_gpu_
 	const uint32_t base = smem_address(smem);
 	const uint32_t full = base + S::kSmem, empty = full + 8 * kStages; // 8-byte barriers
 	const int tid = threadIdx.x;
-	if (tid == 0)
+	if (tid == 0) {
 		for (uint32_t s = 0; s < kStages; s++) {
-			mbar_init(full + 8 * s, kWsLoaders);
+			mbar_init(full + 8 * s, kGateUp ? kWsLoaders + 1 : 1);
 			mbar_init(empty + 8 * s, S::kThreads); // every computing thread, no divergence
 		}
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); // for the TMA
+	}
 	__syncthreads(); // the only block-wide barrier: the roles part here
 	const uint32_t K = kGateUp ? a.hidden : a.inter, ktiles = (K + kBK - 1) / kBK;
-	const uint32_t cols = kGateUp && a.gated ? S::BN / 2 : S::BN; // output columns an item
+	const uint32_t N = kGateUp ? a.inter : a.hidden;
+	const bool gated = kGateUp && a.gated;
+	const uint32_t cols = gated ? S::BN / 2 : S::BN; // output columns an item
+	const uint32_t column_blocks = (N + cols - 1) / cols;
 	// Use g (counted over all of this block's k-tiles) of stage g % kStages is the
 	// barriers' phase g / kStages: the loaders wait for the previous phase's release.
 	if (tid < kWsLoaders) {
+		// Registers move from the loading warpgroup to the computing ones (128 accumulators
+		// a thread): 128 x 56 + 256 x 224 of the SM's 65536.
+		asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
 		if constexpr (kGateUp)
 			let_dependents_launch();
 		else
 			wait_for_prerequisite_grid();
-		TileLoader<S, kWsLoaders, kGateUp> loader;
+		if (!kGateUp && tid != 0)
+			return; // the down GEMM's loads are all the TMA's
+		TileLoader<S, kWsLoaders, true> gather; // the gate/up GEMM's A rows
 		uint32_t g = 0;
 		for (uint32_t item = blockIdx.x; item < items; item += gridDim.x) {
-			const uint32_t tile = item % a.tiles;
-			loader.init(a, a.tile_first[tile], a.tile_count[tile], a.tile_expert[tile],
-				    item / a.tiles * cols, tid);
+			uint32_t tile, column_block;
+			work_item(item, a.tiles, column_blocks, a.tile_group, tile, column_block);
+			const uint32_t first = a.tile_first[tile], e = a.tile_expert[tile];
+			const uint32_t n0 = column_block * cols;
+			// The weight boxes' first rows in the [experts * rows, K] tensor.
+			const uint32_t w_rows = gated ? 2 * a.inter : N;
+			const uint32_t row_lo = e * w_rows + n0;
+			const uint32_t row_hi = gated ? row_lo + a.inter : row_lo + kBoxRows;
+			if constexpr (kGateUp)
+				gather.init(a, first, a.tile_count[tile], e, n0, tid);
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
 				const uint32_t s = g % kStages, stage = base + s * S::kStageBytes;
+				const uint32_t k0 = kt * kBK;
 				mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
-				loader.load_a(stage, kt * kBK);
-				loader.load_b(stage, kt * kBK);
-				copy_commit();
-				if (g > 0) {
-					copy_wait<1>();
-					fence_proxy_async();
-					mbar_arrive(full + 8 * ((g - 1) % kStages));
+				if (tid == 0) {
+					const uint32_t bar = full + 8 * s;
+					mbar_arrive_expect(bar, kGateUp ? 2 * kBoxBytes : 3 * kBoxBytes);
+					if constexpr (!kGateUp)
+						tma_load(stage, map_a, k0, first, bar);
+					tma_load(stage + S::kABytes, map_w, k0, row_lo, bar);
+					tma_load(stage + S::kABytes + kBoxBytes, map_w, k0, row_hi, bar);
+				}
+				if constexpr (kGateUp) {
+					gather.load_a(stage, k0);
+					copy_commit();
+					if (g > 0) {
+						copy_wait<1>();
+						fence_proxy_async();
+						mbar_arrive(full + 8 * ((g - 1) % kStages));
+					}
 				}
 			}
 		}
-		copy_wait<0>();
-		fence_proxy_async();
-		if (g > 0)
-			mbar_arrive(full + 8 * ((g - 1) % kStages));
+		if constexpr (kGateUp) {
+			copy_wait<0>();
+			fence_proxy_async();
+			if (g > 0)
+				mbar_arrive(full + 8 * ((g - 1) % kStages));
+		}
 		return;
 	}
+	asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 	const int ctid = tid - kWsLoaders, lane = ctid % kWarp, warp = ctid / kWarp;
 	float acc[S::kMT][S::kNT][4];
 	uint32_t g = 0;
 	for (uint32_t item = blockIdx.x; item < items; item += gridDim.x) {
-		const uint32_t tile = item % a.tiles;
+		uint32_t tile, column_block;
+		work_item(item, a.tiles, column_blocks, a.tile_group, tile, column_block);
 #pragma unroll
 		for (int nt = 0; nt < S::kNT; nt++)
 			acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0;
@@ -684,10 +763,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const struct moe_gpu_
 		if (ktiles > 0)
 			mbar_arrive(empty + 8 * ((g - 1) % kStages));
 		store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], a.tile_count[tile],
-					      item / a.tiles * cols, warp, 0, lane);
+					      column_block * cols, warp, 0, lane);
 	}
 #else
-	(void)a, (void)items;
+	(void)a, (void)items, (void)map_a, (void)map_w;
 	__trap();
 #endif
 }
@@ -809,6 +888,40 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
 }
 
+// cuTensorMapEncodeTiled, from the driver through the runtime (the module links no
+// driver library); NULL where the driver has none.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder()
+{
+	static PFN_cuTensorMapEncodeTiled_v12000 encode;
+	static bool asked;
+	if (!asked) {
+		cudaDriverEntryPointQueryResult found;
+		void *fn = nullptr;
+		if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+						     &found) == cudaSuccess &&
+		    found == cudaDriverEntryPointSuccess)
+			encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+		asked = true;
+	}
+	return encode;
+}
+
+// The TMA's view of a [rows, k] matrix of 16-bit values (k contiguous, a multiple of 8):
+// boxes of 128 rows by 64 k-values, 128-byte swizzled as the kernels' tiles are, zeros
+// outside.
+cudaError_t tensor_map(CUtensorMap *map, const void *base, uint64_t rows, uint64_t k)
+{
+	const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+	if (!encode)
+		return cudaErrorNotSupported;
+	const cuuint64_t dims[2] = {k, rows}, strides[1] = {k * 2};
+	const cuuint32_t box[2] = {kBK, kBoxRows}, steps[2] = {1, 1};
+	const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, (void *)base, dims, strides, box,
+				  steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+				  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+	return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // The persistent kernel: a block an SM (at most one per work item), never split.
 template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 {
@@ -819,15 +932,26 @@ template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t
 		raised = allow_smem<ws_kernel<false, kBf16>, kWsSmem>();
 	if (raised != cudaSuccess)
 		return (int)raised;
+	// The weights as [experts * rows, K], the down GEMM's A (act) as [pairs, I].
+	const uint64_t pairs = (uint64_t)a.tokens * a.topk, w13_rows = a.gated ? 2 * (uint64_t)a.inter : a.inter;
+	CUtensorMap w13_map, w2_map, act_map;
+	cudaError_t mapped = tensor_map(&w13_map, a.w13, a.experts * w13_rows, a.hidden);
+	if (mapped == cudaSuccess)
+		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter);
+	if (mapped == cudaSuccess)
+		mapped = tensor_map(&act_map, a.act, pairs, a.inter);
+	if (mapped != cudaSuccess)
+		return (int)mapped;
 	const uint32_t sms = sm_count(), gate_cols = a.gated ? ShapeWs::BN / 2 : ShapeWs::BN;
 	const uint32_t items1 = a.tiles * ((a.inter + gate_cols - 1) / gate_cols);
 	const uint32_t items2 = a.tiles * ((a.hidden + ShapeWs::BN - 1) / ShapeWs::BN);
 	a.y_io = 1;
+	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	int e = launch_on(gate_up, dim3(items1 < sms ? items1 : sms), kWsThreads, kWsSmem, false, stream, a,
-			  items1);
+			  items1, act_map, w13_map);
 	if (!e)
 		e = launch_on(down, dim3(items2 < sms ? items2 : sms), kWsThreads, kWsSmem, true, stream, a,
-			      items2);
+			      items2, act_map, w2_map);
 	return e;
 }
 
