@@ -740,6 +740,18 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	for (uint32_t item = blockIdx.x; item < items; item += gridDim.x) {
 		uint32_t tile, column_block;
 		work_item(item, a.tiles, column_blocks, a.tile_group, tile, column_block);
+		const uint32_t count = a.tile_count[tile];
+		if ((uint32_t)(warp / 4 * 64) >= count) {
+			// None of this warpgroup's 64 rows is in the tile (an expert's short last
+			// tile): it only passes the stages on, and the other warpgroup's math has
+			// the matrix units to itself. It waits for each stage to fill, as the
+			// others do, so that it releases each phase once.
+			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
+				mbar_wait(full + 8 * (g % kStages), g / kStages & 1);
+				mbar_arrive(empty + 8 * (g % kStages));
+			}
+			continue;
+		}
 #pragma unroll
 		for (int nt = 0; nt < S::kNT; nt++)
 			acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0;
@@ -762,8 +774,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		fence_operands<S::BN / 2>(&acc[0][0][0]);
 		if (ktiles > 0)
 			mbar_arrive(empty + 8 * ((g - 1) % kStages));
-		store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], a.tile_count[tile],
-					      column_block * cols, warp, 0, lane);
+		store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols, warp, 0,
+					      lane);
 	}
 #else
 	(void)a, (void)items, (void)map_a, (void)map_w;
