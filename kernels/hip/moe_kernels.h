@@ -21,11 +21,12 @@ enum moe_gpu_kernel {
 	MOE_GPU_MMA128, /* matrix units, tiles of 128 pairs: prefill */
 	MOE_GPU_WGMMA128,  /* Hopper's wgmma (sm_90a builds on an sm_90 card), tiles of 128
 			      pairs by 128 weight rows: prefill there */
-	MOE_GPU_WGMMA128W, /* the same, tiles of 128 pairs by 256 weight rows */
-	MOE_GPU_WGMMA128P, /* the same tiles in a persistent, warp-specialised kernel (forced
-			      only, until measured: MOED_GPU_KERNEL=wgmma128p) */
-	MOE_GPU_WGMMA128WN, /* wgmma128w's gate/up GEMM, wgmma128's down GEMM: prefill where
-			       I (the down GEMM's K) is short */
+	MOE_GPU_WGMMA128W, /* the same, tiles of 128 pairs by 256 weight rows (forced only
+			      since wgmma128p) */
+	MOE_GPU_WGMMA128P, /* the same tiles in a persistent, warp-specialised kernel whose
+			      weight tiles the TMA fetches: prefill on Hopper */
+	MOE_GPU_WGMMA128WN, /* wgmma128w's gate/up GEMM, wgmma128's down GEMM (forced only
+			       since wgmma128p) */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };

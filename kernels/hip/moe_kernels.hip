@@ -315,11 +315,11 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 	else if (!wgmma_runs())
 		p.kernel = MOE_GPU_MMA128;
 	else
-		/* The down GEMM's K is I: where it is short, one wgmma128w block an SM spends much
-		 * of each tile on its prologue and epilogue, which two wgmma128 blocks an SM
-		 * overlap (Qwen3, I = 768: down GEMM 154 -> 138 us at M = 1024, 320 -> 305 at
-		 * M = 4096; longer I mixed: bench/RESULTS.md, version 9). */
-		p.kernel = inter <= 1024 ? MOE_GPU_WGMMA128WN : MOE_GPU_WGMMA128W;
+		/* The persistent kernel, its weight tiles fetched by the TMA, against wgmma128w
+		 * (wgmma128wn where I <= 1024), same run: Mixtral M = 256 / 1024 / 4096 811 / 1714
+		 * / 5872 -> 758 / 1532 / 5321 us, Qwen3 M = 4096 926 -> 887, within 2% on Qwen3
+		 * M = 1024 and DeepSeek-V3 M = 4096 (bench/RESULTS.md, version 10). */
+		p.kernel = MOE_GPU_WGMMA128P;
 	p.tile = tiles[p.kernel];
 #endif
 	return p;

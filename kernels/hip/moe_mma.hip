@@ -20,7 +20,8 @@
 // one ldmatrix reads at a given k fall in eight different bank groups. The same layout is
 // Hopper's 128-byte swizzle, so the wgmma variants (sm_90a builds: ShapeWg128, ShapeWg128W
 // and the persistent ws_kernel) read the tiles through descriptors with no ldmatrix,
-// sharing the loading (TileLoader) and the epilogue (store_tile).
+// sharing the loading (TileLoader) and the epilogue (store_tile); it is also the layout
+// the TMA writes with its 128-byte swizzle (ws_kernel's weight tiles).
 // AMD builds compile none of this (AMD's matrix-unit kernels are moe_mfma.hip); the plan
 // never picks these kernels there.
 #include <stdint.h>
@@ -631,8 +632,8 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap &map, u
 #endif
 }
 
-// The persistent, warp-specialised variant of wgmma128w (forced only until measured:
-// MOED_GPU_KERNEL=wgmma128p). One block an SM walks the (tile, column block) work items
+// The persistent, warp-specialised variant of wgmma128w, the plan's prefill kernel on
+// Hopper (wgmma128p). One block an SM walks the (tile, column block) work items
 // with a stride of the grid, in the order of the other kernels' tile groups (work_item).
 // Warpgroup 0 loads; its first thread has the TMA fetch the weight tile (and, for the down
 // GEMM, the A tile: act's rows are contiguous) as two boxes of 128 rows: a gated expert's
@@ -934,7 +935,8 @@ cudaError_t tensor_map(CUtensorMap *map, const void *base, uint64_t rows, uint64
 	return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// The persistent kernel: a block an SM (at most one per work item), never split.
+// The persistent kernel: a block an SM (at most one per work item), never split; where
+// the TMA cannot be set up for this job, the same tiles without it (wgmma128w).
 template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 {
 	const auto gate_up = ws_kernel<true, kBf16>;
@@ -952,8 +954,8 @@ template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t
 		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&act_map, a.act, pairs, a.inter);
-	if (mapped != cudaSuccess)
-		return (int)mapped;
+	if (mapped != cudaSuccess) // a driver without the encoder, a misaligned tensor
+		return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
 	const uint32_t sms = sm_count(), gate_cols = a.gated ? ShapeWs::BN / 2 : ShapeWs::BN;
 	const uint32_t items1 = a.tiles * ((a.inter + gate_cols - 1) / gate_cols);
 	const uint32_t items2 = a.tiles * ((a.hidden + ShapeWs::BN - 1) / ShapeWs::BN);
