@@ -27,10 +27,13 @@ enum moe_gpu_kernel {
 			      weight tiles the TMA fetches: prefill on Hopper */
 	MOE_GPU_WGMMA128WN, /* wgmma128w's gate/up GEMM, wgmma128's down GEMM (forced only
 			       since wgmma128p) */
+	MOE_GPU_WGMMA128C, /* wgmma128p in clusters of two blocks, which take an expert's
+			      tiles in pairs and share its weight tiles (TMA multicast; forced
+			      only, until measured: MOED_GPU_KERNEL=wgmma128c) */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };
-#define MOE_GPU_KERNELS 9
+#define MOE_GPU_KERNELS 10
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16

@@ -291,7 +291,7 @@ bool wgmma_runs()
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 					     uint32_t hidden, uint32_t inter, int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 64 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 64 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
@@ -382,6 +382,7 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_WGMMA128W: return "wgmma128w";
 	case MOE_GPU_WGMMA128P: return "wgmma128p";
 	case MOE_GPU_WGMMA128WN: return "wgmma128wn";
+	case MOE_GPU_WGMMA128C: return "wgmma128c";
 	case MOE_GPU_MFMA64: return "mfma64";
 	}
 	return "?";

@@ -39,6 +39,8 @@ extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *, void *)
 
 #else
 
+#include <algorithm>
+
 #include <cuda.h> // the TMA's tensor maps (types only: the encoder comes through the runtime)
 #include <cudaTypedefs.h>
 
@@ -632,6 +634,52 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap &map, u
 #endif
 }
 
+// The same box written to the same place in both blocks of a cluster of two, counted off
+// each block's barrier at the same offset.
+__device__ __forceinline__ void tma_load_both(uint32_t dst, const CUtensorMap &map, uint32_t k, uint32_t row,
+					      uint32_t bar)
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+		     ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+		     "l"((uint64_t)&map), "r"(k), "r"(row), "r"(bar), "h"((uint16_t)3)
+		     : "memory");
+#else
+	(void)dst, (void)map, (void)k, (void)row, (void)bar;
+#endif
+}
+
+// Clusters (sm_90): this block's rank, an arrival on the other block's barrier at the same
+// offset, and the barrier of all the cluster's threads (those that have not exited).
+__device__ __forceinline__ uint32_t cluster_rank()
+{
+	uint32_t r = 0;
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+	return r;
+}
+
+__device__ __forceinline__ void mbar_arrive_peer(uint32_t bar, uint32_t peer)
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+		     "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+		     "r"(peer)
+		     : "memory");
+#else
+	(void)bar, (void)peer;
+#endif
+}
+
+__device__ __forceinline__ void cluster_sync()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+			     : "memory");
+#endif
+}
+
 // The persistent, warp-specialised variant of wgmma128w, the plan's prefill kernel on
 // Hopper (wgmma128p). One block an SM walks the (tile, column block) work items
 // with a stride of the grid, in the order of the other kernels' tile groups (work_item).
@@ -643,41 +691,65 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap &map, u
 // landed and been fenced for the async proxy (two stages in flight per thread), so the
 // stage's "full" barrier counts 128 such arrivals and the TMA's. Warpgroups 1 and 2
 // compute the tile's two halves of 64 pairs by 256 weight rows, keep one wgmma group in
-// flight, release each stage when its math is done, and write their results from
-// registers while the loaders already fill the next work item's stages.
+// flight, release each stage when its math is done (one arrival a warp), and write their
+// results from registers while the loaders already fill the next work item's stages.
+//
+// kPair (wgmma128c): clusters of two blocks walk items of two consecutive tiles, one
+// each, in step. Where both tiles are one expert's, their weight tiles are the same: each
+// block's TMA fetches one of the two boxes for both blocks (multicast), halving the
+// weights' reads from L2. A stage of either block is then written by both, so each block's
+// "empty" barrier counts the computing warps of both blocks, and a block refills a stage
+// only when both have released it. The blocks wait for each other once at the start (the
+// barriers set up) and once at the end (no arrival may reach a block that has exited).
 using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
 constexpr int kWsLoaders = 128;
 constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
 constexpr int kWsSmem = ShapeWs::kSmem + 2 * ShapeWs::kStages * 8;
 constexpr uint32_t kBoxRows = 128;                            // rows of one TMA box
 constexpr uint32_t kBoxBytes = kBoxRows * kBK * 2;            // 16 KiB
+constexpr uint32_t kWsComputeWarps = ShapeWs::kThreads / kWarp;
 static_assert(ShapeWs::BN == 2 * kBoxRows && ShapeWs::BM == kBoxRows, "two weight boxes, one A box");
 
-template <bool kGateUp, bool kBf16>
+template <bool kGateUp, bool kBf16, bool kPair>
 __global__ void __launch_bounds__(kWsThreads, 1)
 	ws_kernel(const struct moe_gpu_args a, uint32_t items, const __grid_constant__ CUtensorMap map_a,
 		  const __grid_constant__ CUtensorMap map_w)
 {
 #ifdef MOED_HAVE_WGMMA
 	using S = ShapeWs;
-	constexpr uint32_t kStages = S::kStages;
+	constexpr uint32_t kStages = S::kStages, kBlocks = kPair ? 2 : 1;
 	extern __shared__ __align__(1024) unsigned char smem[];
 	const uint32_t base = smem_address(smem);
 	const uint32_t full = base + S::kSmem, empty = full + 8 * kStages; // 8-byte barriers
 	const int tid = threadIdx.x;
+	const uint32_t rank = kPair ? cluster_rank() : 0, peer = rank ^ 1;
 	if (tid == 0) {
 		for (uint32_t s = 0; s < kStages; s++) {
 			mbar_init(full + 8 * s, kGateUp ? kWsLoaders + 1 : 1);
-			mbar_init(empty + 8 * s, S::kThreads); // every computing thread, no divergence
+			mbar_init(empty + 8 * s, kBlocks * kWsComputeWarps);
 		}
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); // for the TMA
 	}
-	__syncthreads(); // the only block-wide barrier: the roles part here
+	// The only block-wide barrier: the roles part here.
+	if constexpr (kPair)
+		cluster_sync();
+	else
+		__syncthreads();
 	const uint32_t K = kGateUp ? a.hidden : a.inter, ktiles = (K + kBK - 1) / kBK;
 	const uint32_t N = kGateUp ? a.inter : a.hidden;
 	const bool gated = kGateUp && a.gated;
 	const uint32_t cols = gated ? S::BN / 2 : S::BN; // output columns an item
 	const uint32_t column_blocks = (N + cols - 1) / cols;
+	const uint32_t group_units = (a.tiles + kBlocks - 1) / kBlocks; // tiles, or pairs of them
+	const uint32_t group = kPair ? (a.tile_group + 1) / 2 : a.tile_group;
+	const uint32_t walker = kPair ? blockIdx.x / 2 : blockIdx.x, walkers = gridDim.x / kBlocks;
+	// This block's tile of item `item`, or a.tiles where a pair's second has none.
+	auto item_tile = [&](uint32_t item, uint32_t &tile, uint32_t &column_block) {
+		work_item(item, group_units, column_blocks, group, tile, column_block);
+		tile = tile * kBlocks + rank;
+		if (tile >= a.tiles)
+			tile = a.tiles;
+	};
 	// Use g (counted over all of this block's k-tiles) of stage g % kStages is the
 	// barriers' phase g / kStages: the loaders wait for the previous phase's release.
 	if (tid < kWsLoaders) {
@@ -688,32 +760,41 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			let_dependents_launch();
 		else
 			wait_for_prerequisite_grid();
-		if (!kGateUp && tid != 0)
-			return; // the down GEMM's loads are all the TMA's
 		TileLoader<S, kWsLoaders, true> gather; // the gate/up GEMM's A rows
 		uint32_t g = 0;
-		for (uint32_t item = blockIdx.x; item < items; item += gridDim.x) {
+		for (uint32_t item = walker; (kGateUp || tid == 0) && item < items; item += walkers) {
 			uint32_t tile, column_block;
-			work_item(item, a.tiles, column_blocks, a.tile_group, tile, column_block);
-			const uint32_t first = a.tile_first[tile], e = a.tile_expert[tile];
+			item_tile(item, tile, column_block);
+			const bool real = tile < a.tiles;
+			const uint32_t first = real ? a.tile_first[tile] : 0, e = real ? a.tile_expert[tile] : 0;
 			const uint32_t n0 = column_block * cols;
 			// The weight boxes' first rows in the [experts * rows, K] tensor.
 			const uint32_t w_rows = gated ? 2 * a.inter : N;
 			const uint32_t row_lo = e * w_rows + n0;
 			const uint32_t row_hi = gated ? row_lo + a.inter : row_lo + kBoxRows;
+			// Both tiles one expert's: this block fetches box `rank` for both.
+			bool shared = false;
+			if constexpr (kPair) {
+				const uint32_t other = tile - rank + peer;
+				shared = real && other < a.tiles && a.tile_expert[other] == e;
+			}
 			if constexpr (kGateUp)
-				gather.init(a, first, a.tile_count[tile], e, n0, tid);
+				gather.init(a, first, real ? a.tile_count[tile] : 0, e, n0, tid);
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
 				const uint32_t s = g % kStages, stage = base + s * S::kStageBytes;
 				const uint32_t k0 = kt * kBK;
 				mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
 				if (tid == 0) {
-					const uint32_t bar = full + 8 * s;
+					const uint32_t bar = full + 8 * s, b = stage + S::kABytes;
 					mbar_arrive_expect(bar, kGateUp ? 2 * kBoxBytes : 3 * kBoxBytes);
 					if constexpr (!kGateUp)
 						tma_load(stage, map_a, k0, first, bar);
-					tma_load(stage + S::kABytes, map_w, k0, row_lo, bar);
-					tma_load(stage + S::kABytes + kBoxBytes, map_w, k0, row_hi, bar);
+					if (shared) {
+						tma_load_both(b + rank * kBoxBytes, map_w, k0, rank ? row_hi : row_lo, bar);
+					} else {
+						tma_load(b, map_w, k0, row_lo, bar);
+						tma_load(b + kBoxBytes, map_w, k0, row_hi, bar);
+					}
 				}
 				if constexpr (kGateUp) {
 					gather.load_a(stage, k0);
@@ -732,51 +813,65 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			if (g > 0)
 				mbar_arrive(full + 8 * ((g - 1) % kStages));
 		}
-		return;
-	}
-	asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
-	const int ctid = tid - kWsLoaders, lane = ctid % kWarp, warp = ctid / kWarp;
-	float acc[S::kMT][S::kNT][4];
-	uint32_t g = 0;
-	for (uint32_t item = blockIdx.x; item < items; item += gridDim.x) {
-		uint32_t tile, column_block;
-		work_item(item, a.tiles, column_blocks, a.tile_group, tile, column_block);
-		const uint32_t count = a.tile_count[tile];
-		if ((uint32_t)(warp / 4 * 64) >= count) {
-			// None of this warpgroup's 64 rows is in the tile (an expert's short last
-			// tile): it only passes the stages on, and the other warpgroup's math has
-			// the matrix units to itself. It waits for each stage to fill, as the
-			// others do, so that it releases each phase once.
-			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
-				mbar_wait(full + 8 * (g % kStages), g / kStages & 1);
-				mbar_arrive(empty + 8 * (g % kStages));
+	} else {
+		asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+		const int ctid = tid - kWsLoaders, lane = ctid % kWarp, warp = ctid / kWarp;
+		// A stage done with: one arrival a warp (wgmma_wait is the whole warp's), on both
+		// blocks' barriers in a pair.
+		auto release = [&](uint32_t s) {
+			if (lane == 0) {
+				mbar_arrive(empty + 8 * s);
+				if constexpr (kPair)
+					mbar_arrive_peer(empty + 8 * s, peer);
 			}
-			continue;
-		}
+		};
+		float acc[S::kMT][S::kNT][4];
+		uint32_t g = 0;
+		for (uint32_t item = walker; item < items; item += walkers) {
+			uint32_t tile, column_block;
+			item_tile(item, tile, column_block);
+			const uint32_t count = tile < a.tiles ? a.tile_count[tile] : 0;
+			if ((uint32_t)(warp / 4 * 64) >= count) {
+				// None of this warpgroup's 64 rows is in the tile (an expert's short last
+				// tile, or no tile): it only passes the stages on, and the other
+				// warpgroup's math has the matrix units to itself. It waits for each
+				// stage to fill, as the others do, so that it releases each phase once.
+				for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
+					mbar_wait(full + 8 * (g % kStages), g / kStages & 1);
+					__syncwarp();
+					release(g % kStages);
+				}
+				continue;
+			}
 #pragma unroll
-		for (int nt = 0; nt < S::kNT; nt++)
-			acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0;
-		for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
-			const uint32_t s = g % kStages, as = base + s * S::kStageBytes;
-			mbar_wait(full + 8 * s, g / kStages & 1);
-			const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(as + S::kABytes);
-			fence_operands<S::BN / 2>(&acc[0][0][0]);
-			wgmma_fence();
+			for (int nt = 0; nt < S::kNT; nt++)
+				acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0;
+			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
+				const uint32_t s = g % kStages, as = base + s * S::kStageBytes;
+				mbar_wait(full + 8 * s, g / kStages & 1);
+				const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(as + S::kABytes);
+				fence_operands<S::BN / 2>(&acc[0][0][0]);
+				wgmma_fence();
 #pragma unroll
-			for (int kk = 0; kk < kBK / 16; kk++)
-				wgmma_m64k16<S::BN, kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
-			wgmma_commit();
-			wgmma_wait<1>(); // the math of k-tile g - 1 is done: its stage is free
+				for (int kk = 0; kk < kBK / 16; kk++)
+					wgmma_m64k16<S::BN, kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
+				wgmma_commit();
+				wgmma_wait<1>(); // the math of k-tile g - 1 is done: its stage is free
+				fence_operands<S::BN / 2>(&acc[0][0][0]);
+				if (kt > 0)
+					release((g - 1) % kStages);
+			}
+			wgmma_wait<0>();
 			fence_operands<S::BN / 2>(&acc[0][0][0]);
-			if (kt > 0)
-				mbar_arrive(empty + 8 * ((g - 1) % kStages));
+			if (ktiles > 0)
+				release((g - 1) % kStages);
+			store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols, warp, 0,
+						      lane);
 		}
-		wgmma_wait<0>();
-		fence_operands<S::BN / 2>(&acc[0][0][0]);
-		if (ktiles > 0)
-			mbar_arrive(empty + 8 * ((g - 1) % kStages));
-		store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols, warp, 0,
-					      lane);
+	}
+	if constexpr (kPair) {
+		__syncwarp();
+		cluster_sync(); // the other block's arrivals on this one's barriers are all in
 	}
 #else
 	(void)a, (void)items, (void)map_a, (void)map_w;
@@ -820,21 +915,32 @@ template <auto kKernel, int kBytes> cudaError_t allow_smem()
 // The down GEMM is launched as the gate/up one's programmatic dependent where the card
 // allows: its blocks start while the gate/up grid finishes and stream their first weight
 // stages meanwhile (decode jobs are a few short kernels; this hides one launch's ramp).
+// `cluster` > 1: the grid runs in clusters of that many blocks.
+template <class Kernel, class... Args>
+int launch_clustered(Kernel kernel, dim3 grid, unsigned cluster, int threads, int smem, bool dependent,
+		     cudaStream_t stream, Args... args)
+{
+	cudaLaunchConfig_t config = {};
+	cudaLaunchAttribute attrs[2];
+	config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = smem;
+	config.stream = stream, config.attrs = attrs;
+	if (dependent && dependent_launch()) {
+		attrs[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		attrs[config.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
+	}
+	if (cluster > 1) {
+		attrs[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
+		attrs[config.numAttrs++].val.clusterDim = { cluster, 1, 1 };
+	}
+	const cudaError_t e = cudaLaunchKernelEx(&config, kernel, args...);
+	return (int)(e != cudaSuccess ? e : cudaGetLastError());
+}
+
 template <class Kernel, class... Args>
 int launch_on(Kernel kernel, dim3 grid, int threads, int smem, bool dependent, cudaStream_t stream,
 	      Args... args)
 {
-	cudaLaunchConfig_t config = {};
-	cudaLaunchAttribute early;
-	config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = smem;
-	config.stream = stream;
-	if (dependent && dependent_launch()) {
-		early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-		early.val.programmaticStreamSerializationAllowed = 1;
-		config.attrs = &early, config.numAttrs = 1;
-	}
-	const cudaError_t e = cudaLaunchKernelEx(&config, kernel, args...);
-	return (int)(e != cudaSuccess ? e : cudaGetLastError());
+	return launch_clustered(kernel, grid, 1, threads, smem, dependent, stream, args...);
 }
 
 template <class S, bool kGateUp, bool kBf16>
@@ -935,15 +1041,35 @@ cudaError_t tensor_map(CUtensorMap *map, const void *base, uint64_t rows, uint64
 	return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// The persistent kernel: a block an SM (at most one per work item), never split; where
-// the TMA cannot be set up for this job, the same tiles without it (wgmma128w).
-template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
+// How many clusters of two persistent blocks the card runs at once (0: none).
+template <auto kKernel> uint32_t resident_pairs()
 {
-	const auto gate_up = ws_kernel<true, kBf16>;
-	const auto down = ws_kernel<false, kBf16>;
-	cudaError_t raised = allow_smem<ws_kernel<true, kBf16>, kWsSmem>();
+	static int pairs = -1;
+	if (pairs < 0) {
+		cudaLaunchConfig_t config = {};
+		cudaLaunchAttribute pair;
+		pair.id = cudaLaunchAttributeClusterDimension;
+		pair.val.clusterDim = { 2, 1, 1 };
+		config.gridDim = dim3(2 * sm_count()), config.blockDim = dim3(kWsThreads);
+		config.dynamicSmemBytes = kWsSmem, config.attrs = &pair, config.numAttrs = 1;
+		int n = 0;
+		pairs = allow_smem<kKernel, kWsSmem>() == cudaSuccess &&
+				cudaOccupancyMaxActiveClusters(&n, kKernel, &config) == cudaSuccess ?
+			n : 0;
+	}
+	return (uint32_t)pairs;
+}
+
+// The persistent kernel: a block an SM (at most one per work item), never split, in
+// clusters of two where kPair; where the TMA cannot be set up for this job, or no
+// cluster fits, the same tiles without it (wgmma128w).
+template <bool kBf16, bool kPair> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
+{
+	constexpr auto gate_up = ws_kernel<true, kBf16, kPair>;
+	constexpr auto down = ws_kernel<false, kBf16, kPair>;
+	cudaError_t raised = allow_smem<gate_up, kWsSmem>();
 	if (raised == cudaSuccess)
-		raised = allow_smem<ws_kernel<false, kBf16>, kWsSmem>();
+		raised = allow_smem<down, kWsSmem>();
 	if (raised != cudaSuccess)
 		return (int)raised;
 	// The weights as [experts * rows, K], the down GEMM's A (act) as [pairs, I].
@@ -954,18 +1080,22 @@ template <bool kBf16> int launch_persistent(struct moe_gpu_args &a, cudaStream_t
 		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&act_map, a.act, pairs, a.inter);
-	if (mapped != cudaSuccess) // a driver without the encoder, a misaligned tensor
+	// Blocks (or clusters) running at once.
+	const uint32_t walkers = kPair ? std::min(resident_pairs<gate_up>(), resident_pairs<down>()) : sm_count();
+	if (mapped != cudaSuccess || !walkers) // a driver without the encoder, a misaligned tensor
 		return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
-	const uint32_t sms = sm_count(), gate_cols = a.gated ? ShapeWs::BN / 2 : ShapeWs::BN;
-	const uint32_t items1 = a.tiles * ((a.inter + gate_cols - 1) / gate_cols);
-	const uint32_t items2 = a.tiles * ((a.hidden + ShapeWs::BN - 1) / ShapeWs::BN);
+	const uint32_t units = kPair ? (a.tiles + 1) / 2 : a.tiles; // tiles, or pairs of them
+	const uint32_t gate_cols = a.gated ? ShapeWs::BN / 2 : ShapeWs::BN;
+	const uint32_t items1 = units * ((a.inter + gate_cols - 1) / gate_cols);
+	const uint32_t items2 = units * ((a.hidden + ShapeWs::BN - 1) / ShapeWs::BN);
+	const uint32_t blocks = kPair ? 2 : 1;
 	a.y_io = 1;
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	int e = launch_on(gate_up, dim3(items1 < sms ? items1 : sms), kWsThreads, kWsSmem, false, stream, a,
-			  items1, act_map, w13_map);
+	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kWsSmem,
+				 false, stream, a, items1, act_map, w13_map);
 	if (!e)
-		e = launch_on(down, dim3(items2 < sms ? items2 : sms), kWsThreads, kWsSmem, true, stream, a,
-			      items2, act_map, w2_map);
+		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kWsSmem,
+				     true, stream, a, items2, act_map, w2_map);
 	return e;
 }
 
@@ -978,7 +1108,8 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 	case MOE_GPU_WGMMA128: return launch<ShapeWg128, ShapeWg128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128W: return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128WN: return launch<ShapeWg128W, ShapeWg128, kBf16>(a, stream);
-	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16>(a, stream);
+	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16, false>(a, stream);
+	case MOE_GPU_WGMMA128C: return launch_persistent<kBf16, true>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
 }
