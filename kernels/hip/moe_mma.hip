@@ -649,6 +649,13 @@ __device__ __forceinline__ void tma_load_both(uint32_t dst, const CUtensorMap &m
 #endif
 }
 
+// An arrival on the barrier once all of this thread's cp.async copies so far have landed
+// (counted in the barrier's expected arrivals: noinc).
+__device__ __forceinline__ void copy_arrive(uint32_t bar)
+{
+	asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
 // Clusters (sm_90): this block's rank, an arrival on the other block's barrier at the same
 // offset, and the barrier of all the cluster's threads (those that have not exited).
 __device__ __forceinline__ uint32_t cluster_rank()
@@ -664,7 +671,7 @@ __device__ __forceinline__ void mbar_arrive_peer(uint32_t bar, uint32_t peer)
 {
 #ifdef MOED_HAVE_WGMMA
 	asm volatile("{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-		     "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+		     "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
 		     "r"(peer)
 		     : "memory");
 #else
@@ -687,9 +694,9 @@ __device__ __forceinline__ void cluster_sync()
 // GEMM, the A tile: act's rows are contiguous) as two boxes of 128 rows: a gated expert's
 // gate rows and the matching up rows, or 256 consecutive rows. The gate/up GEMM's A rows
 // are gathered from x, which the TMA cannot do on Hopper: all 128 threads copy them with
-// cp.async and hand each stage to the math one step later, once their own copies have
-// landed and been fenced for the async proxy (two stages in flight per thread), so the
-// stage's "full" barrier counts 128 such arrivals and the TMA's. Warpgroups 1 and 2
+// cp.async, each arriving on the stage's "full" barrier when its copies land (so it
+// counts 128 such arrivals and the TMA's), and the computing threads fence them for the
+// async proxy that wgmma reads through once the stage is full. Warpgroups 1 and 2
 // compute the tile's two halves of 64 pairs by 256 weight rows, keep one wgmma group in
 // flight, release each stage when its math is done (one arrival a warp), and write their
 // results from registers while the loaders already fill the next work item's stages.
@@ -798,21 +805,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				}
 				if constexpr (kGateUp) {
 					gather.load_a(stage, k0);
-					copy_commit();
-					if (g > 0) {
-						copy_wait<1>();
-						fence_proxy_async();
-						mbar_arrive(full + 8 * ((g - 1) % kStages));
-					}
+					copy_arrive(full + 8 * s);
 				}
 			}
 		}
-		if constexpr (kGateUp) {
-			copy_wait<0>();
-			fence_proxy_async();
-			if (g > 0)
-				mbar_arrive(full + 8 * ((g - 1) % kStages));
-		}
+		copy_wait<0>();
 	} else {
 		asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 		const int ctid = tid - kWsLoaders, lane = ctid % kWarp, warp = ctid / kWarp;
@@ -849,6 +846,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
 				const uint32_t s = g % kStages, as = base + s * S::kStageBytes;
 				mbar_wait(full + 8 * s, g / kStages & 1);
+				if constexpr (kGateUp)
+					fence_proxy_async(); // the loaders' copies, for the wgmma's reads
 				const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(as + S::kABytes);
 				fence_operands<S::BN / 2>(&acc[0][0][0]);
 				wgmma_fence();
