@@ -27,9 +27,9 @@ enum moe_gpu_kernel {
 			      weight tiles the TMA fetches: prefill on Hopper */
 	MOE_GPU_WGMMA128WN, /* wgmma128w's gate/up GEMM, wgmma128's down GEMM (forced only
 			       since wgmma128p) */
-	MOE_GPU_WGMMA128C, /* wgmma128p in clusters of two blocks, which take an expert's
-			      tiles in pairs and share its weight tiles (TMA multicast; forced
-			      only, until measured: MOED_GPU_KERNEL=wgmma128c) */
+	MOE_GPU_WGMMA128C, /* wgmma128p in clusters of two blocks, which take tiles in pairs
+			      and share the weight tiles of pairs of one expert (TMA
+			      multicast): prefill on Hopper where an expert has several tiles */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };

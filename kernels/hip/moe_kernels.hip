@@ -317,9 +317,12 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 	else
 		/* The persistent kernel, its weight tiles fetched by the TMA, against wgmma128w
 		 * (wgmma128wn where I <= 1024), same run: Mixtral M = 256 / 1024 / 4096 811 / 1714
-		 * / 5872 -> 758 / 1532 / 5321 us, Qwen3 M = 4096 926 -> 887, within 2% on Qwen3
-		 * M = 1024 and DeepSeek-V3 M = 4096 (bench/RESULTS.md, version 10). */
-		p.kernel = MOE_GPU_WGMMA128P;
+		 * / 5872 -> 758 / 1532 / 5321 us, Qwen3 M = 4096 926 -> 887. Where an expert has
+		 * more than one tile, in clusters that share an expert's weight tiles: against
+		 * wgmma128p, Mixtral M = 1024 / 4096 1569 / 5252 -> 1362 / 4644 us, DeepSeek-V3
+		 * M = 4096 9200 -> 8015; Qwen3 M = 1024 (one tile an expert) 431 -> 455
+		 * (bench/RESULTS.md, version 10). */
+		p.kernel = most_pairs > 128 ? MOE_GPU_WGMMA128C : MOE_GPU_WGMMA128P;
 	p.tile = tiles[p.kernel];
 #endif
 	return p;

@@ -701,13 +701,14 @@ __device__ __forceinline__ void cluster_sync()
 // flight, release each stage when its math is done (one arrival a warp), and write their
 // results from registers while the loaders already fill the next work item's stages.
 //
-// kPair (wgmma128c): clusters of two blocks walk items of two consecutive tiles, one
-// each, in step. Where both tiles are one expert's, their weight tiles are the same: each
-// block's TMA fetches one of the two boxes for both blocks (multicast), halving the
-// weights' reads from L2. A stage of either block is then written by both, so each block's
-// "empty" barrier counts the computing warps of both blocks, and a block refills a stage
-// only when both have released it. The blocks wait for each other once at the start (the
-// barriers set up) and once at the end (no arrival may reach a block that has exited).
+// kPair (wgmma128c, the plan's where an expert has more than one tile): clusters of two
+// blocks walk items of two consecutive tiles, one each, in step. Where both tiles are one
+// expert's, their weight tiles are the same: each block's TMA fetches one of the two
+// boxes for both blocks (multicast), halving the weights' reads from L2. A stage of
+// either block is then written by both, so each block's "empty" barrier counts the
+// computing warps of both blocks, and a block refills a stage only when both have
+// released it. The blocks wait for each other once at the start (the barriers set up)
+// and once at the end (no arrival may reach a block that has exited).
 using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
 constexpr int kWsLoaders = 128;
 constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
