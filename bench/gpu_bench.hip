@@ -174,6 +174,12 @@ int main(int argc, char **argv)
 			getenv("MOED_GPU_TILE_GROUP"));
 		return 2;
 	}
+	const int dependent = moe_gpu_env_switch("MOED_GPU_DEPENDENT_LAUNCH", 1);
+	if (dependent < 0) {
+		fprintf(stderr, "MOED_GPU_DEPENDENT_LAUNCH=%s: wants 0 (off) or 1 (on)\n",
+			getenv("MOED_GPU_DEPENDENT_LAUNCH"));
+		return 2;
+	}
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
 	CHECK(hipStreamCreateWithFlags(&st, hipStreamNonBlocking));
@@ -311,7 +317,7 @@ int main(int argc, char **argv)
 			a.gated = 1, a.scale = 1, a.kernel = plan.kernel;
 			a.x = x;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.blocks_done = blocks_done;
-			a.tile_group = (uint32_t)tile_group;
+			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));

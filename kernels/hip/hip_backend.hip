@@ -79,6 +79,7 @@ struct moed_backend {
 	bool trace;        /* MOED_HIP_TRACE=1 */
 	int forced;        /* MOED_GPU_KERNEL's kernel, or -1 */
 	uint32_t tile_group; /* MOED_GPU_TILE_GROUP's, or the default (moe_gpu_tile_group) */
+	bool serial_launch;  /* MOED_GPU_DEPENDENT_LAUNCH=0 */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
@@ -186,13 +187,10 @@ int forced_kernel(int *out, struct moed_error *err)
 /* A switch from the environment: 0 or 1, `unset` where it is unset or empty. */
 int env_switch(const char *name, bool unset, bool *on, struct moed_error *err)
 {
-	const char *v = getenv(name);
-	*on = unset;
-	if (!v || !*v)
-		return 0;
-	if (strcmp(v, "0") && strcmp(v, "1"))
-		return moed_error_set(err, -EINVAL, "%s=%s: wants 0 (off) or 1 (on)", name, v);
-	*on = v[0] == '1';
+	const int v = moe_gpu_env_switch(name, unset);
+	if (v < 0)
+		return moed_error_set(err, -EINVAL, "%s=%s: wants 0 (off) or 1 (on)", name, getenv(name));
+	*on = v;
 	return 0;
 }
 
@@ -208,8 +206,6 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	if (tile_group < 0)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 "
 				      "to 65536", getenv("MOED_GPU_TILE_GROUP"));
-	/* The dependent launch's switch is checked here and read by the launches
-	 * (moe_mma.hip), the benchmark's as the backend's. */
 	bool dependent, trace, inject;
 	if ((r = env_switch("MOED_GPU_DEPENDENT_LAUNCH", true, &dependent, err)) < 0 ||
 	    (r = env_switch("MOED_HIP_TRACE", false, &trace, err)) < 0 ||
@@ -229,6 +225,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->schema.count = 0;
 	b->forced = forced;
 	b->tile_group = (uint32_t)tile_group;
+	b->serial_launch = !dependent;
 	pthread_mutex_init(&b->notify_lock, NULL);
 	b->inject_fault = inject;
 	b->trace = trace;
@@ -488,6 +485,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.out = c->out.p;
 	a.blocks_done = c->blocks_done;
 	a.tile_group = c->backend->tile_group;
+	a.serial_launch = c->backend->serial_launch;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->kernels, c->stream);

@@ -43,6 +43,14 @@ __device__ __forceinline__ uint16_t f32_to_f16(float f)
 	return __half_as_ushort(__float2half_rn(f));
 }
 
+// Two values as one 32-bit word of 16-bit floats (bf16, else f16), the first in the low
+// half: the 16-bit stores of the kernels' epilogues and of the combine.
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, bool bf16)
+{
+	return bf16 ? (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16
+		    : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
+}
+
 __device__ __forceinline__ float load(const void *base, size_t i, int dtype)
 {
 	if (dtype == MOED_GPU_F32)

@@ -60,6 +60,10 @@ struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 #define MOE_GPU_TILE_GROUP 8
 int moe_gpu_tile_group(void);
 
+/* A 0/1 switch from the environment (MOED_GPU_DEPENDENT_LAUNCH, MOED_HIP_TRACE, ...):
+ * `unset` where the variable is unset or empty, -1 where it says something else. */
+int moe_gpu_env_switch(const char *name, int unset);
+
 /* Device 0's (the backend's) compute capability as 10 * major + minor, read once; 0 on
  * AMD builds or where it cannot be read. */
 int moe_gpu_compute_capability(void);
@@ -100,6 +104,8 @@ struct moe_gpu_args {
 	int fold;                  /* set by the launch: the combine is the down GEMM's (below) */
 	uint32_t tile_group;       /* tiles whose blocks run together (matrix-unit kernels; 0:
 				      MOE_GPU_TILE_GROUP): moe_gpu_tile_group(), read once by the caller */
+	int serial_launch;         /* 1: no programmatic dependent launch of the down GEMM
+				      (MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */
 	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
 				      GEMM of a split K and a small M (decode) adds router-weighted
 				      partial sums into y as [M, H] f32 and its last block writes out

@@ -226,8 +226,7 @@ __device__ __forceinline__ void store8(const struct moe_gpu_args &a, size_t i, c
 	uint32_t packed[4];
 #pragma unroll
 	for (int j = 0; j < 4; j++)
-		packed[j] = bf16 ? (uint32_t)f32_to_bf16(v[2 * j]) | (uint32_t)f32_to_bf16(v[2 * j + 1]) << 16
-				 : (uint32_t)f32_to_f16(v[2 * j]) | (uint32_t)f32_to_f16(v[2 * j + 1]) << 16;
+		packed[j] = pack2(v[2 * j], v[2 * j + 1], bf16);
 	*(uint4 *)((uint16_t *)a.out + i) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
@@ -336,6 +335,14 @@ extern "C" int moe_gpu_tile_group(void)
 	char *end = NULL;
 	const long n = strtol(env, &end, 10);
 	return *end || n < 1 || n > 65536 ? -1 : (int)n;
+}
+
+extern "C" int moe_gpu_env_switch(const char *name, int unset)
+{
+	const char *v = getenv(name);
+	if (!v || !*v)
+		return unset;
+	return !strcmp(v, "0") ? 0 : !strcmp(v, "1") ? 1 : -1;
 }
 
 extern "C" int moe_gpu_compute_capability(void)

@@ -25,8 +25,6 @@
 // AMD builds compile none of this (AMD's matrix-unit kernels are moe_mfma.hip); the plan
 // never picks these kernels there.
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "moe_device.h"
 
@@ -136,12 +134,6 @@ __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0
 		    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
 		    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
 		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <bool kBf16> __device__ __forceinline__ uint32_t pack2(float lo, float hi)
-{
-	return kBf16 ? (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16
-		     : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
 }
 
 // Programmatic dependent launch (sm_90 and later; elsewhere the launch has no such
@@ -372,7 +364,7 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 						continue;
 					if (a.y_io) {
 						((uint32_t *)a.y)[(pos * N + col) / 2] =
-							pack2<kBf16>(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+							pack2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1], kBf16);
 						continue;
 					}
 					float *y = a.y + y_row * N + col; // partial sums over K: y was zeroed
@@ -389,9 +381,10 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 					const uint32_t col = n0 + warp_n * (S::kWarpCols / 2) + nt * 8 + frag_col;
 					const float *g = acc[mt][nt], *u = acc[mt][nt + S::kNT / 2];
 					if (col < N)
-						act[(pos * N + col) / 2] = pack2<kBf16>(
+						act[(pos * N + col) / 2] = pack2(
 							activate(a.activation, s * g[2 * h]) * (s * u[2 * h]),
-							activate(a.activation, s * g[2 * h + 1]) * (s * u[2 * h + 1]));
+							activate(a.activation, s * g[2 * h + 1]) * (s * u[2 * h + 1]),
+							kBf16);
 				}
 			} else {
 #pragma unroll
@@ -399,8 +392,8 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
 					if (col < N)
 						act[(pos * N + col) / 2] =
-							pack2<kBf16>(activate(a.activation, s * acc[mt][nt][2 * h]),
-								     activate(a.activation, s * acc[mt][nt][2 * h + 1]));
+							pack2(activate(a.activation, s * acc[mt][nt][2 * h]),
+							      activate(a.activation, s * acc[mt][nt][2 * h + 1]), kBf16);
 				}
 			}
 		}
@@ -425,8 +418,8 @@ template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
 	const size_t groups = (size_t)a.tokens * a.hidden / 8; // H is a multiple of 8
 	for (size_t g = threadIdx.x; g < groups; g += blockDim.x) {
 		const float4 lo = __ldcg(y + 2 * g), hi = __ldcg(y + 2 * g + 1); // from L2, not L1
-		out[g] = make_uint4(pack2<kBf16>(lo.x, lo.y), pack2<kBf16>(lo.z, lo.w),
-				    pack2<kBf16>(hi.x, hi.y), pack2<kBf16>(hi.z, hi.w));
+		out[g] = make_uint4(pack2(lo.x, lo.y, kBf16), pack2(lo.z, lo.w, kBf16),
+				    pack2(hi.x, hi.y, kBf16), pack2(hi.z, hi.w, kBf16));
 	}
 	if (threadIdx.x == 0)
 		*a.blocks_done = 0;
@@ -887,17 +880,12 @@ int sm_count()
 	return sms;
 }
 
-// Whether device 0 takes programmatic dependent launches (compute capability 9.0 and up).
-// MOED_GPU_DEPENDENT_LAUNCH=0 turns it off, for measurements (moed(8); the backend refuses
-// other values than 0 and 1); read once.
-bool dependent_launch()
+// Whether the down GEMM is launched as a programmatic dependent: where device 0 takes
+// them (compute capability 9.0 and up) and the caller has not turned it off
+// (moe_gpu_args.serial_launch, for measurements: moed(8)).
+bool dependent_launch(const struct moe_gpu_args &a)
 {
-	static int allowed = -1;
-	if (allowed < 0) {
-		const char *env = getenv("MOED_GPU_DEPENDENT_LAUNCH");
-		allowed = !(env && !strcmp(env, "0"));
-	}
-	return allowed && moe_gpu_compute_capability() >= 90;
+	return !a.serial_launch && moe_gpu_compute_capability() >= 90;
 }
 
 // The kernels want more than the default 48 KiB of shared memory: raised once each.
@@ -912,8 +900,8 @@ template <auto kKernel, int kBytes> cudaError_t allow_smem()
 	return e;
 }
 
-// The down GEMM is launched as the gate/up one's programmatic dependent where the card
-// allows: its blocks start while the gate/up grid finishes and stream their first weight
+// The down GEMM is launched as the gate/up one's programmatic dependent where `dependent`
+// (dependent_launch()): its blocks start while the gate/up grid finishes and stream their first weight
 // stages meanwhile (decode jobs are a few short kernels; this hides one launch's ramp).
 // `cluster` > 1: the grid runs in clusters of that many blocks.
 template <class Kernel, class... Args>
@@ -924,7 +912,7 @@ int launch_clustered(Kernel kernel, dim3 grid, unsigned cluster, int threads, in
 	cudaLaunchAttribute attrs[2];
 	config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = smem;
 	config.stream = stream, config.attrs = attrs;
-	if (dependent && dependent_launch()) {
+	if (dependent) {
 		attrs[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 		attrs[config.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
 	}
@@ -949,7 +937,8 @@ int launch_gemm(const struct moe_gpu_args &a, dim3 grid, cudaStream_t stream)
 	const cudaError_t e = allow_smem<mma_kernel<S, kGateUp, kBf16>, S::kSmem>();
 	if (e != cudaSuccess)
 		return (int)e;
-	return launch_on(mma_kernel<S, kGateUp, kBf16>, grid, S::kThreads, S::kSmem, !kGateUp, stream, a);
+	return launch_on(mma_kernel<S, kGateUp, kBf16>, grid, S::kThreads, S::kSmem,
+			 !kGateUp && dependent_launch(a), stream, a);
 }
 
 template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
@@ -1095,7 +1084,7 @@ template <bool kBf16, bool kPair> int launch_persistent(struct moe_gpu_args &a, 
 				 false, stream, a, items1, act_map, w13_map);
 	if (!e)
 		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kWsSmem,
-				     true, stream, a, items2, act_map, w2_map);
+				     dependent_launch(a), stream, a, items2, act_map, w2_map);
 	return e;
 }
 
