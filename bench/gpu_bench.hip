@@ -152,6 +152,15 @@ static double median_us(int reps, hipStream_t st, cudaEvent_t e0, cudaEvent_t e1
 	return us;
 }
 
+/* A 0/1 measurement setting, default on, read as the backend reads it. */
+static int measurement_switch(const char *name, int *on)
+{
+	*on = moe_gpu_env_switch(name, 1);
+	if (*on < 0)
+		fprintf(stderr, "%s=%s: wants 0 (off) or 1 (on)\n", name, getenv(name));
+	return *on;
+}
+
 int main(int argc, char **argv)
 {
 	const int reps = argc > 1 ? atoi(argv[1]) : 30;
@@ -174,12 +183,10 @@ int main(int argc, char **argv)
 			getenv("MOED_GPU_TILE_GROUP"));
 		return 2;
 	}
-	const int dependent = moe_gpu_env_switch("MOED_GPU_DEPENDENT_LAUNCH", 1);
-	if (dependent < 0) {
-		fprintf(stderr, "MOED_GPU_DEPENDENT_LAUNCH=%s: wants 0 (off) or 1 (on)\n",
-			getenv("MOED_GPU_DEPENDENT_LAUNCH"));
+	int dependent, prefetch;
+	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", &dependent) < 0 ||
+	    measurement_switch("MOED_GPU_L2_PREFETCH", &prefetch) < 0)
 		return 2;
-	}
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
 	CHECK(hipStreamCreateWithFlags(&st, hipStreamNonBlocking));
@@ -318,6 +325,7 @@ int main(int argc, char **argv)
 			a.x = x;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.blocks_done = blocks_done;
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
+			a.no_prefetch = !prefetch;
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));

@@ -356,13 +356,13 @@ START_TEST(unknown_forced_kernel_refused)
 END_TEST
 
 /* The measurement settings: a tile group that is not a number from 1 to 65536, or a
- * dependent-launch or trace switch that is not 0 or 1, stops the backend with its
+ * dependent-launch, prefetch or trace switch that is not 0 or 1, stops the backend with its
  * reason; valid values are taken (tools/gpu-round runs the whole GPU test under other
  * tile groups). */
 START_TEST(bad_measurement_settings_refused)
 {
 	char *group = env_save("MOED_GPU_TILE_GROUP"), *dependent = env_save("MOED_GPU_DEPENDENT_LAUNCH");
-	char *trace = env_save("MOED_HIP_TRACE");
+	char *trace = env_save("MOED_HIP_TRACE"), *prefetch = env_save("MOED_GPU_L2_PREFETCH");
 	const char *bad[] = { "0", "65537", "8x", "-3" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char want[96];
@@ -374,11 +374,15 @@ START_TEST(bad_measurement_settings_refused)
 	expect_create_refused("MOED_GPU_DEPENDENT_LAUNCH", "off",
 			      "MOED_GPU_DEPENDENT_LAUNCH=off: wants 0 (off) or 1 (on)");
 	unsetenv("MOED_GPU_DEPENDENT_LAUNCH");
+	expect_create_refused("MOED_GPU_L2_PREFETCH", "2", "MOED_GPU_L2_PREFETCH=2: wants 0 (off) or 1 (on)");
+	unsetenv("MOED_GPU_L2_PREFETCH");
 	expect_create_refused("MOED_HIP_TRACE", "yes", "MOED_HIP_TRACE=yes: wants 0 (off) or 1 (on)");
 	struct moed_error err;
 	setenv("MOED_GPU_TILE_GROUP", "1", 1);
 	setenv("MOED_HIP_TRACE", "0", 1);
+	setenv("MOED_GPU_L2_PREFETCH", "0", 1);
 	ck_assert_int_eq(create_with("MOED_GPU_DEPENDENT_LAUNCH", "0", &err), 0);
+	env_restore("MOED_GPU_L2_PREFETCH", prefetch);
 	env_restore("MOED_HIP_TRACE", trace);
 	env_restore("MOED_GPU_TILE_GROUP", group);
 	env_restore("MOED_GPU_DEPENDENT_LAUNCH", dependent);

@@ -80,6 +80,7 @@ struct moed_backend {
 	int forced;        /* MOED_GPU_KERNEL's kernel, or -1 */
 	uint32_t tile_group; /* MOED_GPU_TILE_GROUP's, or the default (moe_gpu_tile_group) */
 	bool serial_launch;  /* MOED_GPU_DEPENDENT_LAUNCH=0 */
+	bool no_prefetch;    /* MOED_GPU_L2_PREFETCH=0 */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
@@ -206,8 +207,9 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	if (tile_group < 0)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 "
 				      "to 65536", getenv("MOED_GPU_TILE_GROUP"));
-	bool dependent, trace, inject;
+	bool dependent, prefetch, trace, inject;
 	if ((r = env_switch("MOED_GPU_DEPENDENT_LAUNCH", true, &dependent, err)) < 0 ||
+	    (r = env_switch("MOED_GPU_L2_PREFETCH", true, &prefetch, err)) < 0 ||
 	    (r = env_switch("MOED_HIP_TRACE", false, &trace, err)) < 0 ||
 	    (r = env_switch("MOED_HIP_INJECT_FAULT", false, &inject, err)) < 0)
 		return r;
@@ -226,6 +228,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->forced = forced;
 	b->tile_group = (uint32_t)tile_group;
 	b->serial_launch = !dependent;
+	b->no_prefetch = !prefetch;
 	pthread_mutex_init(&b->notify_lock, NULL);
 	b->inject_fault = inject;
 	b->trace = trace;
@@ -486,6 +489,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.blocks_done = c->blocks_done;
 	a.tile_group = c->backend->tile_group;
 	a.serial_launch = c->backend->serial_launch;
+	a.no_prefetch = c->backend->no_prefetch;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->kernels, c->stream);

@@ -106,6 +106,10 @@ struct moe_gpu_args {
 				      MOE_GPU_TILE_GROUP): moe_gpu_tile_group(), read once by the caller */
 	int serial_launch;         /* 1: no programmatic dependent launch of the down GEMM
 				      (MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */
+	int no_prefetch;           /* 1: decode jobs' down-GEMM weights are not prefetched into
+				      L2 (MOED_GPU_L2_PREFETCH=0, read once by the caller) */
+	uint32_t prefetch_rows;    /* set by the launch: rows of each used expert's w2 the gate/up
+				      blocks have L2 fetch while they stream w13 (0: none) */
 	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
 				      GEMM of a split K and a small M (decode) adds router-weighted
 				      partial sums into y as [M, H] f32 and its last block writes out

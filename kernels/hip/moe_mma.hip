@@ -104,6 +104,21 @@ __device__ __forceinline__ void copy16(uint32_t dst, const void *src, bool in_bo
 		     "r"(in_bounds ? 16 : 0));
 }
 
+// The same, marked to leave L2 first (the L2 policy of evict_first_policy()): data read
+// once, which should not push out what is read again soon.
+__device__ __forceinline__ void copy16_once(uint32_t dst, const void *src, bool in_bounds, uint64_t policy)
+{
+	asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+		     "r"(in_bounds ? 16 : 0), "l"(policy));
+}
+
+__device__ __forceinline__ uint64_t evict_first_policy()
+{
+	uint64_t policy;
+	asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+	return policy;
+}
+
 __device__ __forceinline__ void copy_commit()
 {
 	asm volatile("cp.async.commit_group;\n" ::);
@@ -150,6 +165,16 @@ __device__ __forceinline__ void wait_for_prerequisite_grid()
 {
 #if __CUDA_ARCH__ >= 900
 	asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// Have L2 fetch `bytes` (a multiple of 16) from `p` (16-byte aligned), without waiting.
+__device__ __forceinline__ void prefetch_to_l2(const void *p, uint32_t bytes)
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#else
+	(void)p, (void)bytes;
 #endif
 }
 
@@ -272,6 +297,8 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 	const uint16_t *w;
 	uint32_t K;
 	int row0, chunk;
+	bool once;       // the weights are read once and leave L2 first (decode's prefetch)
+	uint64_t policy;
 
 	__device__ __forceinline__ void init(const struct moe_gpu_args &a, uint32_t first, uint32_t count,
 					     uint32_t e, uint32_t n0, int tid)
@@ -282,6 +309,8 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 		const size_t w_rows = kGateUp ? (gated ? 2 * (size_t)a.inter : a.inter) : a.hidden;
 		w = (const uint16_t *)(kGateUp ? a.w13 : a.w2);
 		row0 = tid / 8, chunk = tid % 8;
+		once = kGateUp && a.prefetch_rows;
+		policy = once ? evict_first_policy() : 0;
 		const uint32_t kc = (uint32_t)chunk * 8;
 #pragma unroll
 		for (int p = 0; p < kAPasses; p++) {
@@ -323,7 +352,11 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 #pragma unroll
 		for (int p = 0; p < kBPasses; p++) {
 			const bool ok = b_src[p] && k_in;
-			copy16(bs + swizzle(row0 + p * kRowsPerPass, chunk), ok ? b_src[p] + k0 : w, ok);
+			const uint32_t dst = bs + swizzle(row0 + p * kRowsPerPass, chunk);
+			if (once)
+				copy16_once(dst, ok ? b_src[p] + k0 : w, ok, policy);
+			else
+				copy16(dst, ok ? b_src[p] + k0 : w, ok);
 		}
 	}
 };
@@ -452,6 +485,27 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 		  column_block);
 }
 
+// Decode (moe_gpu_args.prefetch_rows): the down GEMM's weights do not depend on the
+// gate/up results, and the gate/up grid of a small job leaves DRAM bandwidth idle (few
+// blocks, short streams, a ramp and a tail). The blocks of each expert's first tile have
+// L2 fetch the first prefetch_rows rows of the expert's w2, a share each column block, so
+// that the down GEMM reads them from L2 (its w13 copies leave L2 first meanwhile).
+__device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block)
+{
+	const uint32_t e = a.tile_expert[tile];
+	if (tile > 0 && a.tile_expert[tile - 1] == e) // an expert's tiles are consecutive
+		return;
+	const uint32_t share = (a.prefetch_rows + gridDim.y - 1) / gridDim.y, r0 = column_block * share;
+	if (r0 >= a.prefetch_rows)
+		return;
+	const uint32_t rows = share < a.prefetch_rows - r0 ? share : a.prefetch_rows - r0;
+	const size_t row_bytes = (size_t)a.inter * 2, bytes = rows * row_bytes; // I: a multiple of 8
+	const char *from = (const char *)a.w2 + ((size_t)e * a.hidden + r0) * row_bytes;
+	constexpr size_t kPiece = 32768;
+	for (size_t at = threadIdx.x * kPiece; at < bytes; at += blockDim.x * kPiece)
+		prefetch_to_l2(from + at, (uint32_t)(bytes - at < kPiece ? bytes - at : kPiece));
+}
+
 template <class S, bool kGateUp, bool kBf16>
 __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
 {
@@ -488,6 +542,8 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	// first copy group then holds all of them, which only makes its wait stricter).
 	if constexpr (kGateUp) {
 		let_dependents_launch();
+		if (a.prefetch_rows)
+			prefetch_down_weights(a, tile, column_block);
 	} else {
 #pragma unroll
 		for (int s = 0; s < kAhead; s++)
@@ -967,6 +1023,21 @@ template <class S, bool kBf16> uint32_t resident_blocks()
 	return slots;
 }
 
+// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): as many rows of
+// each used expert's w2 as fit in half of L2, where the streamed w13 should not push them
+// out. The tiles stand for the used experts (at most 16 pairs an expert: one tile each).
+uint32_t prefetch_rows(const struct moe_gpu_args &a)
+{
+	static size_t l2_bytes;
+	if (!l2_bytes) {
+		int v = 0;
+		l2_bytes = cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, 0) == cudaSuccess && v > 0 ? (size_t)v : 1;
+	}
+	const size_t row_bytes = (size_t)a.tiles * a.inter * 2;
+	const size_t rows = row_bytes ? l2_bytes / 2 / row_bytes : 0;
+	return (uint32_t)(rows < a.hidden ? rows : a.hidden);
+}
+
 // SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
 template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t stream)
 {
@@ -992,6 +1063,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	// down GEMM does it (moe_gpu_args.fold), while its last block's conversion is short.
 	a.fold = splits > 1 && !a.no_combine && a.blocks_done &&
 		 (size_t)a.tokens * a.hidden <= kFoldMaxCells;
+	a.prefetch_rows = SG::BM == Shape16::BM && !a.no_prefetch ? prefetch_rows(a) : 0;
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
 	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
 }
@@ -1108,6 +1180,7 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream)
 {
 	struct moe_gpu_args &a = *args;
+	a.prefetch_rows = 0; // the launches of decode's tiles set it
 	if (a.io_dtype != a.w_dtype || a.io_dtype == MOED_GPU_F32 || a.hidden % 8 || a.inter % 8)
 		return (int)cudaErrorInvalidValue;
 	return a.io_dtype == MOED_GPU_BF16 ? launch_dtype<true>(a, (cudaStream_t)stream)
