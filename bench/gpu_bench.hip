@@ -272,10 +272,6 @@ int main(int argc, char **argv)
 		uint32_t *blocks_done; /* moe_gpu_args.blocks_done, zero between jobs */
 		CHECK(hipMalloc((void **)&blocks_done, sizeof(*blocks_done)));
 		CHECK(hipMemsetAsync(blocks_done, 0, sizeof(*blocks_done), st));
-		void *sums; /* moe_gpu_args.sums, zero between jobs */
-		const size_t sums_bytes = moe_gpu_sums_bytes(pmax, md.i);
-		CHECK(hipMalloc(&sums, sums_bytes));
-		CHECK(hipMemsetAsync(sums, 0, sums_bytes, st));
 		CHECK(hipHostMalloc(&stage, routing_cap, hipHostMallocDefault));
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w13, w13n, 3ull, 1.7f / sqrtf(md.h));
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w2, w2n, 4ull, 1.7f / sqrtf(md.i));
@@ -328,7 +324,6 @@ int main(int argc, char **argv)
 			a.gated = 1, a.scale = 1, a.kernel = plan.kernel;
 			a.x = x;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.blocks_done = blocks_done;
-			a.sums = sums;
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
 			a.no_prefetch = !prefetch;
 			for (int r = 0; r < 3; r++)
@@ -363,7 +358,7 @@ int main(int argc, char **argv)
 		moe_routing_free(&rt);
 		free(ids);
 		free(tw);
-		void *bufs[] = { w13, w2, x, out, act, y, routing, blocks_done, sums };
+		void *bufs[] = { w13, w2, x, out, act, y, routing, blocks_done };
 		for (void *p : bufs)
 			CHECK(hipFree(p));
 		CHECK(hipHostFree(stage));

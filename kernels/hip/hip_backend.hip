@@ -61,7 +61,6 @@ struct hip_client {
 	hipEvent_t done;            /* recorded after the job's output copy */
 	unsigned char *pinned;      /* the arena, where registering it worked */
 	dbuf x, routing, act, y, out;
-	dbuf sums;                  /* moe_gpu_args.sums: zeroed when made, then by the kernels */
 	uint32_t *blocks_done;      /* moe_gpu_args.blocks_done: zeroed once, then by the kernels */
 	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
 	 * buffer the sorted routing is packed into for one asynchronous copy */
@@ -132,17 +131,6 @@ int ensure(dbuf *b, size_t bytes, struct moed_error *err)
 	}
 	b->cap = got;
 	return 0;
-}
-
-/* The same for a device buffer that must read zero when first used (moe_gpu_args.sums). */
-int ensure_zeroed(dbuf *b, size_t bytes, hipStream_t stream, struct moed_error *err)
-{
-	const size_t had = b->cap;
-	int r = ensure(b, bytes, err);
-	if (r || b->cap == had)
-		return r;
-	const hipError_t e = hipMemsetAsync(b->p, 0, b->cap, stream);
-	return e == hipSuccess ? 0 : gpu_error(err, e, "clearing of scratch memory");
 }
 
 template <typename T> bool grow(T **p, size_t n)
@@ -254,7 +242,7 @@ void client_free(struct hip_client *c)
 		return;
 	if (c->stream) /* its work done, host callbacks included, before anything goes */
 		(void)hipStreamSynchronize(c->stream);
-	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out, &c->sums, &c->stage };
+	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out, &c->stage };
 	for (dbuf *d : all)
 		release(d);
 	if (c->blocks_done)
@@ -455,8 +443,6 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	    (r = ensure(&c->act, pairs * i * 4, err)) || (r = ensure(&c->y, pairs * h * 4, err)) ||
 	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure(&c->stage, copy_bytes, err)))
 		return r;
-	if (plan.kernel == MOE_GPU_MMA16K && (r = ensure_zeroed(&c->sums, moe_gpu_sums_bytes(pairs, i), c->stream, err)))
-		return r;
 	/* The stage is free: the previous job's copy finished before that job completed. */
 	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage.p);
 	if (stage_x)
@@ -501,7 +487,6 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.y = (float *)c->y.p;
 	a.out = c->out.p;
 	a.blocks_done = c->blocks_done;
-	a.sums = c->sums.p;
 	a.tile_group = c->backend->tile_group;
 	a.serial_launch = c->backend->serial_launch;
 	a.no_prefetch = c->backend->no_prefetch;

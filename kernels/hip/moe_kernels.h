@@ -3,7 +3,6 @@
 #ifndef MOED_HIP_MOE_KERNELS_H
 #define MOED_HIP_MOE_KERNELS_H
 
-#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -33,10 +32,8 @@ enum moe_gpu_kernel {
 			      multicast): prefill on Hopper where an expert has several tiles */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
-	MOE_GPU_MMA16K,    /* mma16's tiles in one wave of blocks that split the GEMMs' k-tiles
-			      evenly (stream-K): weight streaming */
 };
-#define MOE_GPU_KERNELS 11
+#define MOE_GPU_KERNELS 10
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
@@ -117,15 +114,8 @@ struct moe_gpu_args {
 				      GEMM of a split K and a small M (decode) adds router-weighted
 				      partial sums into y as [M, H] f32 and its last block writes out
 				      (and zeroes the counter), one kernel fewer; NULL: never */
-	void *sums;                /* mma16k's scratch of moe_gpu_sums_bytes(), zeroed once and
-				      left zero by the kernels */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 };
-
-/* The bytes of moe_gpu_args.sums a job of `pairs` pairs and intermediate size `inter`
- * needs where its kernel is mma16k: f32 sums of the gate/up GEMM's split items and a
- * counter an item. */
-size_t moe_gpu_sums_bytes(size_t pairs, size_t inter);
 
 /* Queue the job's kernels on `stream`, first moe_gpu_place_pairs() where place_ids is
  * set; returns the runtime's error code (0 = none). */

@@ -290,7 +290,7 @@ bool wgmma_runs()
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 					     uint32_t hidden, uint32_t inter, int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 64, 16 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 64 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
@@ -306,10 +306,9 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 		return p;
 	}
 	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
-	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us), and
-	 * faster in one wave of blocks that share the k-tiles evenly (version 11). */
+	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
 	if (most_pairs <= 16)
-		p.kernel = MOE_GPU_MMA16K;
+		p.kernel = MOE_GPU_MMA16;
 	else if (most_pairs <= 64)
 		p.kernel = MOE_GPU_MMA64;
 	else if (!wgmma_runs())
@@ -326,14 +325,6 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 	p.tile = tiles[p.kernel];
 #endif
 	return p;
-}
-
-extern "C" size_t moe_gpu_sums_bytes(size_t pairs, size_t inter)
-{
-	/* Items of at least 64 output columns (BN = 128 weight rows, gated), at most one tile
-	 * a pair: [pairs, column blocks * 128] f32 sums, then a counter an item. */
-	const size_t column_blocks = (inter + 63) / 64;
-	return pairs * column_blocks * (128 * sizeof(float) + sizeof(uint32_t));
 }
 
 extern "C" int moe_gpu_tile_group(void)
@@ -384,9 +375,9 @@ extern "C" int moe_gpu_kernel_usable(enum moe_gpu_kernel k)
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 	return k == MOE_GPU_WARP || k == MOE_GPU_MFMA64;
 #elif defined(MOED_GPU_WGMMA)
-	return k >= 0 && (k < MOE_GPU_WGMMA128 || k == MOE_GPU_MMA16K || (k < MOE_GPU_MFMA64 && wgmma_runs()));
+	return k >= 0 && (k < MOE_GPU_WGMMA128 || (k < MOE_GPU_MFMA64 && wgmma_runs()));
 #else
-	return k >= 0 && (k < MOE_GPU_WGMMA128 || k == MOE_GPU_MMA16K);
+	return k >= 0 && k < MOE_GPU_WGMMA128;
 #endif
 }
 
@@ -403,7 +394,6 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_WGMMA128WN: return "wgmma128wn";
 	case MOE_GPU_WGMMA128C: return "wgmma128c";
 	case MOE_GPU_MFMA64: return "mfma64";
-	case MOE_GPU_MMA16K: return "mma16k";
 	}
 	return "?";
 }

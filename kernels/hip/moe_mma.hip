@@ -490,13 +490,12 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 // blocks, short streams, a ramp and a tail). The blocks of each expert's first tile have
 // L2 fetch the first prefetch_rows rows of the expert's w2, a share each column block, so
 // that the down GEMM reads them from L2 (its w13 copies leave L2 first meanwhile).
-__device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block,
-				      uint32_t column_blocks)
+__device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block)
 {
 	const uint32_t e = a.tile_expert[tile];
 	if (tile > 0 && a.tile_expert[tile - 1] == e) // an expert's tiles are consecutive
 		return;
-	const uint32_t share = (a.prefetch_rows + column_blocks - 1) / column_blocks, r0 = column_block * share;
+	const uint32_t share = (a.prefetch_rows + gridDim.y - 1) / gridDim.y, r0 = column_block * share;
 	if (r0 >= a.prefetch_rows)
 		return;
 	const uint32_t rows = share < a.prefetch_rows - r0 ? share : a.prefetch_rows - r0;
@@ -507,40 +506,56 @@ __device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t til
 		prefetch_to_l2(from + at, (uint32_t)(bytes - at < kPiece ? bytes - at : kPiece));
 }
 
-// The first stages' weight copies of k-tiles [kt0, kt0 + ktiles), not yet committed: the
-// down GEMM's weights do not depend on the gate/up grid, which may still be running (see
-// launch()), so they are requested before waiting for it (the first copy group then holds
-// all of them, which only makes its wait stricter).
-template <class S, bool kGateUp>
-__device__ __forceinline__ void load_first_weights(const TileLoader<S, S::kThreads, kGateUp> &loader, uint32_t base,
-						   uint32_t kt0, uint32_t ktiles)
-{
-	constexpr int kAhead = S::kStages - 1 - S::kMathInFlight;
-#pragma unroll
-	for (int s = 0; s < kAhead; s++)
-		if ((uint32_t)s < ktiles)
-			loader.load_b(base + s * S::kStageBytes, (kt0 + s) * kBK);
-}
-
-// The block's product of k-tiles [kt0, kt0 + ktiles) of its tile and column block, added
-// into acc. weights_issued: load_first_weights() has run for these k-tiles. The stages
-// are free when it starts (a block-wide barrier since their last reads).
 template <class S, bool kGateUp, bool kBf16>
-__device__ __forceinline__ void gemm_k_tiles(const TileLoader<S, S::kThreads, kGateUp> &loader, uint32_t base,
-					     uint32_t kt0, uint32_t ktiles, bool weights_issued,
-					     float (&acc)[S::kMT][S::kNT][4], int warp, int lane)
+__global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
 {
+	extern __shared__ __align__(1024) unsigned char smem[];
+	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
 	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
+	uint32_t tile, column_block;
+	block_work(a.tile_group, tile, column_block);
+	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile];
+	const uint32_t K = kGateUp ? a.hidden : a.inter;
+	const uint32_t n0 = column_block * (kGateUp && a.gated ? S::BN / 2 : S::BN);
+	TileLoader<S, S::kThreads, kGateUp> loader;
+	loader.init(a, first, count, a.tile_expert[tile], n0, tid);
+	const uint32_t base = smem_address(smem);
 	auto stage_at = [&](uint32_t s) { return base + s * S::kStageBytes; };
+
+	float acc[S::kMT][S::kNT][4];
+#pragma unroll
+	for (int mt = 0; mt < S::kMT; mt++)
+#pragma unroll
+		for (int nt = 0; nt < S::kNT; nt++)
+			acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+
+	// Split K (blockIdx.z of gridDim.z, the down GEMM only): this block's run of k-tiles.
+	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
+	const uint32_t kt0 = blockIdx.z * per;
+	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
 	// Copies run kAhead k-tiles ahead of the math. With wgmma one group of the math stays
 	// in flight past the barrier too, so the stage it reads is not refilled until the
 	// iteration after next: two stages are the math's, the rest are in flight.
 	constexpr int kStages = S::kStages, kAhead = kStages - 1 - S::kMathInFlight;
+	// The first stages. The down GEMM's weights do not depend on the gate/up grid, which
+	// may still be running (see launch()): they are requested before waiting for it (the
+	// first copy group then holds all of them, which only makes its wait stricter).
+	if constexpr (kGateUp) {
+		let_dependents_launch();
+		if (a.prefetch_rows)
+			prefetch_down_weights(a, tile, column_block);
+	} else {
+#pragma unroll
+		for (int s = 0; s < kAhead; s++)
+			if ((uint32_t)s < ktiles)
+				loader.load_b(stage_at(s), (kt0 + s) * kBK);
+		wait_for_prerequisite_grid();
+	}
 #pragma unroll
 	for (int s = 0; s < kAhead; s++) {
 		if ((uint32_t)s < ktiles) {
 			loader.load_a(stage_at(s), (kt0 + s) * kBK);
-			if (!weights_issued)
+			if constexpr (kGateUp)
 				loader.load_b(stage_at(s), (kt0 + s) * kBK);
 		}
 		copy_commit();
@@ -598,159 +613,21 @@ __device__ __forceinline__ void gemm_k_tiles(const TileLoader<S, S::kThreads, kG
 		wgmma_wait<0>();
 		fence_operands<S::BN / 2>(&acc[0][0][0]);
 	}
-}
-
-// The down GEMM adds its split-K partial sums into y (moe_gpu_args.zero_y): the gate/up
-// blocks zero it, each a stride of it (H is a multiple of 8, so y is whole float4s). The
-// down grid reads y only after the gate/up grid has finished (griddepcontrol.wait or
-// stream order).
-__device__ __forceinline__ void zero_y_share(const struct moe_gpu_args &a)
-{
-	const size_t n = (size_t)a.tokens * a.topk * a.hidden / 4, blocks = gridDim.x * gridDim.y;
-	const size_t at = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
-	for (size_t i = at * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x)
-		((float4 *)a.y)[i] = make_float4(0, 0, 0, 0);
-}
-
-template <class S, bool kGateUp, bool kBf16>
-__global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
-{
-	extern __shared__ __align__(1024) unsigned char smem[];
-	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-	uint32_t tile, column_block;
-	block_work(a.tile_group, tile, column_block);
-	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile];
-	const uint32_t K = kGateUp ? a.hidden : a.inter;
-	const uint32_t n0 = column_block * (kGateUp && a.gated ? S::BN / 2 : S::BN);
-	TileLoader<S, S::kThreads, kGateUp> loader;
-	loader.init(a, first, count, a.tile_expert[tile], n0, tid);
-	const uint32_t base = smem_address(smem);
-
-	float acc[S::kMT][S::kNT][4];
-#pragma unroll
-	for (int mt = 0; mt < S::kMT; mt++)
-#pragma unroll
-		for (int nt = 0; nt < S::kNT; nt++)
-			acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
-
-	// Split K (blockIdx.z of gridDim.z, the down GEMM only): this block's run of k-tiles.
-	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
-	const uint32_t kt0 = blockIdx.z * per;
-	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
-	if constexpr (kGateUp) {
-		let_dependents_launch();
-		if (a.prefetch_rows)
-			prefetch_down_weights(a, tile, column_block, gridDim.y);
-	} else {
-		load_first_weights<S, kGateUp>(loader, base, kt0, ktiles);
-		wait_for_prerequisite_grid();
-	}
-	gemm_k_tiles<S, kGateUp, kBf16>(loader, base, kt0, ktiles, !kGateUp, acc, warp, lane);
-	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp / S::WN, warp % S::WN, lane);
+	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
 	if constexpr (!kGateUp) {
 		if (a.fold)
 			finish_fold<kBf16>(a);
 	}
 	if constexpr (kGateUp) {
-		if (a.zero_y)
-			zero_y_share(a);
-	}
-}
-
-// Stream-K for decode (mma16k): one wave of blocks, each taking an equal run of the
-// GEMM's k-tiles counted over all (tile, column block) items, k-tiles innermost, so that
-// no block waits on a partial last wave or on a few long items (mma16's grids of 1.3 to
-// 1.8 waves, or fewer blocks than the card holds, left bandwidth idle). A run crosses
-// items: each piece of an item is multiplied on its own.
-// - Down GEMM: each piece adds its sums into the zeroed f32 y (as mma16's split K does),
-//   folded into [M, H] for small M (moe_gpu_args.fold).
-// - Gate/up GEMM: the activation needs an item's whole sum. A piece that is not the whole
-//   item adds its sums into the item's place in a.sums (f32, [pairs, column blocks * BN],
-//   zero between jobs), then counts its k-tiles on the item's counter (after the sums);
-//   the piece that completes the count reads the sums back, leaves them and the counter
-//   zero for the next job, and writes the activation as mma16 does.
-template <bool kGateUp, bool kBf16>
-__global__ void __launch_bounds__(Shape16::kThreads) stream_kernel(const struct moe_gpu_args a, uint32_t column_blocks)
-{
-	using S = Shape16;
-	static_assert(S::kMT == 1 && S::WM == 1, "a warp's 16 rows are the tile's");
-	extern __shared__ __align__(1024) unsigned char smem[];
-	__shared__ bool last_piece;
-	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-	const uint32_t base = smem_address(smem);
-	const uint32_t K = kGateUp ? a.hidden : a.inter, ktiles = (K + kBK - 1) / kBK;
-	const uint64_t total = (uint64_t)a.tiles * column_blocks * ktiles;
-	const uint64_t begin = total * blockIdx.x / gridDim.x, end = total * (blockIdx.x + 1) / gridDim.x;
-	const uint32_t cols = kGateUp && a.gated ? S::BN / 2 : S::BN; // output columns an item
-	const size_t width = (size_t)column_blocks * S::BN;             // of a.sums' rows
-	float *sums = (float *)a.sums;
-	uint32_t *counters = (uint32_t *)(sums + (size_t)a.tokens * a.topk * width);
-	if constexpr (kGateUp)
-		let_dependents_launch();
-	for (uint64_t at = begin; at < end;) {
-		const uint32_t item = (uint32_t)(at / ktiles), kt0 = (uint32_t)(at % ktiles);
-		const uint32_t ktn = (uint32_t)(end - at < ktiles - kt0 ? end - at : ktiles - kt0);
-		const bool whole = ktn == ktiles, started = at == begin;
-		at += ktn;
-		uint32_t tile, column_block;
-		work_item(item, a.tiles, column_blocks, a.tile_group, tile, column_block);
-		const uint32_t first = a.tile_first[tile], count = a.tile_count[tile], n0 = column_block * cols;
-		if (kGateUp && a.prefetch_rows && kt0 == 0) // each item's first piece
-			prefetch_down_weights(a, tile, column_block, column_blocks);
-		TileLoader<S, S::kThreads, kGateUp> loader;
-		loader.init(a, first, count, a.tile_expert[tile], n0, tid);
-		float acc[S::kMT][S::kNT][4];
-#pragma unroll
-		for (int nt = 0; nt < S::kNT; nt++)
-			acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0;
-		__syncthreads(); // the previous piece's stages are read
-		if (!kGateUp && started) {
-			load_first_weights<S, kGateUp>(loader, base, kt0, ktn);
-			wait_for_prerequisite_grid();
+		// The down GEMM adds its split-K partial sums into y: zero it here, each block a
+		// stride of it (H is a multiple of 8, so y is whole float4s). The down grid reads
+		// y only after this grid has finished (griddepcontrol.wait or stream order).
+		if (a.zero_y) {
+			const size_t n = (size_t)a.tokens * a.topk * a.hidden / 4, blocks = gridDim.x * gridDim.y;
+			const size_t at = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
+			for (size_t i = at * S::kThreads + tid; i < n; i += blocks * S::kThreads)
+				((float4 *)a.y)[i] = make_float4(0, 0, 0, 0);
 		}
-		gemm_k_tiles<S, kGateUp, kBf16>(loader, base, kt0, ktn, !kGateUp && started, acc, warp, lane);
-		if (kGateUp && !whole) {
-			// acc element (nt, e): row lane / 4 + 8 (e / 2), column 8 nt + 2 (lane % 4) + e % 2
-			// of the warp's 32 (S::kWarpCols) columns of the item's BN.
-			auto cell = [&](int nt, int e) {
-				const uint32_t row = (uint32_t)lane / 4 + 8 * (e / 2);
-				const uint32_t col = column_block * S::BN + warp * S::kWarpCols + nt * 8 + lane % 4 * 2 + e % 2;
-				return row < count ? sums + (first + row) * width + col : nullptr;
-			};
-#pragma unroll
-			for (int nt = 0; nt < S::kNT; nt++)
-#pragma unroll
-				for (int e = 0; e < 4; e++)
-					if (float *p = cell(nt, e))
-						atomicAdd(p, acc[0][nt][e]);
-			__threadfence(); // the sums are in before the count
-			__syncthreads();
-			if (tid == 0)
-				last_piece = atomicAdd(counters + item, ktn) + ktn == ktiles;
-			__syncthreads();
-			if (!last_piece)
-				continue;
-			__threadfence();
-#pragma unroll
-			for (int nt = 0; nt < S::kNT; nt++)
-#pragma unroll
-				for (int e = 0; e < 4; e++)
-					if (float *p = cell(nt, e)) {
-						acc[0][nt][e] = __ldcg(p); // from L2, where the atomics were
-						__stcg(p, 0.0f);
-					}
-			if (tid == 0)
-				counters[item] = 0;
-		}
-		store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, 0, warp, lane);
-	}
-	if constexpr (!kGateUp) {
-		if (a.fold)
-			finish_fold<kBf16>(a);
-	}
-	if constexpr (kGateUp) {
-		if (a.zero_y)
-			zero_y_share(a);
 	}
 }
 
@@ -1131,13 +1008,14 @@ template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
 constexpr size_t kFoldMaxCells = 16384;
 
 // How many blocks of the down GEMM the card holds at once.
-template <auto kKernel, int kThreads, int kSmem> uint32_t resident_blocks()
+template <class S, bool kBf16> uint32_t resident_blocks()
 {
 	static uint32_t slots;
 	if (!slots) {
 		int per_sm = 0;
-		if (allow_smem<kKernel, kSmem>() != cudaSuccess ||
-		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, kSmem) != cudaSuccess ||
+		if (allow_smem<mma_kernel<S, false, kBf16>, S::kSmem>() != cudaSuccess ||
+		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mma_kernel<S, false, kBf16>,
+								  S::kThreads, S::kSmem) != cudaSuccess ||
 		    per_sm < 1)
 			per_sm = 1;
 		slots = (uint32_t)per_sm * sm_count();
@@ -1145,12 +1023,9 @@ template <auto kKernel, int kThreads, int kSmem> uint32_t resident_blocks()
 	return slots;
 }
 
-// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): all of each used
-// expert's w2 where that fits in half of L2 (where the streamed w13 should not push it
-// out), else none. The tiles stand for the used experts (at most 16 pairs an expert: one
-// tile each). Measured (bench/RESULTS.md, version 11): Qwen3 M = 1 (all of w2, 25 MB)
-// 31-32 -> 28 µs; where only part fitted, slower (Qwen3 M = 4 95 -> 99, Mixtral M = 1
-// 181-183 -> 184).
+// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): as many rows of
+// each used expert's w2 as fit in half of L2, where the streamed w13 should not push them
+// out. The tiles stand for the used experts (at most 16 pairs an expert: one tile each).
 uint32_t prefetch_rows(const struct moe_gpu_args &a)
 {
 	static size_t l2_bytes;
@@ -1159,7 +1034,8 @@ uint32_t prefetch_rows(const struct moe_gpu_args &a)
 		l2_bytes = cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, 0) == cudaSuccess && v > 0 ? (size_t)v : 1;
 	}
 	const size_t row_bytes = (size_t)a.tiles * a.inter * 2;
-	return row_bytes && l2_bytes / 2 / row_bytes >= a.hidden ? a.hidden : 0;
+	const size_t rows = row_bytes ? l2_bytes / 2 / row_bytes : 0;
+	return (uint32_t)(rows < a.hidden ? rows : a.hidden);
 }
 
 // SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
@@ -1172,7 +1048,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	// weights, and a second, partial wave leaves bandwidth idle at its end (Qwen3 M = 1
 	// took 3 splits, 384 blocks for 264 places; Mixtral M = 4 2 splits, about 350).
 	const uint32_t blocks = a.tiles * ((a.hidden + SD::BN - 1) / SD::BN);
-	const uint32_t slots = resident_blocks<mma_kernel<SD, false, kBf16>, SD::kThreads, SD::kSmem>();
+	const uint32_t slots = resident_blocks<SD, kBf16>();
 	uint32_t splits = blocks >= slots ? 1 : slots / blocks;
 	const uint32_t most = (a.inter / kBK) / 4;
 	splits = splits > most ? (most ? most : 1) : splits;
@@ -1190,45 +1066,6 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.prefetch_rows = SG::BM == Shape16::BM && !a.no_prefetch ? prefetch_rows(a) : 0;
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
 	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
-}
-
-// mma16k (stream_kernel): one wave of blocks for each GEMM, each of at least
-// kMinStreamKTiles k-tiles (a piece shorter than the copies in flight pays its pipeline's
-// fill alone).
-constexpr uint32_t kMinStreamKTiles = 4;
-
-template <auto kKernel> uint32_t stream_grid(uint64_t ktiles_total)
-{
-	const uint64_t most = (ktiles_total + kMinStreamKTiles - 1) / kMinStreamKTiles;
-	const uint32_t slots = resident_blocks<kKernel, Shape16::kThreads, Shape16::kSmem>();
-	return (uint32_t)(most < slots ? most : slots);
-}
-
-template <bool kBf16> int launch_stream(struct moe_gpu_args &a, cudaStream_t stream)
-{
-	using S = Shape16;
-	constexpr auto gate_up = stream_kernel<true, kBf16>;
-	constexpr auto down = stream_kernel<false, kBf16>;
-	cudaError_t raised = allow_smem<gate_up, S::kSmem>();
-	if (raised == cudaSuccess)
-		raised = allow_smem<down, S::kSmem>();
-	if (raised != cudaSuccess)
-		return (int)raised;
-	// Every piece of the down GEMM adds into a zeroed f32 y, folded for small M.
-	a.y_io = 0;
-	a.zero_y = 1;
-	a.fold = !a.no_combine && a.blocks_done && (size_t)a.tokens * a.hidden <= kFoldMaxCells;
-	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	a.prefetch_rows = a.no_prefetch ? 0 : prefetch_rows(a);
-	const uint32_t cols = a.gated ? S::BN / 2 : S::BN;
-	const uint32_t blocks1 = (a.inter + cols - 1) / cols, blocks2 = (a.hidden + S::BN - 1) / S::BN;
-	const uint64_t k1 = (uint64_t)a.tiles * blocks1 * ((a.hidden + kBK - 1) / kBK);
-	const uint64_t k2 = (uint64_t)a.tiles * blocks2 * ((a.inter + kBK - 1) / kBK);
-	int e = launch_on(gate_up, dim3(stream_grid<gate_up>(k1)), S::kThreads, S::kSmem, false, stream, a, blocks1);
-	if (!e)
-		e = launch_on(down, dim3(stream_grid<down>(k2)), S::kThreads, S::kSmem, dependent_launch(a), stream, a,
-			      blocks2);
-	return e;
 }
 
 // cuTensorMapEncodeTiled, from the driver through the runtime (the module links no
@@ -1334,7 +1171,6 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 	case MOE_GPU_WGMMA128WN: return launch<ShapeWg128W, ShapeWg128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16, false>(a, stream);
 	case MOE_GPU_WGMMA128C: return launch_persistent<kBf16, true>(a, stream);
-	case MOE_GPU_MMA16K: return launch_stream<kBf16>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
 }
