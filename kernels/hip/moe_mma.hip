@@ -1023,9 +1023,12 @@ template <class S, bool kBf16> uint32_t resident_blocks()
 	return slots;
 }
 
-// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): as many rows of
-// each used expert's w2 as fit in half of L2, where the streamed w13 should not push them
-// out. The tiles stand for the used experts (at most 16 pairs an expert: one tile each).
+// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): all of each used
+// expert's w2 where that fits in half of L2 (where the streamed w13 should not push it
+// out), else none. The tiles stand for the used experts (at most 16 pairs an expert: one
+// tile each). Measured (bench/RESULTS.md, version 11): Qwen3 M = 1 (all of w2, 25 MB)
+// 31-32 -> 28 µs; where only part fitted, slower (Qwen3 M = 4 95 -> 99, Mixtral M = 1
+// 181-183 -> 184).
 uint32_t prefetch_rows(const struct moe_gpu_args &a)
 {
 	static size_t l2_bytes;
@@ -1034,8 +1037,7 @@ uint32_t prefetch_rows(const struct moe_gpu_args &a)
 		l2_bytes = cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, 0) == cudaSuccess && v > 0 ? (size_t)v : 1;
 	}
 	const size_t row_bytes = (size_t)a.tiles * a.inter * 2;
-	const size_t rows = row_bytes ? l2_bytes / 2 / row_bytes : 0;
-	return (uint32_t)(rows < a.hidden ? rows : a.hidden);
+	return row_bytes && l2_bytes / 2 / row_bytes >= a.hidden ? a.hidden : 0;
 }
 
 // SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
@@ -1054,15 +1056,16 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	splits = splits > most ? (most ? most : 1) : splits;
 	splits = splits > 8 ? 8 : splits;
 	const dim3 g2(a.tiles, (a.hidden + SD::BN - 1) / SD::BN, splits);
-	// Unsplit, y is written once in the I/O dtype: half the bytes of f32 to write and for
-	// the combine to read, one more rounding (2^-9 relative in bf16) inside the bounds.
-	a.y_io = splits == 1;
-	a.zero_y = splits > 1; // by the gate/up blocks: one node fewer than a memset
+	// A decode job's combine is a kernel of a few blocks that costs a launch (Qwen3 M = 4:
+	// 6.5 µs): the down GEMM does it (moe_gpu_args.fold) where its last block's
+	// conversion is short, split or not.
+	a.fold = !a.no_combine && a.blocks_done && (size_t)a.tokens * a.hidden <= kFoldMaxCells;
+	// Otherwise, unsplit, y is written once in the I/O dtype: half the bytes of f32 to
+	// write and for the combine to read, one more rounding (2^-9 relative in bf16) inside
+	// the bounds.
+	a.y_io = splits == 1 && !a.fold;
+	a.zero_y = !a.y_io; // by the gate/up blocks: one node fewer than a memset
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	// A decode job's combine is a kernel of a few blocks that costs a launch: split, the
-	// down GEMM does it (moe_gpu_args.fold), while its last block's conversion is short.
-	a.fold = splits > 1 && !a.no_combine && a.blocks_done &&
-		 (size_t)a.tokens * a.hidden <= kFoldMaxCells;
 	a.prefetch_rows = SG::BM == Shape16::BM && !a.no_prefetch ? prefetch_rows(a) : 0;
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
 	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
