@@ -506,8 +506,6 @@ __device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t til
 		prefetch_to_l2(from + at, (uint32_t)(bytes - at < kPiece ? bytes - at : kPiece));
 }
 
-constexpr uint32_t kRotationStep = 11; // k-tiles between neighbouring blocks' starts
-
 template <class S, bool kGateUp, bool kBf16>
 __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
 {
@@ -535,20 +533,6 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
 	const uint32_t kt0 = blockIdx.z * per;
 	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
-	// Weight streaming (tiles of at most 64 pairs, each weight read about once): each block
-	// starts its run at its own k-tile and wraps around, so that the blocks running at
-	// once read weight rows at different offsets, not all at the same column of rows a
-	// power of two apart (Qwen3's w13 rows are 4 KiB, Mixtral's 8 KiB), which may gather
-	// the reads on a few memory channels. Prefill tiles keep the order: blocks of one
-	// tile group share their weight tiles in L2.
-	uint32_t rotation = 0;
-	if (S::BM <= 64 && ktiles)
-		rotation = (uint32_t)(((size_t)blockIdx.z * gridDim.y * gridDim.x + (size_t)blockIdx.y * gridDim.x + blockIdx.x) *
-				      kRotationStep % ktiles);
-	auto k_at = [&](uint32_t i) { // the k of the block's i-th k-tile
-		const uint32_t r = i + rotation;
-		return (kt0 + (r >= ktiles ? r - ktiles : r)) * kBK;
-	};
 	// Copies run kAhead k-tiles ahead of the math. With wgmma one group of the math stays
 	// in flight past the barrier too, so the stage it reads is not refilled until the
 	// iteration after next: two stages are the math's, the rest are in flight.
@@ -564,15 +548,15 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 #pragma unroll
 		for (int s = 0; s < kAhead; s++)
 			if ((uint32_t)s < ktiles)
-				loader.load_b(stage_at(s), k_at(s));
+				loader.load_b(stage_at(s), (kt0 + s) * kBK);
 		wait_for_prerequisite_grid();
 	}
 #pragma unroll
 	for (int s = 0; s < kAhead; s++) {
 		if ((uint32_t)s < ktiles) {
-			loader.load_a(stage_at(s), k_at(s));
+			loader.load_a(stage_at(s), (kt0 + s) * kBK);
 			if constexpr (kGateUp)
-				loader.load_b(stage_at(s), k_at(s));
+				loader.load_b(stage_at(s), (kt0 + s) * kBK);
 		}
 		copy_commit();
 	}
@@ -583,8 +567,8 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		__syncthreads(); // ...and everyone's; the math of stage kt - kStages + kAhead is done
 		const uint32_t next = kt + kAhead;
 		if (next < ktiles) {
-			loader.load_a(stage_at(next % kStages), k_at(next));
-			loader.load_b(stage_at(next % kStages), k_at(next));
+			loader.load_a(stage_at(next % kStages), (kt0 + next) * kBK);
+			loader.load_b(stage_at(next % kStages), (kt0 + next) * kBK);
 		}
 		copy_commit();
 		const uint32_t as = stage_at(kt % kStages), bs = as + S::kABytes;
