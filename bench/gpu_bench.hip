@@ -305,7 +305,7 @@ int main(int argc, char **argv)
 				moe_route_count(&rt, ids, pairs, md.e, &bad);
 				plan = moe_gpu_plan(rt.most_pairs, MOED_GPU_BF16, MOED_GPU_BF16, md.h, md.i,
 						    forced);
-				moe_route_cut(&rt, plan.tile);
+				moe_route_cut(&rt, plan.tile, plan.paired);
 				moe_route_pack(&rt, tw, stage);
 				const size_t from = moe_route_upload_from(&rt);
 				CHECK(hipMemcpyAsync((char *)routing + from, (const char *)stage + from,

@@ -3,7 +3,8 @@
  * The GPU backend's token sorting (kernels/hip/moe_routing.c, plain C, so it is tested
  * here on every machine): fresh random routings with skewed experts and random tile
  * sizes against a direct recount; expert ids out of range refused with their position;
- * the packed copy laid out as the kernels read it. Where the device places the pairs
+ * the packed copy laid out as the kernels read it; tables paired by expert for
+ * wgmma128c with as many one-expert pairs as can be. Where the device places the pairs
  * (large jobs), the test places them from the packed copy as its kernel does, the
  * pairs taken in a random order as its atomics may come in.
  */
@@ -19,10 +20,18 @@
 #include "moe_kernels.h"
 #include "moe_routing.h"
 
+/* qsort's order of tile indices by their first positions in the table sorted_firsts. */
+static const uint32_t *sorted_firsts;
+static int by_first(const void *a, const void *b)
+{
+	const uint32_t x = sorted_firsts[*(const uint32_t *)a], y = sorted_firsts[*(const uint32_t *)b];
+	return x < y ? -1 : x > y;
+}
+
 /* Every property the kernels rely on, checked against the ids themselves; pair_of and
  * pos_of as given (the routing's, or placed from the packed copy). */
 static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, const uint32_t *pos_of,
-			 const int32_t *ids, size_t pairs, uint32_t experts, uint32_t tile)
+			 const int32_t *ids, size_t pairs, uint32_t experts, uint32_t tile, int paired)
 {
 	uint32_t *count = calloc(experts, sizeof(uint32_t)), most = 0, used = 0;
 	for (size_t p = 0; p < pairs; p++)
@@ -50,21 +59,41 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	}
 
 	/* Tiles: each of one expert, at most `tile` pairs, together covering every sorted
-	 * position once and in order; only the last tile of an expert may be short. */
-	const uint32_t n = r->ntiles, *first = r->tiles, *cnt = first + n, *exp = cnt + n;
+	 * position once; only the last tile of an expert may be short. In order unless
+	 * paired; paired, in the table's order by position (the order the cut makes). */
+	const uint32_t n = r->ntiles, *table = r->tiles;
+	uint32_t *order = malloc((n + 1) * sizeof(uint32_t));
+	for (uint32_t t = 0; t < n; t++)
+		order[t] = t;
+	if (paired) {
+		sorted_firsts = table;
+		qsort(order, n, sizeof(*order), by_first);
+	}
 	uint32_t at = 0, max_tile = 0;
-	for (uint32_t t = 0; t < n; t++) {
-		ck_assert_uint_eq(first[t], at);
-		ck_assert(cnt[t] >= 1 && cnt[t] <= tile);
-		for (uint32_t q = first[t]; q < first[t] + cnt[t]; q++)
-			ck_assert_int_eq(ids[pair_of[q]], (int32_t)exp[t]);
-		if (cnt[t] < tile && t + 1 < n)
-			ck_assert_uint_ne(exp[t + 1], exp[t]);
-		max_tile = cnt[t] > max_tile ? cnt[t] : max_tile;
-		at += cnt[t];
+	for (uint32_t i = 0; i < n; i++) {
+		const uint32_t t = order[i], first = table[t], cnt = table[n + t], exp = table[2 * n + t];
+		ck_assert_uint_eq(first, at);
+		ck_assert(cnt >= 1 && cnt <= tile);
+		for (uint32_t q = first; q < first + cnt; q++)
+			ck_assert_int_eq(ids[pair_of[q]], (int32_t)exp);
+		if (cnt < tile && i + 1 < n)
+			ck_assert_uint_ne(table[2 * n + order[i + 1]], exp);
+		max_tile = cnt > max_tile ? cnt : max_tile;
+		at += cnt;
 	}
 	ck_assert_uint_eq(at, pairs);
 	ck_assert_uint_eq(r->max_tile, max_tile);
+	if (paired) {
+		/* As many pairs of table places (2u, 2u + 1) one expert's as there can be: the
+		 * sum over experts of half their tiles, rounded down. */
+		uint32_t best = 0, shared = 0;
+		for (uint32_t e = 0; e < experts; e++)
+			best += (count[e] + tile - 1) / tile / 2;
+		for (uint32_t t = 0; t + 1 < n; t += 2)
+			shared += table[2 * n + t] == table[2 * n + t + 1];
+		ck_assert_uint_eq(shared, best);
+	}
+	free(order);
 	free(seen);
 	free(count);
 }
@@ -86,7 +115,8 @@ START_TEST(random_routings)
 							       : test_rand_range(&rng, 0, experts - 1));
 		size_t bad = 0;
 		ck_assert_int_eq(moe_route_count(&r, ids, pairs, experts, &bad), 0);
-		ck_assert_int_eq(moe_route_cut(&r, tile), 0);
+		const int paired = round % 3 == 0;
+		ck_assert_int_eq(moe_route_cut(&r, tile, paired), 0);
 		ck_assert_int_eq(r.on_device, pairs >= MOE_ROUTE_DEVICE_PAIRS);
 
 		/* The packed copy, through the kernels' accessors; what lies before
@@ -106,7 +136,7 @@ START_TEST(random_routings)
 		if (!r.on_device) {
 			ck_assert_mem_eq(MOE_ROUTE_PAIR_OF(packed, &r), r.pair_of, pairs * 4);
 			ck_assert_mem_eq(MOE_ROUTE_POS_OF(packed, &r), r.pos_of, pairs * 4);
-			check_sorted(&r, r.pair_of, r.pos_of, ids, pairs, experts, tile);
+			check_sorted(&r, r.pair_of, r.pos_of, ids, pairs, experts, tile, paired);
 		} else {
 			/* As place_pairs_kernel, the pairs in a random order (Fisher-Yates). */
 			uint32_t *order = malloc(pairs * sizeof(uint32_t));
@@ -127,7 +157,7 @@ START_TEST(random_routings)
 				ck_assert_uint_lt(pos, pairs);
 				pair_of[pos] = p, pos_of[p] = pos;
 			}
-			check_sorted(&r, pair_of, pos_of, ids, pairs, experts, tile);
+			check_sorted(&r, pair_of, pos_of, ids, pairs, experts, tile, paired);
 			free(order);
 		}
 
@@ -163,7 +193,7 @@ START_TEST(ids_out_of_range)
 	ck_assert_int_eq(moe_route_count(&r, negative, 2, 4, &bad), -EINVAL);
 	ck_assert_uint_eq(bad, 1);
 	ck_assert_int_eq(moe_route_count(&r, ids, 5, 5, &bad), 0);
-	ck_assert_int_eq(moe_route_cut(&r, 0), -EINVAL);
+	ck_assert_int_eq(moe_route_cut(&r, 0, 0), -EINVAL);
 	moe_routing_free(&r);
 }
 END_TEST

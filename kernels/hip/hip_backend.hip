@@ -408,7 +408,7 @@ int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct mo
 		return moed_error_set(err, r, "out of memory");
 	*plan = moe_gpu_plan(c->route.most_pairs, job->dtype, w->shape.dtype, job->hidden_size,
 			     w->shape.inter_size, c->backend->forced);
-	return moe_route_cut(&c->route, plan->tile);
+	return moe_route_cut(&c->route, plan->tile, plan->paired);
 }
 
 /* Queue a job's copies and kernels on the client's stream, then its event. */

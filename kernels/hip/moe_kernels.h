@@ -41,6 +41,7 @@ enum moe_gpu_kernel {
 struct moe_gpu_plan {
 	enum moe_gpu_kernel kernel;
 	uint32_t tile; /* pairs per tile the routing must cut */
+	int paired;    /* the routing pairs the tiles by expert (moe_route_cut) */
 };
 
 /*

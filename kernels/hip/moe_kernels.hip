@@ -291,7 +291,7 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 					     uint32_t hidden, uint32_t inter, int forced)
 {
 	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 64 };
-	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE };
+	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE, 0 };
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
@@ -303,6 +303,7 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 		return p;
 	if (forced >= 0 && forced < MOE_GPU_KERNELS && forced != MOE_GPU_MFMA64) {
 		p.kernel = (enum moe_gpu_kernel)forced, p.tile = tiles[forced];
+		p.paired = p.kernel == MOE_GPU_WGMMA128C;
 		return p;
 	}
 	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
@@ -323,6 +324,7 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 		 * (bench/RESULTS.md, version 10). */
 		p.kernel = most_pairs > 128 ? MOE_GPU_WGMMA128C : MOE_GPU_WGMMA128P;
 	p.tile = tiles[p.kernel];
+	p.paired = p.kernel == MOE_GPU_WGMMA128C;
 #endif
 	return p;
 }

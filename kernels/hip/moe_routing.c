@@ -48,7 +48,23 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 	return 0;
 }
 
-int moe_route_cut(struct moe_routing *r, uint32_t tile)
+/* The tile table as moe_route_cut() builds it. */
+struct tile_table {
+	uint32_t *first, *count, *expert;
+	uint32_t n, max_tile;
+};
+
+/* Append tile j of expert e (whose positions start at starts[e]) to the table. */
+static void put_tile(struct tile_table *t, const uint32_t *starts, uint32_t tile, uint32_t e, uint32_t j)
+{
+	const uint32_t at = starts[e] + j * tile, left = starts[e + 1] - at;
+	t->first[t->n] = at;
+	t->count[t->n] = left < tile ? left : tile;
+	t->max_tile = t->count[t->n] > t->max_tile ? t->count[t->n] : t->max_tile;
+	t->expert[t->n++] = e;
+}
+
+int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 {
 	const uint32_t experts = r->experts;
 	if (tile == 0)
@@ -58,17 +74,30 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile)
 
 	/* Tiles: at most pairs / tile full ones plus one partial per expert. */
 	const size_t tiles_cap = r->pairs / tile + experts + 1;
-	uint32_t n = 0, max_tile = 0;
-	uint32_t *count = r->tiles + tiles_cap, *expert = count + tiles_cap;
+	struct tile_table t = { r->tiles, r->tiles + tiles_cap, r->tiles + 2 * tiles_cap, 0, 0 };
+	uint32_t pending = UINT32_MAX, pending_tile = 0; /* an odd expert's last tile, unpaired */
 	for (uint32_t e = 0; e < experts; e++) {
-		for (uint32_t at = r->counts[e]; at < r->counts[e + 1]; at += tile) {
-			const uint32_t left = r->counts[e + 1] - at;
-			r->tiles[n] = at;
-			count[n] = left < tile ? left : tile;
-			max_tile = count[n] > max_tile ? count[n] : max_tile;
-			expert[n++] = e;
+		const uint32_t tiles = (r->counts[e + 1] - r->counts[e] + tile - 1) / tile;
+		/* Paired: the expert's tiles two by two, which keeps the table's length even
+		 * between experts; an odd expert's last tile goes with the next odd expert's
+		 * last, right after that expert's pairs. */
+		const uint32_t in_order = paired ? tiles & ~1u : tiles;
+		for (uint32_t j = 0; j < in_order; j++)
+			put_tile(&t, r->counts, tile, e, j);
+		if (in_order == tiles)
+			continue;
+		if (pending == UINT32_MAX) {
+			pending = e, pending_tile = tiles - 1;
+			continue;
 		}
+		put_tile(&t, r->counts, tile, pending, pending_tile);
+		put_tile(&t, r->counts, tile, e, tiles - 1);
+		pending = UINT32_MAX;
 	}
+	if (pending != UINT32_MAX)
+		put_tile(&t, r->counts, tile, pending, pending_tile);
+	const uint32_t n = t.n, max_tile = t.max_tile;
+	uint32_t *count = t.count, *expert = t.expert;
 	/* Pack the three arrays back to back for one copy to the device. */
 	memmove(r->tiles + n, count, n * sizeof(uint32_t));
 	memmove(r->tiles + 2 * (size_t)n, expert, n * sizeof(uint32_t));

@@ -53,8 +53,14 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 		    size_t *bad);
 
 /* Cut each expert's range of the counted pairs into tiles of `tile`, and place the
- * pairs, unless there are MOE_ROUTE_DEVICE_PAIRS or more (on_device). */
-int moe_route_cut(struct moe_routing *r, uint32_t tile);
+ * pairs, unless there are MOE_ROUTE_DEVICE_PAIRS or more (on_device). The tile table
+ * lists an expert's tiles in order, expert by expert; `paired` (wgmma128c, whose
+ * clusters take tiles 2u and 2u + 1 together and share their weight tiles where both are
+ * one expert's) lists them so that as many such pairs as can be are one expert's: each
+ * expert's tiles two by two, and an odd expert's last tile paired with the next odd
+ * expert's last, placed right after that expert's pairs (near both experts' other tiles,
+ * which read the same weights through L2). */
+int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired);
 
 /*
  * Everything the kernels read about a job's routing, in one buffer on the device:
