@@ -751,7 +751,8 @@ __device__ __forceinline__ void cluster_sync()
 // results from registers while the loaders already fill the next work item's stages.
 //
 // kPair (wgmma128c, the plan's where an expert has more than one tile): clusters of two
-// blocks walk items of two consecutive tiles, one each, in step. Where both tiles are one
+// blocks walk items of two consecutive tiles, one each, in step (the routing lists the
+// tiles paired by expert for this kernel: moe_route_cut). Where both tiles are one
 // expert's, their weight tiles are the same: each block's TMA fetches one of the two
 // boxes for both blocks (multicast), halving the weights' reads from L2. A stage of
 // either block is then written by both, so each block's "empty" barrier counts the
