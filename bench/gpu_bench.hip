@@ -340,8 +340,8 @@ int main(int argc, char **argv)
 			CHECK(hipStreamSynchronize(st));
 			/* Kernel by kernel, as the backend launches them, and as one graph (no launch
 			 * gaps: how the anchor was timed), the two in turn, so that both see the card
-			 * as warm (timed one after the other, the second was slower on the long
-			 * rows: the clocks drop as the card heats). */
+			 * in the same state (timed one after the other, the second read up to 8%
+			 * slower on the long rows; we think the clocks drop as the card heats). */
 			cudaGraph_t graph;
 			cudaGraphExec_t exec;
 			CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));

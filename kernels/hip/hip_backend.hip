@@ -426,22 +426,33 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	struct job_trace *tr = c->trace.start ? &c->trace : NULL;
 	if (tr)
 		tr->armed = false, tr->t_submit = moed_now_ns(), tr->t_called = 0, tr->tokens = (uint32_t)m;
+	/* A small x travels in the routing's copy, behind it (one copy fewer for a decode job:
+	 * each costs microseconds of the stream's time); a large one is copied on its own
+	 * from the arena, where a host copy into the stage would cost more than it saves, and
+	 * first: its copy (16 MiB at Qwen3 M = 4096, hundreds of µs) then runs while the host
+	 * sorts the pairs, which takes it tens of µs. */
+	const size_t x_bytes = m * h * ds;
+	const bool stage_x = x_bytes <= STAGED_X_MAX;
+	if ((r = ensure(&c->x, stage_x ? 0 : x_bytes, err)))
+		return r;
+	hipError_t e = tr ? hipEventRecord(tr->start, c->stream) : hipSuccess;
+	if (e == hipSuccess && !stage_x)
+		e = hipMemcpyAsync(c->x.p, arena->base + job->hidden.offset, x_bytes, hipMemcpyHostToDevice,
+				   c->stream);
+	if (e != hipSuccess)
+		return gpu_error(err, e, "copy of the job's inputs");
 	struct moe_gpu_plan plan;
 	if ((r = sort_pairs(c, job, w, arena, &plan, err)) < 0)
 		return r;
 	if (tr)
 		tr->t_sorted = moed_now_ns(), tr->kernel = plan.kernel;
 	const struct moe_routing *rt = &c->route;
-	/* A small x travels in the routing's copy, behind it (one copy fewer for a decode job:
-	 * each costs microseconds of the stream's time); a large one is copied on its own
-	 * from the arena, where a host copy into the stage would cost more than it saves. */
-	const size_t x_bytes = m * h * ds, x_at = (moe_route_packed_bytes(rt) + 255) & ~(size_t)255;
-	const bool stage_x = x_bytes <= STAGED_X_MAX;
+	const size_t x_at = (moe_route_packed_bytes(rt) + 255) & ~(size_t)255;
 	const size_t copy_bytes = stage_x ? x_at + x_bytes : moe_route_packed_bytes(rt);
 	const size_t copy_from = moe_route_upload_from(rt); /* the device fills what lies before */
-	if ((r = ensure(&c->x, stage_x ? 0 : x_bytes, err)) || (r = ensure(&c->routing, copy_bytes, err)) ||
-	    (r = ensure(&c->act, pairs * i * 4, err)) || (r = ensure(&c->y, pairs * h * 4, err)) ||
-	    (r = ensure(&c->out, job->output.length, err)) || (r = ensure(&c->stage, copy_bytes, err)))
+	if ((r = ensure(&c->routing, copy_bytes, err)) || (r = ensure(&c->act, pairs * i * 4, err)) ||
+	    (r = ensure(&c->y, pairs * h * 4, err)) || (r = ensure(&c->out, job->output.length, err)) ||
+	    (r = ensure(&c->stage, copy_bytes, err)))
 		return r;
 	/* The stage is free: the previous job's copy finished before that job completed. */
 	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage.p);
@@ -449,14 +460,8 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 		memcpy((unsigned char *)c->stage.p + x_at, arena->base + job->hidden.offset, x_bytes);
 	void *x_dev = stage_x ? (unsigned char *)c->routing.p + x_at : c->x.p;
 
-	hipError_t e = tr ? hipEventRecord(tr->start, c->stream) : hipSuccess;
-	if (e == hipSuccess && !stage_x)
-		e = hipMemcpyAsync(x_dev, arena->base + job->hidden.offset, x_bytes, hipMemcpyHostToDevice,
-				   c->stream);
-	if (e == hipSuccess)
-		e = hipMemcpyAsync((unsigned char *)c->routing.p + copy_from,
-				   (const unsigned char *)c->stage.p + copy_from, copy_bytes - copy_from,
-				   hipMemcpyHostToDevice, c->stream);
+	e = hipMemcpyAsync((unsigned char *)c->routing.p + copy_from, (const unsigned char *)c->stage.p + copy_from,
+			   copy_bytes - copy_from, hipMemcpyHostToDevice, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->in, c->stream);
 	if (e != hipSuccess)

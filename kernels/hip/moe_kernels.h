@@ -112,7 +112,7 @@ struct moe_gpu_args {
 	uint32_t prefetch_rows;    /* set by the launch: rows of each used expert's w2 the gate/up
 				      blocks have L2 fetch while they stream w13 (0: none) */
 	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
-				      GEMM of a split K and a small M (decode) adds router-weighted
+				      GEMM of a small M (decode) adds router-weighted
 				      partial sums into y as [M, H] f32 and its last block writes out
 				      (and zeroes the counter), one kernel fewer; NULL: never */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
