@@ -356,9 +356,9 @@ START_TEST(unknown_forced_kernel_refused)
 END_TEST
 
 /* The measurement settings: a tile group that is not a number from 1 to 65536, or a
- * dependent-launch, prefetch or trace switch that is not 0 or 1, stops the backend with its
- * reason; valid values are taken (tools/gpu-round runs the whole GPU test under other
- * tile groups). */
+ * dependent-launch, prefetch, trace or fault-injection switch that is not 0 or 1, stops
+ * the backend with its reason; valid values are taken (tools/gpu-round runs the whole GPU
+ * test under other tile groups). */
 START_TEST(bad_measurement_settings_refused)
 {
 	char *group = env_save("MOED_GPU_TILE_GROUP"), *dependent = env_save("MOED_GPU_DEPENDENT_LAUNCH");
@@ -377,6 +377,10 @@ START_TEST(bad_measurement_settings_refused)
 	expect_create_refused("MOED_GPU_L2_PREFETCH", "2", "MOED_GPU_L2_PREFETCH=2: wants 0 (off) or 1 (on)");
 	unsetenv("MOED_GPU_L2_PREFETCH");
 	expect_create_refused("MOED_HIP_TRACE", "yes", "MOED_HIP_TRACE=yes: wants 0 (off) or 1 (on)");
+	unsetenv("MOED_HIP_TRACE");
+	char *inject = env_save("MOED_HIP_INJECT_FAULT");
+	expect_create_refused("MOED_HIP_INJECT_FAULT", "true", "MOED_HIP_INJECT_FAULT=true: wants 0 (off) or 1 (on)");
+	env_restore("MOED_HIP_INJECT_FAULT", inject);
 	struct moed_error err;
 	setenv("MOED_GPU_TILE_GROUP", "1", 1);
 	setenv("MOED_HIP_TRACE", "0", 1);

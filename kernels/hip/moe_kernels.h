@@ -109,8 +109,8 @@ struct moe_gpu_args {
 				      (MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */
 	int no_prefetch;           /* 1: decode jobs' down-GEMM weights are not prefetched into
 				      L2 (MOED_GPU_L2_PREFETCH=0, read once by the caller) */
-	uint32_t prefetch_rows;    /* set by the launch: rows of each used expert's w2 the gate/up
-				      blocks have L2 fetch while they stream w13 (0: none) */
+	int prefetch_down;         /* set by the launch: the gate/up blocks have L2 fetch each
+				      used expert's w2 while they stream w13 (decode) */
 	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
 				      GEMM of a small M (decode) adds router-weighted
 				      partial sums into y as [M, H] f32 and its last block writes out
@@ -130,7 +130,7 @@ int moe_gpu_place_pairs(const struct moe_gpu_args *args, void *stream);
 int moe_gpu_inject_fault(void *stream);
 
 /* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io,
- * args->zero_y and args->fold, and args->tile_group where it is 0. */
+ * args->zero_y, args->fold and args->prefetch_down, and args->tile_group where it is 0. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */

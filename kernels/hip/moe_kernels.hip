@@ -301,14 +301,11 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 #else
 	if (!mma)
 		return p;
-	if (forced >= 0 && forced < MOE_GPU_KERNELS && forced != MOE_GPU_MFMA64) {
-		p.kernel = (enum moe_gpu_kernel)forced, p.tile = tiles[forced];
-		p.paired = p.kernel == MOE_GPU_WGMMA128C;
-		return p;
-	}
+	if (forced >= 0 && forced < MOE_GPU_KERNELS && forced != MOE_GPU_MFMA64)
+		p.kernel = (enum moe_gpu_kernel)forced;
 	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
 	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
-	if (most_pairs <= 16)
+	else if (most_pairs <= 16)
 		p.kernel = MOE_GPU_MMA16;
 	else if (most_pairs <= 64)
 		p.kernel = MOE_GPU_MMA64;
@@ -446,7 +443,7 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 {
 	struct moe_gpu_args a = *args;
 	hipStream_t s = (hipStream_t)stream;
-	a.y_io = 0, a.zero_y = 0, a.fold = 0;
+	a.y_io = 0, a.zero_y = 0, a.fold = 0, a.prefetch_down = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
 	if (a.place_ids) {

@@ -309,7 +309,7 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 		const size_t w_rows = kGateUp ? (gated ? 2 * (size_t)a.inter : a.inter) : a.hidden;
 		w = (const uint16_t *)(kGateUp ? a.w13 : a.w2);
 		row0 = tid / 8, chunk = tid % 8;
-		once = kGateUp && a.prefetch_rows;
+		once = kGateUp && a.prefetch_down;
 		policy = once ? evict_first_policy() : 0;
 		const uint32_t kc = (uint32_t)chunk * 8;
 #pragma unroll
@@ -485,20 +485,20 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 		  column_block);
 }
 
-// Decode (moe_gpu_args.prefetch_rows): the down GEMM's weights do not depend on the
+// Decode (moe_gpu_args.prefetch_down): the down GEMM's weights do not depend on the
 // gate/up results, and the gate/up grid of a small job leaves DRAM bandwidth idle (few
 // blocks, short streams, a ramp and a tail). The blocks of each expert's first tile have
-// L2 fetch the first prefetch_rows rows of the expert's w2, a share each column block, so
-// that the down GEMM reads them from L2 (its w13 copies leave L2 first meanwhile).
+// L2 fetch the expert's w2, a share of its rows each column block, so that the down GEMM
+// reads them from L2 (its w13 copies leave L2 first meanwhile).
 __device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block)
 {
 	const uint32_t e = a.tile_expert[tile];
 	if (tile > 0 && a.tile_expert[tile - 1] == e) // an expert's tiles are consecutive
 		return;
-	const uint32_t share = (a.prefetch_rows + gridDim.y - 1) / gridDim.y, r0 = column_block * share;
-	if (r0 >= a.prefetch_rows)
+	const uint32_t share = (a.hidden + gridDim.y - 1) / gridDim.y, r0 = column_block * share;
+	if (r0 >= a.hidden)
 		return;
-	const uint32_t rows = share < a.prefetch_rows - r0 ? share : a.prefetch_rows - r0;
+	const uint32_t rows = share < a.hidden - r0 ? share : a.hidden - r0;
 	const size_t row_bytes = (size_t)a.inter * 2, bytes = rows * row_bytes; // I: a multiple of 8
 	const char *from = (const char *)a.w2 + ((size_t)e * a.hidden + r0) * row_bytes;
 	constexpr size_t kPiece = 32768;
@@ -542,7 +542,7 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	// first copy group then holds all of them, which only makes its wait stricter).
 	if constexpr (kGateUp) {
 		let_dependents_launch();
-		if (a.prefetch_rows)
+		if (a.prefetch_down)
 			prefetch_down_weights(a, tile, column_block);
 	} else {
 #pragma unroll
@@ -1024,21 +1024,19 @@ template <class S, bool kBf16> uint32_t resident_blocks()
 	return slots;
 }
 
-// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): all of each used
-// expert's w2 where that fits in half of L2 (where the streamed w13 should not push it
-// out), else none. The tiles stand for the used experts (at most 16 pairs an expert: one
+// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): where all of the
+// used experts' w2 fits in half of L2 (where the streamed w13 should not push it out). The tiles stand for the used experts (at most 16 pairs an expert: one
 // tile each). Measured (bench/RESULTS.md, version 11): Qwen3 M = 1 (all of w2, 25 MB)
 // 31-32 -> 28 µs; where only part fitted, slower (Qwen3 M = 4 95 -> 99, Mixtral M = 1
 // 181-183 -> 184).
-uint32_t prefetch_rows(const struct moe_gpu_args &a)
+bool down_weights_fit_l2(const struct moe_gpu_args &a)
 {
 	static size_t l2_bytes;
 	if (!l2_bytes) {
 		int v = 0;
 		l2_bytes = cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, 0) == cudaSuccess && v > 0 ? (size_t)v : 1;
 	}
-	const size_t row_bytes = (size_t)a.tiles * a.inter * 2;
-	return row_bytes && l2_bytes / 2 / row_bytes >= a.hidden ? a.hidden : 0;
+	return (size_t)a.tiles * a.hidden * a.inter * 2 <= l2_bytes / 2;
 }
 
 // SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
@@ -1067,7 +1065,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.y_io = splits == 1 && !a.fold;
 	a.zero_y = !a.y_io; // by the gate/up blocks: one node fewer than a memset
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	a.prefetch_rows = SG::BM == Shape16::BM && !a.no_prefetch ? prefetch_rows(a) : 0;
+	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch && down_weights_fit_l2(a);
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
 	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
 }
@@ -1184,7 +1182,6 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream)
 {
 	struct moe_gpu_args &a = *args;
-	a.prefetch_rows = 0; // the launches of decode's tiles set it
 	if (a.io_dtype != a.w_dtype || a.io_dtype == MOED_GPU_F32 || a.hidden % 8 || a.inter % 8)
 		return (int)cudaErrorInvalidValue;
 	return a.io_dtype == MOED_GPU_BF16 ? launch_dtype<true>(a, (cudaStream_t)stream)

@@ -96,13 +96,11 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 	}
 	if (pending != UINT32_MAX)
 		put_tile(&t, r->counts, tile, pending, pending_tile);
-	const uint32_t n = t.n, max_tile = t.max_tile;
-	uint32_t *count = t.count, *expert = t.expert;
 	/* Pack the three arrays back to back for one copy to the device. */
-	memmove(r->tiles + n, count, n * sizeof(uint32_t));
-	memmove(r->tiles + 2 * (size_t)n, expert, n * sizeof(uint32_t));
-	r->ntiles = n;
-	r->max_tile = max_tile;
+	memmove(r->tiles + t.n, t.count, t.n * sizeof(uint32_t));
+	memmove(r->tiles + 2 * (size_t)t.n, t.expert, t.n * sizeof(uint32_t));
+	r->ntiles = t.n;
+	r->max_tile = t.max_tile;
 
 	/* counts[e] is now expert e's first position: the device's cursors, or the host's. */
 	r->on_device = r->pairs >= MOE_ROUTE_DEVICE_PAIRS;
