@@ -195,22 +195,36 @@ __global__ void combine_kernel(struct moe_gpu_args a)
 	store(a.out, idx, a.io_dtype, s * a.scale);
 }
 
-// Eight consecutive values of y (f32, or 16-bit where y_io) from 16-byte loads.
-__device__ __forceinline__ void load8(const struct moe_gpu_args &a, size_t i, float v[8])
+// Eight consecutive values of y, kept as loaded: two 16-byte words of f32, or one of
+// 16-bit values where y_io (as loaded, so that a thread holds its eight rows in half the
+// registers of floats: more threads an SM, more loads in flight).
+template <bool kY16> struct Y8 {
+	uint4 w[kY16 ? 1 : 2];
+};
+
+template <bool kY16> __device__ __forceinline__ Y8<kY16> load8(const struct moe_gpu_args &a, size_t i)
 {
-	if (!a.y_io) {
-		const float4 lo = *(const float4 *)(a.y + i), hi = *(const float4 *)(a.y + i + 4);
-		v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
-		v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-		return;
+	Y8<kY16> r;
+	if (kY16) {
+		r.w[0] = *(const uint4 *)((const uint16_t *)a.y + i);
+	} else {
+		r.w[0] = *(const uint4 *)(a.y + i);
+		r.w[kY16 ? 0 : 1] = *(const uint4 *)(a.y + i + 4);
 	}
-	const uint4 q = *(const uint4 *)((const uint16_t *)a.y + i);
-	const uint32_t w[4] = { q.x, q.y, q.z, q.w };
-	const bool bf16 = a.io_dtype == MOED_GPU_BF16;
+	return r;
+}
+
+template <bool kY16> __device__ __forceinline__ void unpack8(const Y8<kY16> &r, bool bf16, float v[8])
+{
+	const uint32_t *words = (const uint32_t *)r.w; // indexed by constants once unrolled
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
-		const uint16_t h = (uint16_t)(w[j / 2] >> (16 * (j % 2)));
-		v[j] = bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+		if (!kY16) {
+			v[j] = __uint_as_float(words[j]);
+			continue;
+		}
+		const uint16_t half = (uint16_t)(words[j / 2] >> (16 * (j % 2)));
+		v[j] = bf16 ? bf16_to_f32(half) : f16_to_f32(half);
 	}
 }
 
@@ -233,41 +247,40 @@ __device__ __forceinline__ void store8(const struct moe_gpu_args &a, size_t i, c
 // The same where H is a multiple of 8: one thread per (token, 8 columns), 16-byte loads
 // and stores, the routing of all k read before the rows, all rows loaded before they
 // are summed (the scalar kernel above moved about a third of the copy bandwidth on
-// 16-bit y, and waits for each k in turn at small M).
-template <int kMaxTopk> __global__ void combine8_kernel(struct moe_gpu_args a)
+// 16-bit y, and waits for each k in turn at small M). kY16: y holds the I/O dtype (y_io).
+template <int kMaxTopk, bool kY16> __global__ void combine8_kernel(struct moe_gpu_args a)
 {
 	const uint32_t groups = a.hidden / 8;
 	const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (idx >= (size_t)a.tokens * groups)
 		return;
 	const uint32_t m = (uint32_t)(idx / groups), h = (uint32_t)(idx % groups) * 8;
-	uint32_t pos[kMaxTopk];
-	float coef[kMaxTopk];
-#pragma unroll
-	for (int k = 0; k < kMaxTopk; k++) {
-		const uint32_t pair = m * a.topk + k;
-		pos[k] = k < (int)a.topk ? a.pos_of[pair] : 0;
-		coef[k] = k < (int)a.topk && !a.router_weight_on_input ? a.topk_weights[pair] : 1.0f;
-	}
-	float rows[kMaxTopk][8];
+	const bool bf16 = a.io_dtype == MOED_GPU_BF16;
+	Y8<kY16> rows[kMaxTopk];
 #pragma unroll
 	for (int k = 0; k < kMaxTopk; k++)
 		if (k < (int)a.topk)
-			load8(a, (size_t)pos[k] * a.hidden + h, rows[k]);
+			rows[k] = load8<kY16>(a, (size_t)a.pos_of[m * a.topk + k] * a.hidden + h);
+	float v[8];
 	if (a.no_combine) {
 #pragma unroll
 		for (int k = 0; k < kMaxTopk; k++)
-			if (k < (int)a.topk)
-				store8(a, ((size_t)m * a.topk + k) * a.hidden + h, rows[k]);
+			if (k < (int)a.topk) {
+				unpack8<kY16>(rows[k], bf16, v);
+				store8(a, ((size_t)m * a.topk + k) * a.hidden + h, v);
+			}
 		return;
 	}
 	float s[8] = {};
 #pragma unroll
 	for (int k = 0; k < kMaxTopk; k++)
+		if (k < (int)a.topk) {
+			const float coef = a.router_weight_on_input ? 1.0f : a.topk_weights[m * a.topk + k];
+			unpack8<kY16>(rows[k], bf16, v);
 #pragma unroll
-		for (int j = 0; j < 8; j++)
-			if (k < (int)a.topk)
-				s[j] += coef[k] * rows[k][j];
+			for (int j = 0; j < 8; j++)
+				s[j] += coef * v[j];
+		}
 #pragma unroll
 	for (int j = 0; j < 8; j++)
 		s[j] *= a.scale;
@@ -418,10 +431,14 @@ void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 	if (a.hidden % 8 == 0 && a.topk <= 8) {
 		/* 128 threads a block: a decode job's few rows still span several SMs. */
 		const dim3 grid((unsigned)((cells / 8 + 127) / 128));
-		if (a.topk <= 2)
-			hipLaunchKernelGGL(combine8_kernel<2>, grid, dim3(128), 0, s, a);
+		if (a.topk <= 2 && a.y_io)
+			hipLaunchKernelGGL((combine8_kernel<2, true>), grid, dim3(128), 0, s, a);
+		else if (a.topk <= 2)
+			hipLaunchKernelGGL((combine8_kernel<2, false>), grid, dim3(128), 0, s, a);
+		else if (a.y_io)
+			hipLaunchKernelGGL((combine8_kernel<8, true>), grid, dim3(128), 0, s, a);
 		else
-			hipLaunchKernelGGL(combine8_kernel<8>, grid, dim3(128), 0, s, a);
+			hipLaunchKernelGGL((combine8_kernel<8, false>), grid, dim3(128), 0, s, a);
 		return;
 	}
 	hipLaunchKernelGGL(combine_kernel, dim3((unsigned)((cells + 255) / 256)), dim3(256), 0, s, a);
