@@ -759,16 +759,15 @@ __device__ __forceinline__ void warpgroup_sync(uint32_t id)
 }
 
 // The TMA's bulk copies from shared to global memory (sm_90): `bytes` (a multiple of
-// 16) from shared address `src` to `dst`, in this thread's current bulk group, under L2
-// policy `policy`.
-__device__ __forceinline__ void bulk_store(void *dst, uint32_t src, uint32_t bytes, uint64_t policy)
+// 16) from shared address `src` to `dst`, in this thread's current bulk group.
+__device__ __forceinline__ void bulk_store(void *dst, uint32_t src, uint32_t bytes)
 {
 #ifdef MOED_HAVE_WGMMA
-	asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\n" ::"l"(dst),
-		     "r"(src), "r"(bytes), "l"(policy)
+	asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+		     "r"(bytes)
 		     : "memory");
 #else
-	(void)dst, (void)src, (void)bytes, (void)policy;
+	(void)dst, (void)src, (void)bytes;
 #endif
 }
 
@@ -828,10 +827,7 @@ __device__ __forceinline__ void store_pass(const struct moe_gpu_args &a, const f
 	if (warp < 2 && group * 64 + r < count && col < N) {
 		uint16_t *out = (uint16_t *)(kGateUp ? a.act : (void *)a.y);
 		const uint32_t cols = N - col < (uint32_t)kWsOutCols ? N - col : kWsOutCols;
-		// Marked to leave L2 first: written once, read once by the next kernel, and
-		// not to push out the weights and rows this grid reads again.
-		bulk_store(out + (size_t)(first + group * 64 + r) * N + col, buf + r * kWsOutPitch, cols * 2,
-			   evict_first_policy());
+		bulk_store(out + (size_t)(first + group * 64 + r) * N + col, buf + r * kWsOutPitch, cols * 2);
 	}
 	bulk_commit();
 }
