@@ -740,11 +740,8 @@ __device__ __forceinline__ void cluster_sync()
 using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
 constexpr int kWsLoaders = 128;
 constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
-constexpr int kWsOutCols = 128; // output columns a staging pass
-// A staged row: 256 bytes and 16 of padding, so that the 8 rows of a fragment store fall
-// on different banks (272 bytes = 68 words: 4 banks further each row).
-constexpr int kWsOutPitch = kWsOutCols * 2 + 16;
-constexpr int kWsOutBytes = ShapeWs::BM / 2 * kWsOutPitch; // a warpgroup's staging buffer
+constexpr int kWsOutCols = 128;                         // output columns a staging pass
+constexpr int kWsOutBytes = ShapeWs::BM / 2 * kWsOutCols * 2; // a warpgroup's staging buffer
 constexpr int kWsSmem = ShapeWs::kSmem + 2 * kWsOutBytes + 2 * ShapeWs::kStages * 8;
 static_assert(kWsSmem <= 227 * 1024, "an H100's or H200's shared memory for one block");
 constexpr uint32_t kBoxRows = 128;                            // rows of one TMA box
@@ -758,37 +755,6 @@ __device__ __forceinline__ void warpgroup_sync(uint32_t id)
 	asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
 }
 
-// The TMA's bulk copies from shared to global memory (sm_90): `bytes` (a multiple of
-// 16) from shared address `src` to `dst`, in this thread's current bulk group.
-__device__ __forceinline__ void bulk_store(void *dst, uint32_t src, uint32_t bytes)
-{
-#ifdef MOED_HAVE_WGMMA
-	asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
-		     "r"(bytes)
-		     : "memory");
-#else
-	(void)dst, (void)src, (void)bytes;
-#endif
-}
-
-__device__ __forceinline__ void bulk_commit()
-{
-#ifdef MOED_HAVE_WGMMA
-	asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-
-// Until this thread's bulk copies have read their sources (kRead), or are done.
-template <bool kRead> __device__ __forceinline__ void bulk_wait()
-{
-#ifdef MOED_HAVE_WGMMA
-	if (kRead)
-		asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-	else
-		asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-#endif
-}
-
 // One pass of store_staged: output columns 128 kPass .. 128 kPass + 127 of the item
 // (kGated: the gate/up GEMM's gated item, whose 128 outputs pair accumulator columns c
 // and c + 128).
@@ -797,10 +763,8 @@ __device__ __forceinline__ void store_pass(const struct moe_gpu_args &a, const f
 					   const float (&s)[2], uint32_t buf, uint32_t first, uint32_t count,
 					   uint32_t n0, uint32_t group, int warp, int lane)
 {
-	constexpr int kChunks = kWsOutCols / 8; // 8 columns, 16 bytes
-	// The buffer is free once the copies of its last pass have read it.
-	bulk_wait<true>();
-	warpgroup_sync(1 + group);
+	constexpr int kChunks = kWsOutCols / 8; // 16-byte chunks in a buffer row
+	const uint32_t N = kGateUp ? a.inter : a.hidden;
 #pragma unroll
 	for (int c = 0; c < kChunks; c++) {
 		const float *v = acc[kPass * kChunks + c], *u = acc[kChunks + c];
@@ -815,32 +779,39 @@ __device__ __forceinline__ void store_pass(const struct moe_gpu_args &a, const f
 				hi = activate(a.activation, s[h] * hi);
 			}
 			const uint32_t r = warp * 16 + lane / 4 + 8 * h;
-			const uint32_t at = buf + r * kWsOutPitch + c * 16 + lane % 4 * 4;
+			const uint32_t at = buf + r * (kWsOutCols * 2) + ((c ^ (r % 8)) << 4) + lane % 4 * 4;
 			asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at), "r"(pack2(lo, hi, kBf16)) : "memory");
 		}
 	}
-	fence_proxy_async(); // the rows, for the bulk copies' reads
 	warpgroup_sync(1 + group);
-	// A row a thread of the first two warps; N is a multiple of 8 (16 bytes).
-	const uint32_t N = kGateUp ? a.inter : a.hidden;
-	const uint32_t r = warp * kWarp + lane, col = n0 + kPass * kWsOutCols;
-	if (warp < 2 && group * 64 + r < count && col < N) {
-		uint16_t *out = (uint16_t *)(kGateUp ? a.act : (void *)a.y);
-		const uint32_t cols = N - col < (uint32_t)kWsOutCols ? N - col : kWsOutCols;
-		bulk_store(out + (size_t)(first + group * 64 + r) * N + col, buf + r * kWsOutPitch, cols * 2);
+	uint16_t *out = (uint16_t *)(kGateUp ? a.act : (void *)a.y);
+	const uint32_t row0 = group * 64;
+	const int t = warp * kWarp + lane, c = t % kChunks;
+	const uint32_t col = n0 + kPass * kWsOutCols + c * 8; // N is a multiple of 8
+#pragma unroll
+	for (int i = 0; i < 64 * kChunks / 128; i++) {
+		const uint32_t r = t / kChunks + i * (128 / kChunks);
+		if (row0 + r >= count || col >= N)
+			continue;
+		uint4 q;
+		const uint32_t at = buf + r * (kWsOutCols * 2) + ((c ^ (r % 8)) << 4);
+		asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+			     : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w)
+			     : "r"(at));
+		*(uint4 *)(out + (size_t)(first + row0 + r) * N + col) = q;
 	}
-	bulk_commit();
+	warpgroup_sync(1 + group); // the buffer is read before anyone writes it again
 }
 
 // The persistent kernel's epilogue, a warpgroup's 64 rows of a work item: written from
-// the accumulators into a shared buffer of 64 rows by 128 columns, then sent to global
-// memory by the TMA (a bulk copy a row) while the warpgroup goes on to its next item's
-// math. Stored from the fragments directly (store_tile), the prefill rows ran 7-29%
-// slower than with no stores at all, and 16-byte stores of whole rows from the same
-// buffer gained nothing (bench/RESULTS.md, version 12): the computing warps waited on
-// their stores, the matrix units idle. Gated gate/up items have 128 output columns (one
-// pass), others 256 (two). The bulk copies are waited for where the buffer is written
-// next (they need only have read it) and at the kernel's end.
+// the accumulators into a shared buffer of 64 rows by 128 columns, then copied out in
+// 16-byte pieces, 256 contiguous bytes a row. Written from the fragments directly
+// (store_tile), a warp's store covers 16 bytes of each of 8 rows, half of a 32-byte
+// sector each, while the matrix units wait: without any stores the prefill rows ran
+// 7-29% faster (bench/RESULTS.md, version 12). Gated gate/up items have 128 output
+// columns (one pass), others 256 (two).
+// The buffer's 16-byte chunks are swizzled by row (chunk ^ row % 8), so that a warp's
+// fragment stores (8 rows, one chunk each) and its row reads meet no bank conflicts.
 template <bool kGateUp, bool kBf16>
 __device__ __forceinline__ void store_staged(const struct moe_gpu_args &a, const float (&acc)[ShapeWs::kNT][4],
 					     uint32_t buf, uint32_t first, uint32_t count, uint32_t n0,
@@ -1039,7 +1010,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 						     count, column_block * cols, warp / 4, warp % 4, lane);
 		}
 	}
-	bulk_wait<false>(); // the epilogue's last copies (store_pass)
 	if constexpr (kPair) {
 		__syncwarp();
 		cluster_sync(); // the other block's arrivals on this one's barriers are all in
