@@ -736,104 +736,6 @@ __device__ __forceinline__ void cluster_sync()
 #endif
 }
 
-// The persistent kernel's geometry (ws_kernel, below).
-using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
-constexpr int kWsLoaders = 128;
-constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
-constexpr int kWsOutCols = 128;                         // output columns a staging pass
-constexpr int kWsOutBytes = ShapeWs::BM / 2 * kWsOutCols * 2; // a warpgroup's staging buffer
-constexpr int kWsSmem = ShapeWs::kSmem + 2 * kWsOutBytes + 2 * ShapeWs::kStages * 8;
-static_assert(kWsSmem <= 227 * 1024, "an H100's or H200's shared memory for one block");
-constexpr uint32_t kBoxRows = 128;                            // rows of one TMA box
-constexpr uint32_t kBoxBytes = kBoxRows * kBK * 2;            // 16 KiB
-constexpr uint32_t kWsComputeWarps = ShapeWs::kThreads / kWarp;
-static_assert(ShapeWs::BN == 2 * kBoxRows && ShapeWs::BM == kBoxRows, "two weight boxes, one A box");
-
-// Named barrier `id` (1, 2: one a warpgroup; 0 is __syncthreads') of 128 threads.
-__device__ __forceinline__ void warpgroup_sync(uint32_t id)
-{
-	asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
-}
-
-// One pass of store_staged: output columns 128 kPass .. 128 kPass + 127 of the item
-// (kGated: the gate/up GEMM's gated item, whose 128 outputs pair accumulator columns c
-// and c + 128).
-template <bool kGateUp, bool kBf16, int kPass, bool kGated>
-__device__ __forceinline__ void store_pass(const struct moe_gpu_args &a, const float (&acc)[ShapeWs::kNT][4],
-					   const float (&s)[2], uint32_t buf, uint32_t first, uint32_t count,
-					   uint32_t n0, uint32_t group, int warp, int lane)
-{
-	constexpr int kChunks = kWsOutCols / 8; // 16-byte chunks in a buffer row
-	const uint32_t N = kGateUp ? a.inter : a.hidden;
-#pragma unroll
-	for (int c = 0; c < kChunks; c++) {
-		const float *v = acc[kPass * kChunks + c], *u = acc[kChunks + c];
-#pragma unroll
-		for (int h = 0; h < 2; h++) {
-			float lo = v[2 * h], hi = v[2 * h + 1];
-			if (kGated) {
-				lo = activate(a.activation, s[h] * lo) * (s[h] * u[2 * h]);
-				hi = activate(a.activation, s[h] * hi) * (s[h] * u[2 * h + 1]);
-			} else if (kGateUp) {
-				lo = activate(a.activation, s[h] * lo);
-				hi = activate(a.activation, s[h] * hi);
-			}
-			const uint32_t r = warp * 16 + lane / 4 + 8 * h;
-			const uint32_t at = buf + r * (kWsOutCols * 2) + ((c ^ (r % 8)) << 4) + lane % 4 * 4;
-			asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at), "r"(pack2(lo, hi, kBf16)) : "memory");
-		}
-	}
-	warpgroup_sync(1 + group);
-	uint16_t *out = (uint16_t *)(kGateUp ? a.act : (void *)a.y);
-	const uint32_t row0 = group * 64;
-	const int t = warp * kWarp + lane, c = t % kChunks;
-	const uint32_t col = n0 + kPass * kWsOutCols + c * 8; // N is a multiple of 8
-#pragma unroll
-	for (int i = 0; i < 64 * kChunks / 128; i++) {
-		const uint32_t r = t / kChunks + i * (128 / kChunks);
-		if (row0 + r >= count || col >= N)
-			continue;
-		uint4 q;
-		const uint32_t at = buf + r * (kWsOutCols * 2) + ((c ^ (r % 8)) << 4);
-		asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-			     : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w)
-			     : "r"(at));
-		*(uint4 *)(out + (size_t)(first + row0 + r) * N + col) = q;
-	}
-	warpgroup_sync(1 + group); // the buffer is read before anyone writes it again
-}
-
-// The persistent kernel's epilogue, a warpgroup's 64 rows of a work item: written from
-// the accumulators into a shared buffer of 64 rows by 128 columns, then copied out in
-// 16-byte pieces, 256 contiguous bytes a row. Written from the fragments directly
-// (store_tile), a warp's store covers 16 bytes of each of 8 rows, half of a 32-byte
-// sector each, while the matrix units wait: without any stores the prefill rows ran
-// 7-29% faster (bench/RESULTS.md, version 12). Gated gate/up items have 128 output
-// columns (one pass), others 256 (two).
-// The buffer's 16-byte chunks are swizzled by row (chunk ^ row % 8), so that a warp's
-// fragment stores (8 rows, one chunk each) and its row reads meet no bank conflicts.
-template <bool kGateUp, bool kBf16>
-__device__ __forceinline__ void store_staged(const struct moe_gpu_args &a, const float (&acc)[ShapeWs::kNT][4],
-					     uint32_t buf, uint32_t first, uint32_t count, uint32_t n0,
-					     uint32_t group, int warp, int lane)
-{
-	// The router weight, where it scales the gate/up GEMM's input rows.
-	const uint32_t mine = group * 64 + warp * 16 + lane / 4; // this thread's first row; +8 its second
-	float s[2] = { 1.0f, 1.0f };
-	if (kGateUp && a.router_weight_on_input) {
-		if (mine < count)
-			s[0] = a.topk_weights[a.pair_of[first + mine]];
-		if (mine + 8 < count)
-			s[1] = a.topk_weights[a.pair_of[first + mine + 8]];
-	}
-	if (kGateUp && a.gated) {
-		store_pass<kGateUp, kBf16, 0, true>(a, acc, s, buf, first, count, n0, group, warp, lane);
-		return;
-	}
-	store_pass<kGateUp, kBf16, 0, false>(a, acc, s, buf, first, count, n0, group, warp, lane);
-	store_pass<kGateUp, kBf16, 1, false>(a, acc, s, buf, first, count, n0, group, warp, lane);
-}
-
 // The persistent, warp-specialised variant of wgmma128w, the plan's prefill kernel on
 // Hopper (wgmma128p). One block an SM walks the (tile, column block) work items
 // with a stride of the grid, in the order of the other kernels' tile groups (work_item).
@@ -846,8 +748,7 @@ __device__ __forceinline__ void store_staged(const struct moe_gpu_args &a, const
 // async proxy that wgmma reads through once the stage is full. Warpgroups 1 and 2
 // compute the tile's two halves of 64 pairs by 256 weight rows, keep one wgmma group in
 // flight, release each stage when its math is done (one arrival a warp), and write their
-// results through shared memory (store_staged) while the loaders already fill the next
-// work item's stages.
+// results from registers while the loaders already fill the next work item's stages.
 //
 // kPair (wgmma128c, the plan's where an expert has more than one tile): clusters of two
 // blocks walk items of two consecutive tiles, one each, in step (the routing lists the
@@ -858,6 +759,15 @@ __device__ __forceinline__ void store_staged(const struct moe_gpu_args &a, const
 // computing warps of both blocks, and a block refills a stage only when both have
 // released it. The blocks wait for each other once at the start (the barriers set up)
 // and once at the end (no arrival may reach a block that has exited).
+using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
+constexpr int kWsLoaders = 128;
+constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
+constexpr int kWsSmem = ShapeWs::kSmem + 2 * ShapeWs::kStages * 8;
+constexpr uint32_t kBoxRows = 128;                            // rows of one TMA box
+constexpr uint32_t kBoxBytes = kBoxRows * kBK * 2;            // 16 KiB
+constexpr uint32_t kWsComputeWarps = ShapeWs::kThreads / kWarp;
+static_assert(ShapeWs::BN == 2 * kBoxRows && ShapeWs::BM == kBoxRows, "two weight boxes, one A box");
+
 template <bool kGateUp, bool kBf16, bool kPair>
 __global__ void __launch_bounds__(kWsThreads, 1)
 	ws_kernel(const struct moe_gpu_args a, uint32_t items, const __grid_constant__ CUtensorMap map_a,
@@ -868,8 +778,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	constexpr uint32_t kStages = S::kStages, kBlocks = kPair ? 2 : 1;
 	extern __shared__ __align__(1024) unsigned char smem[];
 	const uint32_t base = smem_address(smem);
-	const uint32_t staging = base + S::kSmem; // the computing warpgroups' (store_staged)
-	const uint32_t full = staging + 2 * kWsOutBytes, empty = full + 8 * kStages; // 8-byte barriers
+	const uint32_t full = base + S::kSmem, empty = full + 8 * kStages; // 8-byte barriers
 	const int tid = threadIdx.x;
 	const uint32_t rank = kPair ? cluster_rank() : 0, peer = rank ^ 1;
 	if (tid == 0) {
@@ -1006,8 +915,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			fence_operands<S::BN / 2>(&acc[0][0][0]);
 			if (ktiles > 0)
 				release((g - 1) % kStages);
-			store_staged<kGateUp, kBf16>(a, acc[0], staging + warp / 4 * kWsOutBytes, a.tile_first[tile],
-						     count, column_block * cols, warp / 4, warp % 4, lane);
+			store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols, warp, 0,
+						      lane);
 		}
 	}
 	if constexpr (kPair) {
