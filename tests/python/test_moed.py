@@ -1,0 +1,286 @@
+# SPDX-License-Identifier: MIT
+"""The Python client and runner against running daemons (tests/test_python.sh starts
+them): results against a numpy f64 reference on fresh random inputs, the runner's
+contract (kwargs, no_combine withheld, empty input), asyncio with many jobs in flight
+from one process and from several, and the errors a caller can cause."""
+import asyncio
+import errno
+import math
+import os
+import subprocess
+import sys
+import unittest
+
+import numpy as np
+
+import moed
+from moed import dtypes
+
+SOCKET = os.environ.get("MOED_TEST_SOCKET", "")
+WITHHELD = os.environ.get("MOED_TEST_SOCKET_WITHHELD", "")
+SEED = int(os.environ.get("MOED_TEST_SEED", "0")) or int.from_bytes(os.urandom(4), "little")
+TOLERANCE = {"f32": 1e-5, "f16": 2e-3, "bf16": 1e-2}
+GELU = np.vectorize(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))))
+
+
+def reference(x, w13, w2, ids, tw, *, gated, activation, no_combine, on_input, scale):
+    """The MoE layer of ../shared/DESIGN.md in float64, token by token."""
+    m_count, h = x.shape
+    k_count, inter = ids.shape[1], w2.shape[2]
+    out = np.zeros((m_count, k_count, h) if no_combine else (m_count, h))
+    for m in range(m_count):
+        for k in range(k_count):
+            e, w = ids[m, k], float(tw[m, k])
+            g = w13[e] @ (x[m] * (w if on_input else 1.0))
+            a = g[:inter] if gated else g
+            a = a / (1.0 + np.exp(-a)) if activation == "silu" else GELU(a)
+            if gated:
+                a = a * g[inter:]
+            y = w2[e] @ a
+            if no_combine:
+                out[m, k] = y
+            else:
+                out[m] += scale * (1.0 if on_input else w) * y
+    return out
+
+
+def rel_error(got, want):
+    return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300)
+
+
+class Layer:
+    """A random layer registered with the daemon, and its float64 values."""
+
+    def __init__(self, client, rng, dtype, e, h, inter, gated=True):
+        code = dtypes.NAMES[dtype]
+        rows = 2 * inter if gated else inter
+        w13 = rng.uniform(-1, 1, (e, rows, h)) * math.sqrt(3.0 / h)
+        w2 = rng.uniform(-1, 1, (e, h, inter)) * math.sqrt(3.0 / inter)
+        self.w13, self.w2 = dtypes.from_float(w13, code), dtypes.from_float(w2, code)
+        self.w13_64, self.w2_64 = dtypes.to_float64(self.w13, code), dtypes.to_float64(self.w2, code)
+        name = f"py-{dtype}-{e}-{h}-{inter}-{int(gated)}-{rng.integers(1 << 30)}"
+        self.weights = client.register_weights(name, self.w13, self.w2, gated=gated)
+        self.name = name
+        self.dtype, self.code, self.gated, self.e, self.h = dtype, code, gated, e, h
+
+
+def random_inputs(rng, layer, m, k):
+    x = dtypes.from_float(rng.standard_normal((m, layer.h)), layer.code)
+    logits = rng.standard_normal((m, layer.e))
+    ids = np.argsort(-logits, axis=1)[:, :k].astype(np.int32)
+    probs = np.exp(np.take_along_axis(logits, ids, 1))
+    tw = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    return x, ids, tw
+
+
+def check(test, layer, x, ids, tw, out, **flags):
+    want = reference(dtypes.to_float64(x, layer.code), layer.w13_64, layer.w2_64, ids, tw,
+                     gated=layer.gated, activation=flags.get("activation", "silu"),
+                     no_combine=flags.get("no_combine", False),
+                     on_input=flags.get("apply_router_weight_on_input", False),
+                     scale=flags.get("routed_scaling_factor") or 1.0)
+    got = dtypes.to_float64(np.asarray(out), layer.code)
+    test.assertEqual(got.shape, want.shape)
+    test.assertTrue(np.isfinite(got).all(), f"non-finite output (seed {SEED}, {flags})")
+    err = rel_error(got, want)
+    test.assertLess(err, TOLERANCE[layer.dtype], f"seed {SEED}, {layer.dtype}, {flags}")
+
+
+def poison_arena(client, nbytes=1 << 20):
+    """Fill the arena's free space at its start with NaN, so an output the daemon does
+    not write fails (the next allocations reuse this memory)."""
+    junk = client.empty((nbytes // 4,), np.float32)
+    junk[...] = np.nan
+    del junk
+
+
+@unittest.skipUnless(SOCKET, "no daemon: run through tests/test_python.sh")
+class ResultsTest(unittest.TestCase):
+    def setUp(self):
+        self.client = moed.Client(SOCKET)
+        self.rng = np.random.default_rng(SEED)
+
+    def tearDown(self):
+        self.client.close()
+
+    def test_random_jobs_against_reference(self):
+        for dtype in ("f32", "bf16", "f16"):
+            for gated in (True, False):
+                e, h, inter = (int(self.rng.integers(2, 9)), int(self.rng.integers(3, 13)) * 8,
+                               int(self.rng.integers(2, 9)) * 8 + int(self.rng.integers(0, 2)))
+                layer = Layer(self.client, self.rng, dtype, e, h, inter, gated)
+                runner = moed.MoeRunner(self.client, layer.weights)
+                for trial in range(4):
+                    m, k = int(self.rng.integers(1, 40)), int(self.rng.integers(1, min(e, 4) + 1))
+                    flags = {"activation": ("silu", "gelu")[trial % 2],
+                             "no_combine": trial >= 2,
+                             "routed_scaling_factor": float(self.rng.uniform(0.5, 2.5)) if trial % 3 else None}
+                    if trial == 3:
+                        k, flags["apply_router_weight_on_input"] = 1, True
+                    x, ids, tw = random_inputs(self.rng, layer, m, k)
+                    poison_arena(self.client)
+                    out = runner(x, ids, tw, **flags)
+                    check(self, layer, x, ids, tw, out, **flags)
+
+    def test_outputs_are_arena_views(self):
+        layer = Layer(self.client, self.rng, "f32", 4, 32, 16)
+        runner = moed.MoeRunner(self.client, layer.weights)
+        x, ids, tw = random_inputs(self.rng, layer, 3, 2)
+        out = runner(x, ids, tw)
+        self.assertTrue(self.client.in_arena(out))
+        xa = self.client.put(x)
+        self.assertIs(self.client.put(xa), xa)  # already there: not copied
+
+    def test_weights_shared_by_name(self):
+        layer = Layer(self.client, self.rng, "f16", 5, 40, 24)
+        with moed.Client(SOCKET) as other:
+            attached = other.attach_weights(layer.name)
+            self.assertEqual((attached.num_experts, attached.hidden_size, attached.inter_size, attached.gated),
+                             (5, 40, 24, True))
+            x, ids, tw = random_inputs(self.rng, layer, 6, 3)
+            check(self, layer, x, ids, tw, moed.MoeRunner(other, attached)(x, ids, tw))
+            with self.assertRaises(moed.MoedError) as caught:
+                other.attach_weights(layer.name + "-none")
+            self.assertEqual(caught.exception.code, errno.ENOENT)
+            self.assertIn(layer.name + "-none", str(caught.exception))
+        with self.assertRaisesRegex(ValueError, r"wants \[5, 40, 24\]"):
+            self.client.register_weights("bad", layer.w13, layer.w2[:, :, :20])
+
+    def test_arena_memory_returns(self):
+        # Far more than the arena holds in all, one array at a time.
+        for _ in range(64):
+            a = self.client.empty((4 << 20,), np.uint8)
+            a[0] = 1
+            del a
+
+    def test_torch_tensors(self):
+        if dtypes.torch is None:
+            self.skipTest("torch is not importable here")
+        torch = dtypes.torch
+        layer = Layer(self.client, self.rng, "bf16", 4, 32, 16)
+        runner = moed.MoeRunner(self.client, layer.weights)
+        x, ids, tw = random_inputs(self.rng, layer, 5, 2)
+        xt = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+        out = runner(xt, torch.from_numpy(ids), torch.from_numpy(tw))
+        self.assertEqual(out.dtype, torch.bfloat16)
+        check(self, layer, x, ids, tw, out.view(torch.int16).numpy().view(np.uint16))
+        empty = runner(xt[:0], torch.from_numpy(ids[:0]), torch.from_numpy(tw[:0]), no_combine=True)
+        self.assertEqual(tuple(empty.shape), (0, 2, 32))
+
+
+@unittest.skipUnless(SOCKET and WITHHELD, "no daemons: run through tests/test_python.sh")
+class ContractTest(unittest.TestCase):
+    def setUp(self):
+        self.client = moed.Client(SOCKET)
+        self.rng = np.random.default_rng(SEED)
+        self.layer = Layer(self.client, self.rng, "f32", 6, 48, 24)
+        self.runner = moed.MoeRunner(self.client, self.layer.weights)
+        self.inputs = random_inputs(self.rng, self.layer, 9, 2)
+
+    def tearDown(self):
+        self.client.close()
+
+    def test_kwargs_forwarded_and_honoured(self):
+        sig = self.client.signature
+        self.assertIn("block_rows", sig.kwargs)
+        for kwargs in ({"block_rows": 1}, {"block_rows": 5, "num_threads": 1}, {}, None):
+            out = self.runner(*self.inputs, fused_moe_kwargs=kwargs)
+            check(self, self.layer, *self.inputs, out)
+        # What this side does not check, the daemon refuses, naming the key: so the
+        # kwargs reach it.
+        self.runner._check_kwargs = lambda kwargs: list(kwargs.items())
+        with self.assertRaisesRegex(ValueError, "not_a_kwarg"):
+            self.runner(*self.inputs, fused_moe_kwargs={"not_a_kwarg": 3})
+        with self.assertRaisesRegex(ValueError, "block_rows"):
+            self.runner(*self.inputs, fused_moe_kwargs={"block_rows": 0})
+
+    def test_bad_kwargs_name_the_key(self):
+        cases = [({"bogus": 1}, "unknown key 'bogus'"),
+                 ({"block_rows": "many"}, r"\['block_rows'\] must be int, not str"),
+                 ({"block_rows": True}, r"\['block_rows'\] must be int, not bool"),
+                 ({"num_threads": 0}, r"\['num_threads'\] = 0 is out of range"),
+                 ({"block_rows": 1 << 40}, r"\['block_rows'\] = 1099511627776 is out of range")]
+        for kwargs, words in cases:
+            with self.assertRaisesRegex(ValueError, words):
+                self.runner(*self.inputs, fused_moe_kwargs=kwargs)
+        with self.assertRaisesRegex(ValueError, "must be a dict or None"):
+            self.runner(*self.inputs, fused_moe_kwargs=[("block_rows", 1)])
+
+    def test_no_combine_withheld(self):
+        self.assertTrue(self.runner.supports_no_combine())
+        with moed.Client(WITHHELD) as other:
+            layer = Layer(other, self.rng, "f32", 6, 48, 24)
+            runner = moed.MoeRunner(other, layer.weights)
+            self.assertFalse(runner.supports_no_combine())
+            x, ids, tw = random_inputs(self.rng, layer, 4, 2)
+            for rows in (4, 0):  # refused before the empty shortcut too
+                with self.assertRaisesRegex(NotImplementedError, "no_combine is not supported by moed backend 'cpu'"):
+                    runner(x[:rows], ids[:rows], tw[:rows], no_combine=True)
+            check(self, layer, x, ids, tw, runner(x, ids, tw))
+
+    def test_empty_input_shapes(self):
+        x, ids, tw = (a[:0] for a in self.inputs)
+        out = self.runner(x, ids, tw, no_combine=True)
+        self.assertEqual(out.shape, (0, 2, 48))
+        self.assertEqual(out.dtype, np.float32)
+        self.assertEqual(self.runner(x, ids, tw).shape, (0, 48))
+
+    def test_errors_a_caller_can_cause(self):
+        x, ids, tw = self.inputs
+        bad = ids.copy()
+        bad[3, 1] = 6  # E = 6
+        with self.assertRaisesRegex(ValueError, r"topk_ids\[3\]\[1\] = 6 is outside \[0, 6\)"):
+            self.runner(x, bad, tw)
+        with self.assertRaisesRegex(ValueError, r"hidden_states is \[9, 40\]"):
+            self.runner(x[:, :40], ids, tw)
+        with self.assertRaisesRegex(ValueError, "must both be"):
+            self.runner(x, ids, tw[:, :1])
+        with self.assertRaisesRegex(ValueError, "needs topk 1"):
+            self.runner(x, ids, tw, apply_router_weight_on_input=True)
+        with self.assertRaisesRegex(ValueError, "activation 'relu'"):
+            self.runner(x, ids, tw, activation="relu")
+        with self.assertRaisesRegex(TypeError, "float64 is not an I/O dtype"):
+            self.runner(x.astype(np.float64), ids, tw)
+        with self.assertRaises(moed.MoedError) as caught:
+            moed.Client(SOCKET + ".missing")
+        self.assertEqual(caught.exception.code, errno.ENOENT)
+        self.assertIn("cannot connect", str(caught.exception))
+
+
+async def many_in_flight(socket, seed, jobs):
+    """`jobs` jobs in flight at once from one client, each checked; returns how many
+    were right."""
+    rng = np.random.default_rng(seed)
+    with moed.Client(socket, sq_entries=256) as client:
+        layer = Layer(client, rng, "bf16", 8, 64, 32)
+        runner = moed.MoeRunner(client, layer.weights)
+        inputs = [random_inputs(rng, layer, int(rng.integers(1, 24)), 2) for _ in range(jobs)]
+        outs = await asyncio.gather(*(runner.run_async(*i) for i in inputs))
+        test = unittest.TestCase()
+        for i, out in zip(inputs, outs):
+            check(test, layer, *i, out)
+        return len(outs)
+
+
+@unittest.skipUnless(SOCKET, "no daemon: run through tests/test_python.sh")
+class AsyncTest(unittest.TestCase):
+    def test_many_jobs_in_flight_one_process(self):
+        self.assertEqual(asyncio.run(many_in_flight(SOCKET, SEED, 128)), 128)
+
+    def test_many_jobs_in_flight_several_processes(self):
+        workers = [subprocess.Popen([sys.executable, __file__, "--worker", SOCKET, str(SEED + i), "64"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                   for i in range(1, 4)]
+        for w in workers:
+            out, _ = w.communicate(timeout=300)
+            self.assertEqual(w.returncode, 0, out.decode(errors="replace"))
+            self.assertIn(b"64 jobs right", out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        n = asyncio.run(many_in_flight(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+        print(f"{n} jobs right")
+        sys.exit(0)
+    print(f"MOED_TEST_SEED={SEED}")
+    unittest.main(verbosity=2)
