@@ -272,8 +272,8 @@ class KwargsBlob:
         try:
             for key, value in items:
                 k = key.encode()
-                if isinstance(value, bool):
-                    rc = lib.moed_kwargs_add_bool(b, k, value)
+                if isinstance(value, (bool, np.bool_)):
+                    rc = lib.moed_kwargs_add_bool(b, k, bool(value))
                 elif isinstance(value, (int, np.integer)):
                     rc = lib.moed_kwargs_add_int(b, k, int(value))
                 elif isinstance(value, (float, np.floating)):

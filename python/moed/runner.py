@@ -118,6 +118,11 @@ class MoeRunner:
             return p
         if not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"topk_ids must be integers, not {ids.dtype}")
+        if ids.dtype != np.int32 and (ids.min() < 0 or ids.max() >= self.weights.num_experts):
+            # Checked before the conversion to int32 could wrap a bad id onto a good one;
+            # int32 ids are the daemon's to check.
+            raise ValueError(f"topk_ids holds {ids.min() if ids.min() < 0 else ids.max()}, outside "
+                             f"[0, {self.weights.num_experts})")
         c = self.client
         xa, ia, wa = c.put(x), c.put(ids, np.int32), c.put(tw, np.float32)
         p.output = c.empty(out_shape, x.dtype)

@@ -183,7 +183,7 @@ class ContractTest(unittest.TestCase):
     def test_kwargs_forwarded_and_honoured(self):
         sig = self.client.signature
         self.assertIn("block_rows", sig.kwargs)
-        for kwargs in ({"block_rows": 1}, {"block_rows": 5, "num_threads": 1}, {}, None):
+        for kwargs in ({"block_rows": 1}, {"block_rows": np.int64(5), "num_threads": 1}, {}, None):
             out = self.runner(*self.inputs, fused_moe_kwargs=kwargs)
             check(self, self.layer, *self.inputs, out)
         # What this side does not check, the daemon refuses, naming the key: so the
@@ -231,6 +231,12 @@ class ContractTest(unittest.TestCase):
         bad[3, 1] = 6  # E = 6
         with self.assertRaisesRegex(ValueError, r"topk_ids\[3\]\[1\] = 6 is outside \[0, 6\)"):
             self.runner(x, bad, tw)
+        wrapping = ids.astype(np.int64)
+        wrapping[0, 0] = (1 << 32) + 1  # would be 1 as int32
+        with self.assertRaisesRegex(ValueError, r"topk_ids holds 4294967297, outside \[0, 6\)"):
+            self.runner(x, wrapping, tw)
+        with self.assertRaisesRegex(ValueError, "topk_ids must be integers"):
+            self.runner(x, ids.astype(np.float32), tw)
         with self.assertRaisesRegex(ValueError, r"hidden_states is \[9, 40\]"):
             self.runner(x[:, :40], ids, tw)
         with self.assertRaisesRegex(ValueError, "must both be"):
