@@ -86,12 +86,12 @@ async def completion(client, ticket):
     return await future
 
 
-async def submit(client, job):
+async def submit(client, job, keep=None):
     """Client.submit, awaiting room in the submission ring where it is full (the daemon
     takes jobs as fast as it can; room comes back with completions)."""
     while True:
         try:
-            return client.submit(job)
+            return client.submit(job, keep)
         except MoedError as e:
             if e.code != errno.EAGAIN:
                 raise

@@ -106,6 +106,7 @@ class Client:
         self._done = {}      # completions reaped for tickets not yet asked for
         self._waiters = {}   # ticket -> asyncio future (moed.aio)
         self._space = []     # futures awaiting room in the submission ring (moed.aio)
+        self._keep = {}      # ticket -> the arena arrays its job uses, until it completes
         self._async = None
 
     def close(self):
@@ -211,15 +212,20 @@ class Client:
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def submit(self, job):
+    def submit(self, job, keep=None):
         """Queue one job (a moed._lib.MoeJob whose buffers lie in the arena); returns its
-        ticket, for wait() or moed.aio. Raises MoedError when the ring is full."""
+        ticket, for wait() or moed.aio. `keep`: the arrays the job uses, held until its
+        completion is reaped (whatever becomes of the caller: a timeout, a cancelled
+        task), so that their arena memory is not reused while the daemon works on it.
+        Raises MoedError when the ring is full."""
         job.user_data = self._next
         rc = lib.moed_submit_moe(self._c, ctypes.byref(job), 1)
         _check(rc, self._c, "moed: submitting a job")
         if rc == 0:
             raise MoedError(errno.EAGAIN, "moed: the submission ring is full; reap completions first")
         self._next += 1
+        if keep is not None:
+            self._keep[job.user_data] = keep
         return job.user_data
 
     def inflight(self):
@@ -233,6 +239,7 @@ class Client:
                     future.set_result(None)
         for i in range(n):
             c = completions[i]
+            self._keep.pop(c.user_data, None)
             result = (c.status, c.message.decode(errors="replace"), tuple(c.out_shape[:c.out_rank]))
             future = self._waiters.pop(c.user_data, None)
             if future is None:

@@ -46,7 +46,7 @@ class MoeRunner:
         p = self._prepare(hidden_states, topk_ids, topk_weights, **options)
         if p.result is not None:
             return p.result
-        status, message, _ = self.client.wait(self.client.submit(p.job))
+        status, message, _ = self.client.wait(self.client.submit(p.job, p))
         return self._finish(p, status, message)
 
     async def run_async(self, hidden_states, topk_ids, topk_weights, **options):
@@ -54,7 +54,7 @@ class MoeRunner:
         p = self._prepare(hidden_states, topk_ids, topk_weights, **options)
         if p.result is not None:
             return p.result
-        status, message, _ = await aio.completion(self.client, await aio.submit(self.client, p.job))
+        status, message, _ = await aio.completion(self.client, await aio.submit(self.client, p.job, p))
         return self._finish(p, status, message)
 
     # ---- checks, in the order the contract needs ---------------------------------------

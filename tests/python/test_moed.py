@@ -146,6 +146,31 @@ class ResultsTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, r"wants \[5, 40, 24\]"):
             self.client.register_weights("bad", layer.w13, layer.w2[:, :, :20])
 
+    def test_jobs_keep_their_buffers(self):
+        # A job submitted with keep= holds its arrays until its completion is reaped,
+        # even where the caller drops them (a timeout, a cancelled task): fresh arrays
+        # must not take their arena memory while the daemon still writes it.
+        layer = Layer(self.client, self.rng, "f32", 8, 256, 128)
+        x, ids, tw = random_inputs(self.rng, layer, 2048, 4)
+        tickets = []
+        for _ in range(3):
+            xa, ia, wa = self.client.put(x), self.client.put(ids), self.client.put(tw)
+            out = self.client.empty((2048, 256), np.float32)
+            job = moed._lib.MoeJob(weights=layer.weights.handle, dtype=layer.code, num_tokens=2048, topk=4,
+                                   hidden_size=256, hidden=xa.ctypes.data, topk_ids=ia.ctypes.data,
+                                   topk_weights=wa.ctypes.data, output=out.ctypes.data)
+            tickets.append(self.client.submit(job, keep=(xa, ia, wa, out)))
+            del xa, ia, wa, out
+        self.assertEqual(len(self.client._keep), 3)
+        sentinels = [self.client.empty((1 << 18,), np.float32) for _ in range(32)]
+        for s in sentinels:
+            s[...] = 1234.5
+        for t in tickets:
+            self.assertEqual(self.client.wait(t)[0], 0)
+        self.assertEqual(self.client._keep, {})
+        for s in sentinels:
+            self.assertTrue((s == 1234.5).all(), "a job wrote into memory given to another array")
+
     def test_arena_memory_returns(self):
         # Far more than the arena holds in all, one array at a time.
         for _ in range(64):
