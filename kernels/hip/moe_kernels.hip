@@ -205,11 +205,11 @@ template <bool kY16> struct Y8 {
 template <bool kY16> __device__ __forceinline__ Y8<kY16> load8(const struct moe_gpu_args &a, size_t i)
 {
 	Y8<kY16> r;
-	if (kY16) {
+	if constexpr (kY16) {
 		r.w[0] = *(const uint4 *)((const uint16_t *)a.y + i);
 	} else {
 		r.w[0] = *(const uint4 *)(a.y + i);
-		r.w[kY16 ? 0 : 1] = *(const uint4 *)(a.y + i + 4);
+		r.w[1] = *(const uint4 *)(a.y + i + 4);
 	}
 	return r;
 }
@@ -245,9 +245,9 @@ __device__ __forceinline__ void store8(const struct moe_gpu_args &a, size_t i, c
 }
 
 // The same where H is a multiple of 8: one thread per (token, 8 columns), 16-byte loads
-// and stores, the routing of all k read before the rows, all rows loaded before they
-// are summed (the scalar kernel above moved about a third of the copy bandwidth on
-// 16-bit y, and waits for each k in turn at small M). kY16: y holds the I/O dtype (y_io).
+// and stores, all rows loaded before they are summed (the scalar kernel above moved
+// about a third of the copy bandwidth on 16-bit y, and waits for each k in turn at small
+// M). kY16: y holds the I/O dtype (y_io).
 template <int kMaxTopk, bool kY16> __global__ void combine8_kernel(struct moe_gpu_args a)
 {
 	const uint32_t groups = a.hidden / 8;
