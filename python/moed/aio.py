@@ -18,7 +18,7 @@ from .client import MoedError
 class _Watcher:
     def __init__(self, client, loop):
         self.client, self.loop = client, loop
-        self.fd = lib.moed_completion_fd(client._c)
+        self.fd = lib.moed_completion_fd(client._h)
         self.reading = False
 
     def ensure(self):
@@ -43,7 +43,7 @@ class _Watcher:
     def _arm(self):
         # Reap until the ring is empty with the wake-up armed, or nobody waits.
         while self.client._waiters or self.client._space:
-            rc = lib.moed_arm_wakeup(self.client._c)
+            rc = lib.moed_arm_wakeup(self.client._h)
             if rc == 0:
                 return
             try:

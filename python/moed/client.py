@@ -81,7 +81,7 @@ class Weights:
 
     def release(self):
         if self.handle:
-            _check(lib.moed_weights_release(self.client._c, self.handle), self.client._c,
+            _check(lib.moed_weights_release(self.client._h, self.handle), self.client._c,
                    "moed: releasing weights")
             self.handle = 0
 
@@ -109,6 +109,13 @@ class Client:
         self._keep = {}      # ticket -> the arena arrays its job uses, until it completes
         self._async = None
 
+    @property
+    def _h(self):
+        """The libmoed handle; MoedError once closed (libmoed takes no NULL client)."""
+        if not self._c:
+            raise MoedError(errno.EBADF, "moed: the client is closed")
+        return self._c
+
     def close(self):
         if self._c:
             if self._async:
@@ -131,7 +138,7 @@ class Client:
     def signature(self):
         """The backend's signature, asked of the daemon once and cached."""
         if self._signature is None:
-            sig = lib.moed_signature(self._c)
+            sig = lib.moed_signature(self._h)
             if not sig:
                 _check(-errno.EIO, self._c, "moed: reading the backend's signature")
             self._signature = Signature(sig.contents)
@@ -149,7 +156,7 @@ class Client:
         shape = tuple(int(n) for n in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         nbytes = count * dt.itemsize
-        ptr = lib.moed_arena_alloc(self._c, max(nbytes, 1))
+        ptr = lib.moed_arena_alloc(self._h, max(nbytes, 1))
         if not ptr:
             raise MemoryError(f"moed: the arena has no room for {nbytes} bytes "
                               "(free arrays, or connect with a larger arena_size)")
@@ -166,7 +173,7 @@ class Client:
     def in_arena(self, array):
         """Whether a numpy array lies wholly in this client's arena."""
         size = ctypes.c_size_t()
-        base = lib.moed_arena_base(self._c, ctypes.byref(size))
+        base = lib.moed_arena_base(self._h, ctypes.byref(size))
         start = array.__array_interface__["data"][0]
         return base <= start and start + array.nbytes <= base + size.value
 
@@ -198,7 +205,7 @@ class Client:
                              f"({'gated' if gated else 'not gated'}) wants [{e}, {h}, {inter}]")
         shape = _lib.WeightsShape(num_experts=e, hidden_size=h, inter_size=inter, dtype=code,
                                   gated=1 if gated else 0)
-        rc = lib.moed_weights_register(self._c, name.encode(), ctypes.byref(shape),
+        rc = lib.moed_weights_register(self._h, name.encode(), ctypes.byref(shape),
                                        w13.ctypes.data, w2.ctypes.data)
         _check(rc, self._c, f"moed: registering weights {name!r}")
         return Weights(self, rc, shape)
@@ -206,7 +213,7 @@ class Client:
     def attach_weights(self, name):
         """Attach to the committed weight set `name` (no upload)."""
         shape = _lib.WeightsShape()
-        rc = lib.moed_weights_attach(self._c, name.encode(), ctypes.byref(shape))
+        rc = lib.moed_weights_attach(self._h, name.encode(), ctypes.byref(shape))
         _check(rc, self._c, f"moed: attaching weights {name!r}")
         return Weights(self, rc, shape)
 
@@ -219,7 +226,7 @@ class Client:
         task), so that their arena memory is not reused while the daemon works on it.
         Raises MoedError when the ring is full."""
         job.user_data = self._next
-        rc = lib.moed_submit_moe(self._c, ctypes.byref(job), 1)
+        rc = lib.moed_submit_moe(self._h, ctypes.byref(job), 1)
         _check(rc, self._c, "moed: submitting a job")
         if rc == 0:
             raise MoedError(errno.EAGAIN, "moed: the submission ring is full; reap completions first")
@@ -229,7 +236,7 @@ class Client:
         return job.user_data
 
     def inflight(self):
-        return lib.moed_inflight(self._c)
+        return lib.moed_inflight(self._h)
 
     def _reap(self, completions, n):
         if n:
@@ -251,7 +258,7 @@ class Client:
         """Reap whatever completions are there, without waiting."""
         batch = (_lib.Completion * 16)()
         while True:
-            n = _check(lib.moed_poll(self._c, batch, len(batch)), self._c, "moed: polling")
+            n = _check(lib.moed_poll(self._h, batch, len(batch)), self._c, "moed: polling")
             self._reap(batch, n)
             if n < len(batch):
                 return
@@ -261,7 +268,7 @@ class Client:
         batch = (_lib.Completion * 16)()
         ms = -1 if timeout is None else int(timeout * 1000)
         while ticket not in self._done:
-            n = lib.moed_wait(self._c, batch, len(batch), ms)
+            n = lib.moed_wait(self._h, batch, len(batch), ms)
             if n == -errno.ETIMEDOUT:
                 raise TimeoutError(f"moed: job {ticket} not complete after {timeout} s")
             _check(n, self._c, "moed: waiting for a job")

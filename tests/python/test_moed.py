@@ -272,6 +272,12 @@ class ContractTest(unittest.TestCase):
             self.runner(x, ids, tw, activation="relu")
         with self.assertRaisesRegex(TypeError, "float64 is not an I/O dtype"):
             self.runner(x.astype(np.float64), ids, tw)
+        closed = moed.Client(SOCKET)
+        closed.close()
+        with self.assertRaisesRegex(moed.MoedError, "the client is closed"):
+            closed.empty((4,), np.float32)
+        with self.assertRaisesRegex(moed.MoedError, "the client is closed"):
+            moed.MoeRunner(closed, self.layer.weights)(x, ids, tw)
         with self.assertRaises(moed.MoedError) as caught:
             moed.Client(SOCKET + ".missing")
         self.assertEqual(caught.exception.code, errno.ENOENT)
