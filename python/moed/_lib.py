@@ -17,6 +17,7 @@ SIG_CHOICES_MAX = 160
 # enum moed_dtype, enum moed_activation, MOED_CAP_*, enum moed_kwarg_type
 DTYPE_F32, DTYPE_BF16, DTYPE_F16 = 0, 1, 2
 ACT_SILU, ACT_GELU = 0, 1
+ACTIVATIONS = {"silu": ACT_SILU, "gelu": ACT_GELU}
 CAP_NO_COMBINE = 1 << 0
 CAP_ROUTER_WEIGHT_ON_INPUT = 1 << 1
 CAP_GATED = 1 << 2
@@ -118,12 +119,10 @@ _P = ctypes.c_void_p
 _FUNCTIONS = {
     # name: (restype, argtypes)
     "moed_version": (ctypes.c_char_p, []),
-    "moed_abi_version": (ctypes.c_uint, []),
     "moed_connect": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ConnectOptions), ctypes.POINTER(_P)]),
     "moed_close": (None, [_P]),
     "moed_client_error": (ctypes.c_char_p, [_P]),
     "moed_signature": (ctypes.POINTER(Signature), [_P]),
-    "moed_supports_no_combine": (ctypes.c_int, [_P]),
     "moed_arena_alloc": (_P, [_P, ctypes.c_size_t]),
     "moed_arena_free": (None, [_P, _P]),
     "moed_arena_base": (_P, [_P, ctypes.POINTER(ctypes.c_size_t)]),
@@ -133,7 +132,6 @@ _FUNCTIONS = {
     "moed_submit_moe": (ctypes.c_int, [_P, ctypes.POINTER(MoeJob), ctypes.c_uint]),
     "moed_poll": (ctypes.c_int, [_P, ctypes.POINTER(Completion), ctypes.c_uint]),
     "moed_wait": (ctypes.c_int, [_P, ctypes.POINTER(Completion), ctypes.c_uint, ctypes.c_int]),
-    "moed_set_spin_us": (None, [_P, ctypes.c_uint32]),
     "moed_inflight": (ctypes.c_uint, [_P]),
     "moed_completion_fd": (ctypes.c_int, [_P]),
     "moed_arm_wakeup": (ctypes.c_int, [_P]),

@@ -31,7 +31,7 @@ class _Watcher:
         if self.reading:
             self.loop.remove_reader(self.fd)
             self.reading = False
-        self._fail(MoedError(104, "moed: the client was closed with jobs awaited"))
+        self._fail(MoedError(errno.ECANCELED, "moed: the client was closed with jobs awaited"))
 
     def _fail(self, exc):
         waiters, self.client._waiters = self.client._waiters, {}

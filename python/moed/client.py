@@ -58,8 +58,7 @@ class Signature:
         self.backend = wire.backend.decode()
         self.caps = wire.caps
         self.dtypes = {n for n, c in dtypes.NAMES.items() if wire.dtypes >> c & 1}
-        self.activations = {n for n, c in (("silu", _lib.ACT_SILU), ("gelu", _lib.ACT_GELU))
-                            if wire.activations >> c & 1}
+        self.activations = {n for n, c in _lib.ACTIVATIONS.items() if wire.activations >> c & 1}
         self.kwargs = {s.name: s for s in (KwargSpec(wire.kwargs[i]) for i in range(wire.kwarg_count))}
 
     @property
@@ -108,6 +107,7 @@ class Client:
         self._space = []     # futures awaiting room in the submission ring (moed.aio)
         self._keep = {}      # ticket -> the arena arrays its job uses, until it completes
         self._async = None
+        self._batch = (_lib.Completion * 16)()  # reaped into, by poll() and wait()
 
     @property
     def _h(self):
@@ -152,7 +152,12 @@ class Client:
     def empty(self, shape, dtype):
         """An uninitialised array of `shape` in the arena. dtype: a numpy dtype (float32,
         float16, int32, uint16 for bf16 bits) or "f32", "bf16", "f16"."""
-        dt = dtypes.numpy_dtype(dtypes.NAMES[dtype]) if isinstance(dtype, str) else np.dtype(dtype)
+        if isinstance(dtype, str):
+            if dtype not in dtypes.NAMES:
+                raise ValueError(f"moed: dtype {dtype!r} is not one of {', '.join(dtypes.NAMES)}")
+            dt = dtypes.numpy_dtype(dtypes.NAMES[dtype])
+        else:
+            dt = np.dtype(dtype)
         shape = tuple(int(n) for n in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         nbytes = count * dt.itemsize
@@ -256,7 +261,7 @@ class Client:
 
     def poll(self):
         """Reap whatever completions are there, without waiting."""
-        batch = (_lib.Completion * 16)()
+        batch = self._batch
         while True:
             n = _check(lib.moed_poll(self._h, batch, len(batch)), self._c, "moed: polling")
             self._reap(batch, n)
@@ -265,7 +270,7 @@ class Client:
 
     def wait(self, ticket, timeout=None):
         """Until job `ticket` completes: (status, message, output shape). timeout in s."""
-        batch = (_lib.Completion * 16)()
+        batch = self._batch
         ms = -1 if timeout is None else int(timeout * 1000)
         while ticket not in self._done:
             n = lib.moed_wait(self._h, batch, len(batch), ms)
@@ -276,27 +281,47 @@ class Client:
         return self._done.pop(ticket)
 
 
+def kwarg_type_of(value):
+    """The wire type a Python value would travel as, where no signature says (None: none)."""
+    if isinstance(value, (bool, np.bool_)):
+        return _lib.KWARG_BOOL
+    if isinstance(value, (int, np.integer)):
+        return _lib.KWARG_INT64
+    if isinstance(value, (float, np.floating)):
+        return _lib.KWARG_DOUBLE
+    if isinstance(value, str):
+        return _lib.KWARG_STRING
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return _lib.KWARG_INT64_ARRAY
+    return None
+
+
 class KwargsBlob:
-    """fused_moe_kwargs encoded (libmoed's builder), copied into the arena for a job."""
+    """fused_moe_kwargs encoded (libmoed's builder), copied into the arena for a job.
+    items: (key, value, wire type): the type the backend's signature gives the key, so
+    that 1 goes as a double where a double is wanted."""
 
     def __init__(self, client, items):
         b = lib.moed_kwargs_builder_new()
         if not b:
             raise MemoryError("moed: no memory for a kwargs builder")
         try:
-            for key, value in items:
+            for key, value, kind in items:
                 k = key.encode()
-                if isinstance(value, (bool, np.bool_)):
+                if kind == _lib.KWARG_BOOL:
                     rc = lib.moed_kwargs_add_bool(b, k, bool(value))
-                elif isinstance(value, (int, np.integer)):
+                elif kind == _lib.KWARG_INT64:
                     rc = lib.moed_kwargs_add_int(b, k, int(value))
-                elif isinstance(value, (float, np.floating)):
+                elif kind == _lib.KWARG_DOUBLE:
                     rc = lib.moed_kwargs_add_double(b, k, float(value))
-                elif isinstance(value, str):
+                elif kind == _lib.KWARG_STRING:
                     rc = lib.moed_kwargs_add_string(b, k, value.encode())
-                else:
+                elif kind == _lib.KWARG_INT64_ARRAY:
                     arr = (ctypes.c_int64 * len(value))(*[int(v) for v in value])
                     rc = lib.moed_kwargs_add_int_array(b, k, arr, len(value))
+                else:
+                    raise ValueError(f"moed: fused_moe_kwargs[{key!r}]: a {type(value).__name__} "
+                                     "has no kwargs type (bool, int, float, str, list of int)")
                 if rc < 0:
                     raise ValueError(f"moed: fused_moe_kwargs[{key!r}]: {os.strerror(-rc)}")
             size = ctypes.c_size_t()

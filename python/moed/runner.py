@@ -25,8 +25,6 @@ import numpy as np
 from . import _lib, aio, dtypes
 from .client import KwargsBlob, MoedError
 
-_ACTIVATIONS = {"silu": _lib.ACT_SILU, "gelu": _lib.ACT_GELU}
-
 
 class _Prepared:
     __slots__ = ("job", "output", "keep", "result", "torch_out", "code")
@@ -35,12 +33,10 @@ class _Prepared:
 class MoeRunner:
     def __init__(self, client, weights):
         self.client, self.weights = client, weights
-        self._no_combine = None
 
     def supports_no_combine(self):
-        if self._no_combine is None:
-            self._no_combine = self.client.supports_no_combine()
-        return self._no_combine
+        """The backend's capability, from its signature (asked once, cached by the client)."""
+        return self.client.supports_no_combine()
 
     def __call__(self, hidden_states, topk_ids, topk_weights, **options):
         p = self._prepare(hidden_states, topk_ids, topk_weights, **options)
@@ -72,7 +68,7 @@ class MoeRunner:
                 raise ValueError(f"fused_moe_kwargs: unknown key {key!r} for moed backend "
                                  f"'{sig.backend}' (it accepts: {known})")
             _check_value(spec, key, value)
-        return list(kwargs.items())
+        return [(key, value, sig.kwargs[key].type) for key, value in kwargs.items()]
 
     def _prepare(self, hidden_states, topk_ids, topk_weights, *, activation="silu", no_combine=False,
                  apply_router_weight_on_input=False, routed_scaling_factor=None, fused_moe_kwargs=None):
@@ -86,7 +82,7 @@ class MoeRunner:
             raise NotImplementedError(
                 f"apply_router_weight_on_input is not supported by moed backend '{sig.backend}' "
                 "(its signature lacks the capability)")
-        if activation not in _ACTIVATIONS or activation not in sig.activations:
+        if activation not in _lib.ACTIVATIONS or activation not in sig.activations:
             raise ValueError(f"activation {activation!r} is not one of moed backend "
                              f"'{sig.backend}''s: {', '.join(sorted(sig.activations))}")
         items = self._check_kwargs(fused_moe_kwargs)
@@ -128,7 +124,7 @@ class MoeRunner:
         p.output = c.empty(out_shape, x.dtype)
         blob = KwargsBlob(c, items) if items else None
         p.keep = (xa, ia, wa, blob)
-        p.job = _lib.MoeJob(weights=self.weights.handle, dtype=p.code, activation=_ACTIVATIONS[activation],
+        p.job = _lib.MoeJob(weights=self.weights.handle, dtype=p.code, activation=_lib.ACTIVATIONS[activation],
                             no_combine=bool(no_combine), router_weight_on_input=bool(apply_router_weight_on_input),
                             num_tokens=m, topk=k, hidden_size=h, routed_scaling_factor=scale,
                             hidden=xa.ctypes.data, topk_ids=ia.ctypes.data, topk_weights=wa.ctypes.data,
@@ -162,11 +158,16 @@ def _check_value(spec, key, value):
             raise ValueError(f"fused_moe_kwargs[{key!r}] = {value} is out of range [{spec.dmin}, {spec.dmax}]")
     elif spec.type == _lib.KWARG_STRING:
         ok = isinstance(value, str)
+        if ok and spec.max_len and len(value.encode()) > spec.max_len:
+            raise ValueError(f"fused_moe_kwargs[{key!r}] is {len(value.encode())} bytes long, more than "
+                             f"{spec.max_len}")
         if ok and spec.choices and value not in spec.choices:
             raise ValueError(f"fused_moe_kwargs[{key!r}] = {value!r} is not one of {', '.join(spec.choices)}")
     else:
         ok = isinstance(value, (list, tuple, np.ndarray)) and all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+        if ok and spec.max_len and len(value) > spec.max_len:
+            raise ValueError(f"fused_moe_kwargs[{key!r}] has {len(value)} elements, more than {spec.max_len}")
         if ok and any(not spec.min <= v <= spec.max for v in value):
             raise ValueError(f"fused_moe_kwargs[{key!r}] has elements out of range [{spec.min}, {spec.max}]")
     if not ok:

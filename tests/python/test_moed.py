@@ -4,9 +4,11 @@ them): results against a numpy f64 reference on fresh random inputs, the runner'
 contract (kwargs, no_combine withheld, empty input), asyncio with many jobs in flight
 from one process and from several, and the errors a caller can cause."""
 import asyncio
+import ctypes
 import errno
 import math
 import os
+import struct
 import subprocess
 import sys
 import unittest
@@ -213,7 +215,7 @@ class ContractTest(unittest.TestCase):
             check(self, self.layer, *self.inputs, out)
         # What this side does not check, the daemon refuses, naming the key: so the
         # kwargs reach it.
-        self.runner._check_kwargs = lambda kwargs: list(kwargs.items())
+        self.runner._check_kwargs = lambda kwargs: [(k, v, moed.client.kwarg_type_of(v)) for k, v in kwargs.items()]
         with self.assertRaisesRegex(ValueError, "not_a_kwarg"):
             self.runner(*self.inputs, fused_moe_kwargs={"not_a_kwarg": 3})
         with self.assertRaisesRegex(ValueError, "block_rows"):
@@ -282,6 +284,79 @@ class ContractTest(unittest.TestCase):
             moed.Client(SOCKET + ".missing")
         self.assertEqual(caught.exception.code, errno.ENOENT)
         self.assertIn("cannot connect", str(caught.exception))
+
+
+def decode_kwargs(blob):
+    """The entries of a kwargs blob, read by the layout of include/moed/kwargs_abi.h:
+    {key: (type, value)}."""
+    data = bytes(blob)
+    magic, version, count, size, _ = struct.unpack_from("<IHHII", data, 0)
+    assert (magic, version, size) == (0x31574B4D, 1, len(data))
+    at, out = 16, {}
+    for _ in range(count):
+        kind, key_len, _, value_len = struct.unpack_from("<BBHI", data, at)
+        key = data[at + 8:at + 8 + key_len].decode()
+        raw = data[at + 8 + key_len:at + 8 + key_len + value_len]
+        value = {1: lambda b: bool(b[0]), 2: lambda b: struct.unpack("<q", b)[0],
+                 3: lambda b: struct.unpack("<d", b)[0], 4: lambda b: b.decode(),
+                 5: lambda b: list(struct.unpack(f"<{len(b) // 8}q", b))}[kind](raw)
+        out[key] = (kind, value)
+        at += (8 + key_len + value_len + 7) // 8 * 8
+    return out
+
+
+def fake_signature(client, specs):
+    """A signature of the daemon's backend with `specs` (name, type, fields) as its kwargs."""
+    wire = moed._lib.Signature.from_buffer_copy(ctypes.string_at(ctypes.addressof(
+        moed._lib.lib.moed_signature(client._h).contents), ctypes.sizeof(moed._lib.Signature)))
+    wire.kwarg_count = len(specs)
+    for i, (name, kind, fields) in enumerate(specs):
+        wire.kwargs[i] = moed._lib.KwargSpec(name=name.encode(), type=kind, **fields)
+    return moed.Signature(wire)
+
+
+@unittest.skipUnless(SOCKET, "no daemon: run through tests/test_python.sh")
+class KwargsTest(unittest.TestCase):
+    """Kwargs of every type, which the CPU backend's signature (two ints) does not have."""
+
+    def setUp(self):
+        self.client = moed.Client(SOCKET)
+        rng = np.random.default_rng(SEED)
+        self.runner = moed.MoeRunner(self.client, Layer(self.client, rng, "f32", 4, 16, 8).weights)
+        L = moed._lib
+        self.client._signature = fake_signature(self.client, [
+            ("alpha", L.KWARG_DOUBLE, {"dmin": -1.0, "dmax": 4.0}),
+            ("flag", L.KWARG_BOOL, {}),
+            ("mode", L.KWARG_STRING, {"max_len": 8, "choices": b"fast,exact"}),
+            ("label", L.KWARG_STRING, {"max_len": 4}),
+            ("rows", L.KWARG_INT64_ARRAY, {"min": 0, "max": 9, "max_len": 3}),
+        ])
+
+    def tearDown(self):
+        self.client.close()
+
+    def test_values_travel_as_the_signature_types_them(self):
+        items = self.runner._check_kwargs({"alpha": 1, "flag": np.True_, "mode": "exact", "rows": (0, 9)})
+        got = decode_kwargs(moed.client.KwargsBlob(self.client, items).array)
+        L = moed._lib
+        self.assertEqual(got, {"alpha": (L.KWARG_DOUBLE, 1.0), "flag": (L.KWARG_BOOL, True),
+                               "mode": (L.KWARG_STRING, "exact"), "rows": (L.KWARG_INT64_ARRAY, [0, 9])})
+
+    def test_bad_values_name_the_key(self):
+        cases = [({"alpha": 4.5}, r"\['alpha'\] = 4.5 is out of range \[-1.0, 4.0\]"),
+                 ({"alpha": float("nan")}, r"\['alpha'\] = nan is out of range"),
+                 ({"alpha": "x"}, r"\['alpha'\] must be float, not str"),
+                 ({"flag": 1}, r"\['flag'\] must be bool, not int"),
+                 ({"mode": "slow"}, r"\['mode'\] = 'slow' is not one of fast, exact"),
+                 ({"label": "longer"}, r"\['label'\] is 6 bytes long, more than 4"),
+                 ({"rows": [1, 2, 3, 4]}, r"\['rows'\] has 4 elements, more than 3"),
+                 ({"rows": [1, 10]}, r"\['rows'\] has elements out of range \[0, 9\]"),
+                 ({"rows": [1.5]}, r"\['rows'\] must be list of int, not list")]
+        for kwargs, words in cases:
+            with self.assertRaisesRegex(ValueError, words):
+                self.runner._check_kwargs(kwargs)
+        with self.assertRaisesRegex(ValueError, r"\['x'\]: a dict has no kwargs type"):
+            moed.client.KwargsBlob(self.client, [("x", {}, moed.client.kwarg_type_of({}))])
 
 
 async def many_in_flight(socket, seed, jobs):
