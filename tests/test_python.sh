@@ -1,6 +1,7 @@
 #!/bin/sh
-# The Python package (python/moed) against two daemons on private sockets, one of them
-# withholding no_combine. Skipped (77) where the interpreter configure found lacks numpy.
+# The Python package (python/moed) against two daemons on private sockets, the second
+# withholding no_combine and router_weight_on_input. Skipped (77) where the interpreter
+# configure found lacks numpy.
 set -u
 python=${PYTHON:-python3}
 if ! "$python" -c "import numpy" 2>/dev/null; then
@@ -18,7 +19,7 @@ pids=
 trap 'kill $pids 2>/dev/null; rm -rf "$tmp"' EXIT
 for name in main withheld; do
 	extra=
-	[ $name = withheld ] && extra="--withhold no_combine"
+	[ $name = withheld ] && extra="--withhold no_combine --withhold router_weight_on_input"
 	"$moed" --socket "$tmp/$name.sock" --backend cpu --threads 2 --spin-us 50 --log-level error $extra &
 	pids="$pids $!"
 done

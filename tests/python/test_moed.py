@@ -173,6 +173,27 @@ class ResultsTest(unittest.TestCase):
         for s in sentinels:
             self.assertTrue((s == 1234.5).all(), "a job wrote into memory given to another array")
 
+    def test_bf16_conversion_against_reference(self):
+        # Rounding to nearest, ties to even, worked out in float64 from the two bf16
+        # neighbours of each value; halfway and near-halfway values included.
+        bits = self.rng.integers(0, 1 << 32, 20000, dtype=np.uint64).astype(np.uint32)
+        bits[:64] = (bits[:64] & 0xFFFF0000) | 0x8000  # exact ties
+        values = bits.view(np.float32)
+        values = values[np.isfinite(values) & (np.abs(values) < 3e38)]
+        got = moed.to_bf16(values)
+        low = (values.view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
+        # The spacing of bf16 values (8 significant bits) at this exponent; subnormals
+        # (exponent field 0) are spaced as the smallest normals.
+        exponent = (values.view(np.uint32) >> 23 & 0xFF).astype(np.int64)
+        step = 2.0 ** (np.maximum(exponent, 1) - 127 - 7)
+        up = low + np.sign(values) * step
+        d_low, d_up = np.abs(values - low), np.abs(up - values)
+        low_bits = (values.view(np.uint32) >> 16).astype(np.uint16)
+        want = np.where((d_up < d_low) | ((d_up == d_low) & (low_bits & 1 == 1)), low_bits + 1, low_bits)
+        np.testing.assert_array_equal(got, want.astype(np.uint16))
+        np.testing.assert_array_equal(moed.from_bf16(got), (got.astype(np.uint32) << 16).view(np.float32))
+        self.assertEqual(moed.to_bf16(np.array([np.nan]))[0], 0x7FC0)
+
     def test_arena_memory_returns(self):
         # Far more than the arena holds in all, one array at a time.
         for _ in range(64):
@@ -244,6 +265,9 @@ class ContractTest(unittest.TestCase):
                 with self.assertRaisesRegex(NotImplementedError, "no_combine is not supported by moed backend 'cpu'"):
                     runner(x[:rows], ids[:rows], tw[:rows], no_combine=True)
             check(self, layer, x, ids, tw, runner(x, ids, tw))
+            with self.assertRaisesRegex(NotImplementedError,
+                                        "apply_router_weight_on_input is not supported by moed backend 'cpu'"):
+                runner(x[:, :], ids[:, :1], tw[:, :1], apply_router_weight_on_input=True)
 
     def test_empty_input_shapes(self):
         x, ids, tw = (a[:0] for a in self.inputs)
@@ -274,6 +298,24 @@ class ContractTest(unittest.TestCase):
             self.runner(x, ids, tw, activation="relu")
         with self.assertRaisesRegex(TypeError, "float64 is not an I/O dtype"):
             self.runner(x.astype(np.float64), ids, tw)
+        with self.assertRaisesRegex(ValueError, "routed_scaling_factor must be finite, not nan"):
+            self.runner(x, ids, tw, routed_scaling_factor=float("nan"))
+        with self.assertRaisesRegex(MemoryError, "the arena has no room for 1073741824 bytes"):
+            self.client.empty((1 << 30,), np.uint8)
+        with self.assertRaisesRegex(ValueError, "dtype 'fp8' is not one of f32, bf16, f16"):
+            self.client.empty((4,), "fp8")
+        w13, w2 = self.layer.w13, self.layer.w2
+        with self.assertRaisesRegex(ValueError, "w13 is float32 and w2 float16; one dtype for both"):
+            self.client.register_weights("bad", w13, w2.astype(np.float16))
+        with self.assertRaisesRegex(ValueError, r"w13 must be \[E, 2I or I, H\]"):
+            self.client.register_weights("bad", w13[0], w2)
+        with self.assertRaisesRegex(moed.MoedError, "registering weights 'py-f32"):
+            self.client.register_weights(self.layer.name, w13[:, :, :40], w2[:, :40, :])  # name taken
+        released = self.client.attach_weights(self.layer.name)
+        released.release()
+        released.release()  # a second release does nothing
+        with self.assertRaisesRegex(moed.MoedError, "submitting a job"):
+            moed.MoeRunner(self.client, released)(x, ids, tw)
         closed = moed.Client(SOCKET)
         closed.close()
         with self.assertRaisesRegex(moed.MoedError, "the client is closed"):
