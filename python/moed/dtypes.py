@@ -30,11 +30,11 @@ def code_of(array):
 
 def to_bf16(values):
     """float values -> bf16 bit patterns (uint16), rounded to nearest even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    f32 = np.ascontiguousarray(values, dtype=np.float32)
+    bits = f32.view(np.uint32)
     rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))
     out = (rounded >> 16).astype(np.uint16)
-    nan = np.isnan(np.asarray(values, dtype=np.float32))
-    out[nan] = 0x7FC0
+    out[np.isnan(f32)] = 0x7FC0  # the sum above could carry a NaN's payload into inf
     return out
 
 
