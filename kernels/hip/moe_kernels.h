@@ -30,10 +30,15 @@ enum moe_gpu_kernel {
 	MOE_GPU_WGMMA128C, /* wgmma128p in clusters of two blocks, which take tiles in pairs
 			      and share the weight tiles of pairs of one expert (TMA
 			      multicast): prefill on Hopper where an expert has several tiles */
+	MOE_GPU_WGMMA128S, /* wgmma128p whose two computing warpgroups take items of 128 pairs
+			      by 128 weight rows in turns (ping-pong), one's epilogue during
+			      the other's math (forced only, until measured) */
+	MOE_GPU_WGMMA128D, /* wgmma128s in clusters of two blocks, as wgmma128c (forced only,
+			      until measured) */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };
-#define MOE_GPU_KERNELS 10
+#define MOE_GPU_KERNELS 12
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16

@@ -303,7 +303,7 @@ bool wgmma_runs()
 extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
 					     uint32_t hidden, uint32_t inter, int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 64 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 128, 128, 64 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE, 0 };
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
@@ -334,7 +334,7 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 		 * (bench/RESULTS.md, version 10). */
 		p.kernel = most_pairs > 128 ? MOE_GPU_WGMMA128C : MOE_GPU_WGMMA128P;
 	p.tile = tiles[p.kernel];
-	p.paired = p.kernel == MOE_GPU_WGMMA128C;
+	p.paired = p.kernel == MOE_GPU_WGMMA128C || p.kernel == MOE_GPU_WGMMA128D;
 #endif
 	return p;
 }
@@ -405,6 +405,8 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_WGMMA128P: return "wgmma128p";
 	case MOE_GPU_WGMMA128WN: return "wgmma128wn";
 	case MOE_GPU_WGMMA128C: return "wgmma128c";
+	case MOE_GPU_WGMMA128S: return "wgmma128s";
+	case MOE_GPU_WGMMA128D: return "wgmma128d";
 	case MOE_GPU_MFMA64: return "mfma64";
 	}
 	return "?";

@@ -38,6 +38,7 @@ extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *, void *)
 #else
 
 #include <algorithm>
+#include <type_traits>
 
 #include <cuda.h> // the TMA's tensor maps (types only: the encoder comes through the runtime)
 #include <cudaTypedefs.h>
@@ -361,6 +362,17 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 	}
 };
 
+// The first of the 16 rows of a block tile that warp row warp_m's accumulators mt hold:
+// for mma.sync, the warp's kMT tiles of 16 rows are consecutive; a wgmma m64 is a
+// warpgroup's, 16 rows a warp, so that a warp's tiles are 64 rows apart (with one tile a
+// warp, the same rows).
+template <class S> __device__ __forceinline__ uint32_t warp_row(int warp_m, int mt)
+{
+	if constexpr (S::kWgmma && S::kMT > 1)
+		return (uint32_t)(warp_m % 4 * 16 + warp_m / 4 * 64 * S::kMT + mt * 64);
+	return (uint32_t)(warp_m * S::kWarpRows + mt * 16);
+}
+
 // The epilogue of a warp's accumulators, kept in registers: gate/up writes a = act(g) * u
 // (or act(x)) in the I/O dtype; down writes y in the I/O dtype, or adds its partial sum
 // into a zeroed f32 y where K is split. Accumulator (mt, nt): elements 0, 1 at row
@@ -377,7 +389,7 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 	for (int mt = 0; mt < S::kMT; mt++) {
 #pragma unroll
 		for (int h = 0; h < 2; h++) {
-			const uint32_t row = warp_m * S::kWarpRows + mt * 16 + frag_row + 8 * h;
+			const uint32_t row = warp_row<S>(warp_m, mt) + frag_row + 8 * h;
 			if (row >= count)
 				continue;
 			const size_t pos = first + row;
@@ -740,51 +752,83 @@ __device__ __forceinline__ void cluster_sync()
 // Hopper (wgmma128p). One block an SM walks the (tile, column block) work items
 // with a stride of the grid, in the order of the other kernels' tile groups (work_item).
 // Warpgroup 0 loads; its first thread has the TMA fetch the weight tile (and, for the down
-// GEMM, the A tile: act's rows are contiguous) as two boxes of 128 rows: a gated expert's
-// gate rows and the matching up rows, or 256 consecutive rows. The gate/up GEMM's A rows
-// are gathered from x, which the TMA cannot do on Hopper: all 128 threads copy them with
-// cp.async, each arriving on the stage's "full" barrier when its copies land (so it
-// counts 128 such arrivals and the TMA's), and the computing threads fence them for the
-// async proxy that wgmma reads through once the stage is full. Warpgroups 1 and 2
-// compute the tile's two halves of 64 pairs by 256 weight rows, keep one wgmma group in
-// flight, release each stage when its math is done (one arrival a warp), and write their
-// results from registers while the loaders already fill the next work item's stages.
+// GEMM, the A tile: act's rows are contiguous) as two boxes of BN / 2 rows: a gated
+// expert's gate rows and the matching up rows, or BN consecutive rows. The gate/up GEMM's
+// A rows are gathered from x, which the TMA cannot do on Hopper: all 128 threads copy
+// them with cp.async, each arriving on the stage's "full" barrier when its copies land
+// (so it counts 128 such arrivals and the TMA's), and the computing threads fence them
+// for the async proxy that wgmma reads through once the stage is full. Warpgroups 1 and 2
+// compute, keep one wgmma group in flight, release each stage when its math is done (one
+// arrival a warp), and write their results from registers while the loaders already fill
+// the next items' stages. They share the work in one of two ways:
 //
-// kPair (wgmma128c, the plan's where an expert has more than one tile): clusters of two
-// blocks walk items of two consecutive tiles, one each, in step (the routing lists the
-// tiles paired by expert for this kernel: moe_route_cut). Where both tiles are one
-// expert's, their weight tiles are the same: each block's TMA fetches one of the two
-// boxes for both blocks (multicast), halving the weights' reads from L2. A stage of
-// either block is then written by both, so each block's "empty" barrier counts the
+// Cooperative (kPingpong false: wgmma128p, wgmma128c): items of 128 pairs by 256 weight
+// rows, each warpgroup computing 64 of the pairs. Both write their results at once, and
+// the matrix units wait meanwhile.
+//
+// Ping-pong (kPingpong true: wgmma128s, wgmma128d): items of 128 pairs by 128 weight rows,
+// each warpgroup computing every other item whole (two m64n128 wgmma a k-step), in turns:
+// a warpgroup starts its math when the other has issued all of its item's, so that one's
+// epilogue runs during the other's math. Half the accumulator columns an item, so the
+// A tiles are read twice as often; in exchange the epilogue is hidden (measured with
+// wgmma128c, the epilogue cost prefill rows 13-25%: bench/RESULTS.md, version 13).
+// The stages are used in order of items, all of an item's k-tiles together: item j of
+// the block (counted from 0) uses ring positions j * ktiles onwards, whichever warpgroup
+// computes it.
+//
+// kPair (wgmma128c, wgmma128d: the plan's where an expert has more than one tile):
+// clusters of two blocks walk items of two consecutive tiles, one each, in step (the
+// routing lists the tiles paired by expert for these kernels: moe_route_cut). Where both
+// tiles are one expert's, their weight tiles are the same: each block's TMA fetches one of
+// the two boxes for both blocks (multicast), halving the weights' reads from L2. A stage
+// of either block is then written by both, so each block's "empty" barrier counts the
 // computing warps of both blocks, and a block refills a stage only when both have
 // released it. The blocks wait for each other once at the start (the barriers set up)
 // and once at the end (no arrival may reach a block that has exited).
-using ShapeWs = Shape<128, 256, 8, 1, 4, true, 1>; // the computing warps' geometry
+template <bool kPingpong> struct WsShape;
+template <> struct WsShape<false> {
+	using S = Shape<128, 256, 8, 1, 4, true, 1>;
+	static constexpr uint32_t kReleasingWarps = 8; // the warps that compute an item
+};
+template <> struct WsShape<true> {
+	using S = Shape<128, 128, 4, 1, 7, true, 1>; // one warpgroup's item
+	static constexpr uint32_t kReleasingWarps = 4;
+};
 constexpr int kWsLoaders = 128;
-constexpr int kWsThreads = kWsLoaders + ShapeWs::kThreads;
-constexpr int kWsSmem = ShapeWs::kSmem + 2 * ShapeWs::kStages * 8;
-constexpr uint32_t kBoxRows = 128;                            // rows of one TMA box
-constexpr uint32_t kBoxBytes = kBoxRows * kBK * 2;            // 16 KiB
-constexpr uint32_t kWsComputeWarps = ShapeWs::kThreads / kWarp;
-static_assert(ShapeWs::BN == 2 * kBoxRows && ShapeWs::BM == kBoxRows, "two weight boxes, one A box");
+constexpr int kWsThreads = kWsLoaders + 256;  // a loading and two computing warpgroups
+constexpr uint32_t kActBoxRows = 128;         // the down GEMM's A tile: one TMA box
+template <bool kPingpong> constexpr int ws_smem()
+{
+	using S = typename WsShape<kPingpong>::S;
+	return S::kSmem + 2 * S::kStages * 8 + (kPingpong ? 16 : 0); // stages, barriers
+}
+static_assert(WsShape<false>::S::BM == kActBoxRows && WsShape<true>::S::BM == kActBoxRows,
+	      "the act tensor map's box is an A tile");
+static_assert(ws_smem<true>() <= 227 * 1024 && ws_smem<false>() <= 227 * 1024, "Hopper's shared memory");
 
-template <bool kGateUp, bool kBf16, bool kPair>
+template <bool kGateUp, bool kBf16, bool kPair, bool kPingpong>
 __global__ void __launch_bounds__(kWsThreads, 1)
 	ws_kernel(const struct moe_gpu_args a, uint32_t items, const __grid_constant__ CUtensorMap map_a,
 		  const __grid_constant__ CUtensorMap map_w)
 {
 #ifdef MOED_HAVE_WGMMA
-	using S = ShapeWs;
+	using S = typename WsShape<kPingpong>::S;
 	constexpr uint32_t kStages = S::kStages, kBlocks = kPair ? 2 : 1;
+	constexpr uint32_t kBoxRows = S::BN / 2, kBoxBytes = kBoxRows * kBK * 2; // a weight box
 	extern __shared__ __align__(1024) unsigned char smem[];
 	const uint32_t base = smem_address(smem);
 	const uint32_t full = base + S::kSmem, empty = full + 8 * kStages; // 8-byte barriers
+	const uint32_t turn = empty + 8 * kStages; // ping-pong: warpgroup w's turn, [2]
 	const int tid = threadIdx.x;
 	const uint32_t rank = kPair ? cluster_rank() : 0, peer = rank ^ 1;
 	if (tid == 0) {
 		for (uint32_t s = 0; s < kStages; s++) {
 			mbar_init(full + 8 * s, kGateUp ? kWsLoaders + 1 : 1);
-			mbar_init(empty + 8 * s, kBlocks * kWsComputeWarps);
+			mbar_init(empty + 8 * s, kBlocks * WsShape<kPingpong>::kReleasingWarps);
+		}
+		if constexpr (kPingpong) {
+			mbar_init(turn, 4);
+			mbar_init(turn + 8, 4);
 		}
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); // for the TMA
 	}
@@ -844,7 +888,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
 				if (tid == 0) {
 					const uint32_t bar = full + 8 * s, b = stage + S::kABytes;
-					mbar_arrive_expect(bar, kGateUp ? 2 * kBoxBytes : 3 * kBoxBytes);
+					mbar_arrive_expect(bar, 2 * kBoxBytes + (kGateUp ? 0 : S::kABytes));
 					if constexpr (!kGateUp)
 						tma_load(stage, map_a, k0, first, bar);
 					if (shared) {
@@ -864,6 +908,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	} else {
 		asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 		const int ctid = tid - kWsLoaders, lane = ctid % kWarp, warp = ctid / kWarp;
+		const uint32_t wg = (uint32_t)warp / 4;
 		// A stage done with: one arrival a warp (wgmma_wait is the whole warp's), on both
 		// blocks' barriers in a pair.
 		auto release = [&](uint32_t s) {
@@ -873,50 +918,97 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					mbar_arrive_peer(empty + 8 * s, peer);
 			}
 		};
-		float acc[S::kMT][S::kNT][4];
-		uint32_t g = 0;
-		for (uint32_t item = walker; item < items; item += walkers) {
-			uint32_t tile, column_block;
-			item_tile(item, tile, column_block);
-			const uint32_t count = tile < a.tiles ? a.tile_count[tile] : 0;
-			if ((uint32_t)(warp / 4 * 64) >= count) {
-				// None of this warpgroup's 64 rows is in the tile (an expert's short last
-				// tile, or no tile): it only passes the stages on, and the other
-				// warpgroup's math has the matrix units to itself. It waits for each
-				// stage to fill, as the others do, so that it releases each phase once.
-				for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
-					mbar_wait(full + 8 * (g % kStages), g / kStages & 1);
-					__syncwarp();
-					release(g % kStages);
-				}
-				continue;
+		// The stages of ring positions g onwards, ktiles of them, waited for and released
+		// without math (a warpgroup with no rows in the item).
+		auto pass_on = [&](uint32_t g) {
+			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
+				mbar_wait(full + 8 * (g % kStages), g / kStages & 1);
+				__syncwarp();
+				release(g % kStages);
 			}
+		};
+		// The item's math into acc from ring position g: the first `wgmmas` of the kMT m64
+		// wgmma a k-step (those whose 64 rows hold pairs of the tile). A constant, so that
+		// no wgmma is issued on a path ptxas sees as divergent (it would serialise them
+		// all: warning C7520). `issued` runs once the last k-tile's math is issued.
+		float acc[S::kMT][S::kNT][4];
+		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued) {
 #pragma unroll
-			for (int nt = 0; nt < S::kNT; nt++)
-				acc[0][nt][0] = acc[0][nt][1] = acc[0][nt][2] = acc[0][nt][3] = 0;
+			for (int mt = 0; mt < S::kMT; mt++)
+#pragma unroll
+				for (int nt = 0; nt < S::kNT; nt++)
+					acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
 				const uint32_t s = g % kStages, as = base + s * S::kStageBytes;
 				mbar_wait(full + 8 * s, g / kStages & 1);
 				if constexpr (kGateUp)
 					fence_proxy_async(); // the loaders' copies, for the wgmma's reads
-				const uint64_t da = wgmma_desc(as + warp / 4 * 64 * 128), db = wgmma_desc(as + S::kABytes);
-				fence_operands<S::BN / 2>(&acc[0][0][0]);
+				const uint64_t db = wgmma_desc(as + S::kABytes);
+				fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
 				wgmma_fence();
 #pragma unroll
-				for (int kk = 0; kk < kBK / 16; kk++)
-					wgmma_m64k16<S::BN, kBf16>(&acc[0][0][0], da + 2 * kk, db + 2 * kk);
+				for (int mt = 0; mt < decltype(wgmmas)::value; mt++) {
+					const uint64_t da = wgmma_desc(as + (row0 + 64 * mt) * 128);
+#pragma unroll
+					for (int kk = 0; kk < kBK / 16; kk++)
+						wgmma_m64k16<S::BN, kBf16>(&acc[mt][0][0], da + 2 * kk, db + 2 * kk);
+				}
 				wgmma_commit();
 				wgmma_wait<1>(); // the math of k-tile g - 1 is done: its stage is free
-				fence_operands<S::BN / 2>(&acc[0][0][0]);
+				fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
 				if (kt > 0)
 					release((g - 1) % kStages);
 			}
+			issued();
 			wgmma_wait<0>();
-			fence_operands<S::BN / 2>(&acc[0][0][0]);
+			fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
 			if (ktiles > 0)
 				release((g - 1) % kStages);
-			store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols, warp, 0,
-						      lane);
+		};
+		if constexpr (kPingpong) {
+			// Item j is warpgroup j % 2's; it waits for the other's item j - 1 to be
+			// issued (that warpgroup's (j - 1) / 2-th hand-over, on turn[wg]).
+			constexpr uint32_t row0 = 0;
+			static_assert(S::kMT == 2, "two m64 wgmma a k-step");
+			for (uint32_t j = wg, item = walker + wg * walkers; item < items; j += 2, item += 2 * walkers) {
+				uint32_t tile, column_block;
+				item_tile(item, tile, column_block);
+				const uint32_t count = tile < a.tiles ? a.tile_count[tile] : 0;
+				if (j > 0)
+					mbar_wait(turn + 8 * wg, (j - 1) / 2 & 1);
+				auto hand_over = [&] {
+					if (lane == 0)
+						mbar_arrive(turn + 8 * (wg ^ 1));
+				};
+				if (!count) {
+					hand_over();
+					pass_on(j * ktiles);
+					continue;
+				}
+				if (count > 64)
+					compute(j * ktiles, row0, std::integral_constant<int, 2>(), hand_over);
+				else
+					compute(j * ktiles, row0, std::integral_constant<int, 1>(), hand_over);
+				store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols,
+							      warp % 4, 0, lane);
+			}
+		} else {
+			uint32_t g = 0;
+			for (uint32_t item = walker; item < items; item += walkers, g += ktiles) {
+				uint32_t tile, column_block;
+				item_tile(item, tile, column_block);
+				const uint32_t count = tile < a.tiles ? a.tile_count[tile] : 0;
+				// None of this warpgroup's 64 rows is in the tile (an expert's short last
+				// tile, or no tile): it only passes the stages on, and the other
+				// warpgroup's math has the matrix units to itself.
+				if (wg * 64 >= count) {
+					pass_on(g);
+					continue;
+				}
+				compute(g, wg * 64, std::integral_constant<int, 1>(), [] {});
+				store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols, warp,
+							      0, lane);
+			}
 		}
 	}
 	if constexpr (kPair) {
@@ -1089,23 +1181,23 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder()
 }
 
 // The TMA's view of a [rows, k] matrix of 16-bit values (k contiguous, a multiple of 8):
-// boxes of 128 rows by 64 k-values, 128-byte swizzled as the kernels' tiles are, zeros
-// outside.
-cudaError_t tensor_map(CUtensorMap *map, const void *base, uint64_t rows, uint64_t k)
+// boxes of box_rows rows by 64 k-values, 128-byte swizzled as the kernels' tiles are,
+// zeros outside.
+cudaError_t tensor_map(CUtensorMap *map, const void *base, uint64_t rows, uint64_t k, uint32_t box_rows)
 {
 	const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
 	if (!encode)
 		return cudaErrorNotSupported;
 	const cuuint64_t dims[2] = {k, rows}, strides[1] = {k * 2};
-	const cuuint32_t box[2] = {kBK, kBoxRows}, steps[2] = {1, 1};
+	const cuuint32_t box[2] = {kBK, box_rows}, steps[2] = {1, 1};
 	const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, (void *)base, dims, strides, box,
 				  steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
 				  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
 	return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// How many clusters of two persistent blocks the card runs at once (0: none).
-template <auto kKernel> uint32_t resident_pairs()
+// How many clusters of two persistent blocks of kSmem bytes the card runs at once (0: none).
+template <auto kKernel, int kSmem> uint32_t resident_pairs()
 {
 	static int pairs = -1;
 	if (pairs < 0) {
@@ -1114,9 +1206,9 @@ template <auto kKernel> uint32_t resident_pairs()
 		pair.id = cudaLaunchAttributeClusterDimension;
 		pair.val.clusterDim = { 2, 1, 1 };
 		config.gridDim = dim3(2 * sm_count()), config.blockDim = dim3(kWsThreads);
-		config.dynamicSmemBytes = kWsSmem, config.attrs = &pair, config.numAttrs = 1;
+		config.dynamicSmemBytes = kSmem, config.attrs = &pair, config.numAttrs = 1;
 		int n = 0;
-		pairs = allow_smem<kKernel, kWsSmem>() == cudaSuccess &&
+		pairs = allow_smem<kKernel, kSmem>() == cudaSuccess &&
 				cudaOccupancyMaxActiveClusters(&n, kKernel, &config) == cudaSuccess ?
 			n : 0;
 	}
@@ -1126,38 +1218,42 @@ template <auto kKernel> uint32_t resident_pairs()
 // The persistent kernel: a block an SM (at most one per work item), never split, in
 // clusters of two where kPair; where the TMA cannot be set up for this job, or no
 // cluster fits, the same tiles without it (wgmma128w).
-template <bool kBf16, bool kPair> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
+template <bool kBf16, bool kPair, bool kPingpong> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 {
-	constexpr auto gate_up = ws_kernel<true, kBf16, kPair>;
-	constexpr auto down = ws_kernel<false, kBf16, kPair>;
-	cudaError_t raised = allow_smem<gate_up, kWsSmem>();
+	using S = typename WsShape<kPingpong>::S;
+	constexpr int kSmem = ws_smem<kPingpong>();
+	constexpr auto gate_up = ws_kernel<true, kBf16, kPair, kPingpong>;
+	constexpr auto down = ws_kernel<false, kBf16, kPair, kPingpong>;
+	cudaError_t raised = allow_smem<gate_up, kSmem>();
 	if (raised == cudaSuccess)
-		raised = allow_smem<down, kWsSmem>();
+		raised = allow_smem<down, kSmem>();
 	if (raised != cudaSuccess)
 		return (int)raised;
-	// The weights as [experts * rows, K], the down GEMM's A (act) as [pairs, I].
+	// The weights as [experts * rows, K] in boxes of half an item's weight rows, the down
+	// GEMM's A (act) as [pairs, I] in boxes of a tile.
 	const uint64_t pairs = (uint64_t)a.tokens * a.topk, w13_rows = a.gated ? 2 * (uint64_t)a.inter : a.inter;
 	CUtensorMap w13_map, w2_map, act_map;
-	cudaError_t mapped = tensor_map(&w13_map, a.w13, a.experts * w13_rows, a.hidden);
+	cudaError_t mapped = tensor_map(&w13_map, a.w13, a.experts * w13_rows, a.hidden, S::BN / 2);
 	if (mapped == cudaSuccess)
-		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter);
+		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter, S::BN / 2);
 	if (mapped == cudaSuccess)
-		mapped = tensor_map(&act_map, a.act, pairs, a.inter);
+		mapped = tensor_map(&act_map, a.act, pairs, a.inter, kActBoxRows);
 	// Blocks (or clusters) running at once.
-	const uint32_t walkers = kPair ? std::min(resident_pairs<gate_up>(), resident_pairs<down>()) : sm_count();
+	const uint32_t walkers =
+		kPair ? std::min(resident_pairs<gate_up, kSmem>(), resident_pairs<down, kSmem>()) : sm_count();
 	if (mapped != cudaSuccess || !walkers) // a driver without the encoder, a misaligned tensor
 		return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
 	const uint32_t units = kPair ? (a.tiles + 1) / 2 : a.tiles; // tiles, or pairs of them
-	const uint32_t gate_cols = a.gated ? ShapeWs::BN / 2 : ShapeWs::BN;
+	const uint32_t gate_cols = a.gated ? S::BN / 2 : S::BN;
 	const uint32_t items1 = units * ((a.inter + gate_cols - 1) / gate_cols);
-	const uint32_t items2 = units * ((a.hidden + ShapeWs::BN - 1) / ShapeWs::BN);
+	const uint32_t items2 = units * ((a.hidden + S::BN - 1) / S::BN);
 	const uint32_t blocks = kPair ? 2 : 1;
 	a.y_io = 1;
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kWsSmem,
+	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kSmem,
 				 false, stream, a, items1, act_map, w13_map);
 	if (!e)
-		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kWsSmem,
+		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kSmem,
 				     dependent_launch(a), stream, a, items2, act_map, w2_map);
 	return e;
 }
@@ -1171,8 +1267,10 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 	case MOE_GPU_WGMMA128: return launch<ShapeWg128, ShapeWg128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128W: return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128WN: return launch<ShapeWg128W, ShapeWg128, kBf16>(a, stream);
-	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16, false>(a, stream);
-	case MOE_GPU_WGMMA128C: return launch_persistent<kBf16, true>(a, stream);
+	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16, false, false>(a, stream);
+	case MOE_GPU_WGMMA128C: return launch_persistent<kBf16, true, false>(a, stream);
+	case MOE_GPU_WGMMA128S: return launch_persistent<kBf16, false, true>(a, stream);
+	case MOE_GPU_WGMMA128D: return launch_persistent<kBf16, true, true>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
 }
