@@ -32,9 +32,9 @@ enum moe_gpu_kernel {
 			      multicast): prefill on Hopper where an expert has several tiles */
 	MOE_GPU_WGMMA128S, /* wgmma128p whose two computing warpgroups take items of 128 pairs
 			      by 128 weight rows in turns (ping-pong), one's epilogue during
-			      the other's math (forced only, until measured) */
-	MOE_GPU_WGMMA128D, /* wgmma128s in clusters of two blocks, as wgmma128c (forced only,
-			      until measured) */
+			      the other's math (forced only: faster where tiles are part
+			      full, slower where they are full, bench/RESULTS.md version 13) */
+	MOE_GPU_WGMMA128D, /* wgmma128s in clusters of two blocks, as wgmma128c (forced only) */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };
