@@ -770,8 +770,10 @@ __device__ __forceinline__ void cluster_sync()
 // each warpgroup computing every other item whole (two m64n128 wgmma a k-step), in turns:
 // a warpgroup starts its math when the other has issued all of its item's, so that one's
 // epilogue runs during the other's math. Half the accumulator columns an item, so the
-// A tiles are read twice as often; in exchange the epilogue is hidden (measured with
-// wgmma128c, the epilogue cost prefill rows 13-25%: bench/RESULTS.md, version 13).
+// A tiles are read twice as often. Measured (bench/RESULTS.md, version 13): the epilogue
+// costs wgmma128c's prefill rows 13-25%, but its GEMMs are bound by the L2, and the
+// extra reads made ping-pong slower where tiles are full, faster only where they are
+// part full: forced only.
 // The stages are used in order of items, all of an item's k-tiles together: item j of
 // the block (counted from 0) uses ring positions j * ktiles onwards, whichever warpgroup
 // computes it.
@@ -795,7 +797,8 @@ template <> struct WsShape<true> {
 	static constexpr uint32_t kReleasingWarps = 4;
 };
 constexpr int kWsLoaders = 128;
-constexpr int kWsThreads = kWsLoaders + 256;  // a loading and two computing warpgroups
+constexpr int kWsThreads = kWsLoaders + WsShape<false>::S::kThreads; // a loading and two computing warpgroups
+static_assert(2 * WsShape<true>::S::kThreads == WsShape<false>::S::kThreads, "two computing warpgroups either way");
 constexpr uint32_t kActBoxRows = 128;         // the down GEMM's A tile: one TMA box
 template <bool kPingpong> constexpr int ws_smem()
 {
