@@ -770,15 +770,15 @@ __device__ __forceinline__ void cluster_sync()
 // each warpgroup computing every other item whole (two m64n128 wgmma a k-step), in turns:
 // a warpgroup starts its math when the other has issued all of its item's, so that one's
 // epilogue runs during the other's math. Half the accumulator columns an item, so the
-// A tiles are read twice as often. Measured (bench/RESULTS.md, version 13): the epilogue
-// costs wgmma128c's prefill rows 13-25%, but its GEMMs are bound by the L2, and the
-// extra reads made ping-pong slower where tiles are full, faster only where they are
-// part full: forced only.
+// A tiles are read twice as often, and an m64n128 wgmma reads more shared memory per
+// multiply-add than an m64n256. Measured (bench/RESULTS.md, version 13): the epilogue
+// costs wgmma128c's prefill rows 13-25%, yet ping-pong was slower where tiles are full,
+// faster only where they are part full: forced only.
 // The stages are used in order of items, all of an item's k-tiles together: item j of
 // the block (counted from 0) uses ring positions j * ktiles onwards, whichever warpgroup
 // computes it.
 //
-// kPair (wgmma128c, wgmma128d: the plan's where an expert has more than one tile):
+// kPair (wgmma128c, the plan's where an expert has more than one tile; wgmma128d):
 // clusters of two blocks walk items of two consecutive tiles, one each, in step (the
 // routing lists the tiles paired by expert for these kernels: moe_route_cut). Where both
 // tiles are one expert's, their weight tiles are the same: each block's TMA fetches one of
