@@ -47,8 +47,20 @@ __device__ __forceinline__ uint16_t f32_to_f16(float f)
 // half: the 16-bit stores of the kernels' epilogues and of the combine.
 __device__ __forceinline__ uint32_t pack2(float lo, float hi, bool bf16)
 {
+#if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+	// One instruction for both, rounding to nearest even as the bit arithmetic does (a
+	// NaN becomes the canonical one). The bit arithmetic took some 15 integer instructions
+	// a pair, most of the prefill GEMMs' epilogue (bench/RESULTS.md, version 13).
+	uint32_t packed;
+	if (bf16)
+		asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(packed) : "f"(hi), "f"(lo));
+	else
+		asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(packed) : "f"(hi), "f"(lo));
+	return packed;
+#else
 	return bf16 ? (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16
 		    : (uint32_t)f32_to_f16(lo) | (uint32_t)f32_to_f16(hi) << 16;
+#endif
 }
 
 __device__ __forceinline__ float load(const void *base, size_t i, int dtype)

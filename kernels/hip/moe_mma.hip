@@ -373,18 +373,18 @@ template <class S> __device__ __forceinline__ uint32_t warp_row(int warp_m, int 
 	return (uint32_t)(warp_m * S::kWarpRows + mt * 16);
 }
 
-// The epilogue of a warp's accumulators, kept in registers: gate/up writes a = act(g) * u
-// (or act(x)) in the I/O dtype; down writes y in the I/O dtype, or adds its partial sum
-// into a zeroed f32 y where K is split. Accumulator (mt, nt): elements 0, 1 at row
-// lane / 4, columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down.
-template <class S, bool kGateUp, bool kBf16>
-__device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
-					   uint32_t first, uint32_t count, uint32_t n0, int warp_m, int warp_n,
-					   int lane)
+// A warp's accumulator rows written as 16-bit values, two a 32-bit store: the kFrags
+// 8-column fragments from column col0 of each of its rows in [0, count) of the tile at
+// pair `first`, value(mt, nt, e, s) giving element e (0 to 3) of fragment (mt, nt) of a
+// row whose row_scale(row) is s. The bounds are checked once a warp where the fragments
+// lie inside N (N is a multiple of 8), and each row's address and scale found once: the
+// stores then take constant offsets.
+template <class S, int kFrags, bool kBf16, class RowScale, class Value>
+__device__ __forceinline__ void store_rows(uint16_t *out, uint32_t N, uint32_t col0, uint32_t first,
+					   uint32_t count, int warp_m, int lane, RowScale row_scale, Value value)
 {
-	const uint32_t N = kGateUp ? a.inter : a.hidden;
-	const bool gated = kGateUp && a.gated;
 	const int frag_row = lane / 4, frag_col = lane % 4 * 2;
+	const bool whole = col0 + kFrags * 8 <= N;
 #pragma unroll
 	for (int mt = 0; mt < S::kMT; mt++) {
 #pragma unroll
@@ -392,9 +392,53 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 			const uint32_t row = warp_row<S>(warp_m, mt) + frag_row + 8 * h;
 			if (row >= count)
 				continue;
-			const size_t pos = first + row;
-			if (!kGateUp) {
-				// Folded (see moe_gpu_args.fold): the pair's token row of y, its weight.
+			uint32_t *dst = (uint32_t *)(out + (size_t)(first + row) * N + col0 + frag_col);
+			const float s = row_scale(row);
+			if (whole) {
+#pragma unroll
+				for (int nt = 0; nt < kFrags; nt++)
+					dst[nt * 4] = pack2(value(mt, nt, 2 * h, s), value(mt, nt, 2 * h + 1, s), kBf16);
+				continue;
+			}
+#pragma unroll
+			for (int nt = 0; nt < kFrags; nt++)
+				if (col0 + nt * 8 < N)
+					dst[nt * 4] = pack2(value(mt, nt, 2 * h, s), value(mt, nt, 2 * h + 1, s), kBf16);
+		}
+	}
+}
+
+// The epilogue of a warp's accumulators, kept in registers: gate/up writes a = act(g) * u
+// (or act(x)) in the I/O dtype; down writes y in the I/O dtype, or adds its partial sum
+// into a zeroed f32 y where K is split. Accumulator (mt, nt): elements 0, 1 at row
+// lane / 4, columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down.
+// The job's choices (activation, router weight on the input) are taken once, outside the
+// loops over the fragments.
+template <class S, bool kGateUp, bool kBf16>
+__device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
+					   uint32_t first, uint32_t count, uint32_t n0, int warp_m, int warp_n,
+					   int lane)
+{
+	const uint32_t N = kGateUp ? a.inter : a.hidden;
+	if constexpr (!kGateUp) {
+		const uint32_t col0 = n0 + warp_n * S::kWarpCols;
+		if (a.y_io) {
+			store_rows<S, S::kNT, kBf16>(
+				(uint16_t *)a.y, N, col0, first, count, warp_m, lane, [](uint32_t) { return 1.0f; },
+				[&](int mt, int nt, int e, float) { return acc[mt][nt][e]; });
+			return;
+		}
+		// Partial sums over K, added into a zeroed f32 y; folded (see moe_gpu_args.fold),
+		// into the pair's token row, weighted.
+		const int frag_row = lane / 4, frag_col = lane % 4 * 2;
+#pragma unroll
+		for (int mt = 0; mt < S::kMT; mt++) {
+#pragma unroll
+			for (int h = 0; h < 2; h++) {
+				const uint32_t row = warp_row<S>(warp_m, mt) + frag_row + 8 * h;
+				if (row >= count)
+					continue;
+				const size_t pos = first + row;
 				size_t y_row = pos;
 				float coef = 1.0f;
 				if (a.fold) {
@@ -404,45 +448,42 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 				}
 #pragma unroll
 				for (int nt = 0; nt < S::kNT; nt++) {
-					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
+					const uint32_t col = col0 + nt * 8 + frag_col;
 					if (col >= N)
 						continue;
-					if (a.y_io) {
-						((uint32_t *)a.y)[(pos * N + col) / 2] =
-							pack2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1], kBf16);
-						continue;
-					}
-					float *y = a.y + y_row * N + col; // partial sums over K: y was zeroed
+					float *y = a.y + y_row * N + col;
 					atomicAdd(y, coef * acc[mt][nt][2 * h]);
 					atomicAdd(y + 1, coef * acc[mt][nt][2 * h + 1]);
 				}
-				continue;
-			}
-			const float s = a.router_weight_on_input ? a.topk_weights[a.pair_of[pos]] : 1.0f;
-			uint32_t *act = (uint32_t *)a.act;
-			if (gated) {
-#pragma unroll
-				for (int nt = 0; nt < S::kNT / 2; nt++) {
-					const uint32_t col = n0 + warp_n * (S::kWarpCols / 2) + nt * 8 + frag_col;
-					const float *g = acc[mt][nt], *u = acc[mt][nt + S::kNT / 2];
-					if (col < N)
-						act[(pos * N + col) / 2] = pack2(
-							activate(a.activation, s * g[2 * h]) * (s * u[2 * h]),
-							activate(a.activation, s * g[2 * h + 1]) * (s * u[2 * h + 1]),
-							kBf16);
-				}
-			} else {
-#pragma unroll
-				for (int nt = 0; nt < S::kNT; nt++) {
-					const uint32_t col = n0 + warp_n * S::kWarpCols + nt * 8 + frag_col;
-					if (col < N)
-						act[(pos * N + col) / 2] =
-							pack2(activate(a.activation, s * acc[mt][nt][2 * h]),
-							      activate(a.activation, s * acc[mt][nt][2 * h + 1]), kBf16);
-				}
 			}
 		}
+		return;
 	}
+	// The router weight, where it applies to the input: x w = (x s) w, row by row; else a
+	// constant 1 that the compiler folds away.
+	auto write = [&](auto activation, auto scaled) {
+		constexpr int kAct = decltype(activation)::value;
+		auto row_scale = [&](uint32_t row) {
+			return decltype(scaled)::value ? a.topk_weights[a.pair_of[first + row]] : 1.0f;
+		};
+		if (a.gated) // gate fragments nt, up fragments nt + kNT / 2 (the weight rows' order)
+			store_rows<S, S::kNT / 2, kBf16>(
+				(uint16_t *)a.act, N, n0 + warp_n * (S::kWarpCols / 2), first, count, warp_m, lane,
+				row_scale, [&](int mt, int nt, int e, float s) {
+					return activate(kAct, s * acc[mt][nt][e]) * (s * acc[mt][nt + S::kNT / 2][e]);
+				});
+		else
+			store_rows<S, S::kNT, kBf16>((uint16_t *)a.act, N, n0 + warp_n * S::kWarpCols, first, count,
+						     warp_m, lane, row_scale, [&](int mt, int nt, int e, float s) {
+							     return activate(kAct, s * acc[mt][nt][e]);
+						     });
+	};
+	using Silu = std::integral_constant<int, MOED_GPU_SILU>;
+	using Gelu = std::integral_constant<int, MOED_GPU_GELU>;
+	if (a.router_weight_on_input)
+		a.activation == MOED_GPU_GELU ? write(Gelu(), std::true_type()) : write(Silu(), std::true_type());
+	else
+		a.activation == MOED_GPU_GELU ? write(Gelu(), std::false_type()) : write(Silu(), std::false_type());
 }
 
 // The folded combine's end: the down grid's last block to finish converts y ([M, H]
