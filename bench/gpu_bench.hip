@@ -191,9 +191,10 @@ int main(int argc, char **argv)
 			getenv("MOED_GPU_TILE_GROUP"));
 		return 2;
 	}
-	int dependent, prefetch;
+	int dependent, prefetch, fused;
 	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", &dependent) < 0 ||
-	    measurement_switch("MOED_GPU_L2_PREFETCH", &prefetch) < 0)
+	    measurement_switch("MOED_GPU_L2_PREFETCH", &prefetch) < 0 ||
+	    measurement_switch("MOED_GPU_FUSED_DECODE", &fused) < 0)
 		return 2;
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
@@ -278,9 +279,9 @@ int main(int argc, char **argv)
 		 * included), at most pairs + experts tiles, the experts' first positions. */
 		const size_t routing_cap = (4 * (size_t)pmax + 3 * ((size_t)pmax + md.e + 1) + md.e) * 4;
 		CHECK(hipMalloc(&routing, routing_cap));
-		uint32_t *blocks_done; /* moe_gpu_args.blocks_done, zero between jobs */
-		CHECK(hipMalloc((void **)&blocks_done, sizeof(*blocks_done)));
-		CHECK(hipMemsetAsync(blocks_done, 0, sizeof(*blocks_done), st));
+		uint32_t *counters; /* moe_gpu_args.counters, zero between jobs */
+		CHECK(hipMalloc((void **)&counters, MOE_GPU_COUNTERS * sizeof(*counters)));
+		CHECK(hipMemsetAsync(counters, 0, MOE_GPU_COUNTERS * sizeof(*counters), st));
 		CHECK(hipHostMalloc(&stage, routing_cap, hipHostMallocDefault));
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w13, w13n, 3ull, 1.7f / sqrtf(md.h));
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w2, w2n, 4ull, 1.7f / sqrtf(md.i));
@@ -332,9 +333,9 @@ int main(int argc, char **argv)
 			a.io_dtype = MOED_GPU_BF16, a.w_dtype = MOED_GPU_BF16, a.activation = MOED_GPU_SILU;
 			a.gated = 1, a.scale = 1, a.kernel = plan.kernel;
 			a.x = x;
-			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.blocks_done = blocks_done;
+			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.counters = counters;
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
-			a.no_prefetch = !prefetch;
+			a.no_prefetch = !prefetch, a.separate_decode = !fused;
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));
@@ -369,7 +370,7 @@ int main(int argc, char **argv)
 		moe_routing_free(&rt);
 		free(ids);
 		free(tw);
-		void *bufs[] = { w13, w2, x, out, act, y, routing, blocks_done };
+		void *bufs[] = { w13, w2, x, out, act, y, routing, counters };
 		for (void *p : bufs)
 			CHECK(hipFree(p));
 		CHECK(hipHostFree(stage));

@@ -363,6 +363,7 @@ START_TEST(bad_measurement_settings_refused)
 {
 	char *group = env_save("MOED_GPU_TILE_GROUP"), *dependent = env_save("MOED_GPU_DEPENDENT_LAUNCH");
 	char *trace = env_save("MOED_HIP_TRACE"), *prefetch = env_save("MOED_GPU_L2_PREFETCH");
+	char *fused = env_save("MOED_GPU_FUSED_DECODE");
 	const char *bad[] = { "0", "65537", "8x", "-3" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char want[96];
@@ -376,6 +377,8 @@ START_TEST(bad_measurement_settings_refused)
 	unsetenv("MOED_GPU_DEPENDENT_LAUNCH");
 	expect_create_refused("MOED_GPU_L2_PREFETCH", "2", "MOED_GPU_L2_PREFETCH=2: wants 0 (off) or 1 (on)");
 	unsetenv("MOED_GPU_L2_PREFETCH");
+	expect_create_refused("MOED_GPU_FUSED_DECODE", "one", "MOED_GPU_FUSED_DECODE=one: wants 0 (off) or 1 (on)");
+	unsetenv("MOED_GPU_FUSED_DECODE");
 	expect_create_refused("MOED_HIP_TRACE", "yes", "MOED_HIP_TRACE=yes: wants 0 (off) or 1 (on)");
 	unsetenv("MOED_HIP_TRACE");
 	char *inject = env_save("MOED_HIP_INJECT_FAULT");
@@ -385,8 +388,10 @@ START_TEST(bad_measurement_settings_refused)
 	setenv("MOED_GPU_TILE_GROUP", "1", 1);
 	setenv("MOED_HIP_TRACE", "0", 1);
 	setenv("MOED_GPU_L2_PREFETCH", "0", 1);
+	setenv("MOED_GPU_FUSED_DECODE", "0", 1);
 	ck_assert_int_eq(create_with("MOED_GPU_DEPENDENT_LAUNCH", "0", &err), 0);
 	env_restore("MOED_GPU_L2_PREFETCH", prefetch);
+	env_restore("MOED_GPU_FUSED_DECODE", fused);
 	env_restore("MOED_HIP_TRACE", trace);
 	env_restore("MOED_GPU_TILE_GROUP", group);
 	env_restore("MOED_GPU_DEPENDENT_LAUNCH", dependent);

@@ -61,7 +61,7 @@ struct hip_client {
 	hipEvent_t done;            /* recorded after the job's output copy */
 	unsigned char *pinned;      /* the arena, where registering it worked */
 	dbuf x, routing, act, y, out;
-	uint32_t *blocks_done;      /* moe_gpu_args.blocks_done: zeroed once, then by the kernels */
+	uint32_t *counters;         /* moe_gpu_args.counters: zeroed once, then by the kernels */
 	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
 	 * buffer the sorted routing is packed into for one asynchronous copy */
 	int32_t *ids;
@@ -81,6 +81,7 @@ struct moed_backend {
 	uint32_t tile_group; /* MOED_GPU_TILE_GROUP's, or the default (moe_gpu_tile_group) */
 	bool serial_launch;  /* MOED_GPU_DEPENDENT_LAUNCH=0 */
 	bool no_prefetch;    /* MOED_GPU_L2_PREFETCH=0 */
+	bool separate_decode; /* MOED_GPU_FUSED_DECODE=0 */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
@@ -207,9 +208,10 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	if (tile_group < 0)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 "
 				      "to 65536", getenv("MOED_GPU_TILE_GROUP"));
-	bool dependent, prefetch, trace, inject;
+	bool dependent, prefetch, fused, trace, inject;
 	if ((r = env_switch("MOED_GPU_DEPENDENT_LAUNCH", true, &dependent, err)) < 0 ||
 	    (r = env_switch("MOED_GPU_L2_PREFETCH", true, &prefetch, err)) < 0 ||
+	    (r = env_switch("MOED_GPU_FUSED_DECODE", true, &fused, err)) < 0 ||
 	    (r = env_switch("MOED_HIP_TRACE", false, &trace, err)) < 0 ||
 	    (r = env_switch("MOED_HIP_INJECT_FAULT", false, &inject, err)) < 0)
 		return r;
@@ -229,6 +231,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->tile_group = (uint32_t)tile_group;
 	b->serial_launch = !dependent;
 	b->no_prefetch = !prefetch;
+	b->separate_decode = !fused;
 	pthread_mutex_init(&b->notify_lock, NULL);
 	b->inject_fault = inject;
 	b->trace = trace;
@@ -245,8 +248,8 @@ void client_free(struct hip_client *c)
 	dbuf *all[] = { &c->x, &c->routing, &c->act, &c->y, &c->out, &c->stage };
 	for (dbuf *d : all)
 		release(d);
-	if (c->blocks_done)
-		(void)hipFree(c->blocks_done);
+	if (c->counters)
+		(void)hipFree(c->counters);
 	if (c->pinned)
 		(void)hipHostUnregister(c->pinned);
 	if (c->done)
@@ -279,9 +282,9 @@ int client_make(struct moed_backend *b, const struct moed_arena *arena, struct h
 		if (b->trace && e == hipSuccess)
 			e = hipEventCreateWithFlags(m, hipEventDefault);
 	if (e == hipSuccess)
-		e = hipMalloc(&c->blocks_done, sizeof(*c->blocks_done));
+		e = hipMalloc(&c->counters, MOE_GPU_COUNTERS * sizeof(*c->counters));
 	if (e == hipSuccess)
-		e = hipMemsetAsync(c->blocks_done, 0, sizeof(*c->blocks_done), c->stream);
+		e = hipMemsetAsync(c->counters, 0, MOE_GPU_COUNTERS * sizeof(*c->counters), c->stream);
 	if (e != hipSuccess) {
 		client_free(c);
 		return gpu_error(err, e, "stream set-up");
@@ -491,10 +494,11 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.act = c->act.p;
 	a.y = (float *)c->y.p;
 	a.out = c->out.p;
-	a.blocks_done = c->blocks_done;
+	a.counters = c->counters;
 	a.tile_group = c->backend->tile_group;
 	a.serial_launch = c->backend->serial_launch;
 	a.no_prefetch = c->backend->no_prefetch;
+	a.separate_decode = c->backend->separate_decode;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->kernels, c->stream);

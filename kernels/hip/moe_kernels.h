@@ -88,6 +88,14 @@ int moe_gpu_kernel_usable(enum moe_gpu_kernel k);
 /* The kernel's name, for logs and the benchmark. */
 const char *moe_gpu_kernel_name(enum moe_gpu_kernel k);
 
+/* moe_gpu_args.counters: the blocks that have finished (the folded combine's last block,
+ * the one-kernel decode's); the one-kernel decode's next work item, its gate/up items
+ * that have zeroed their share of y, and each tile's finished gate/up items (it runs
+ * where the tiles are at most MOE_GPU_FUSED_MAX_TILES). */
+enum { MOE_GPU_COUNTER_DONE, MOE_GPU_COUNTER_CLAIMED, MOE_GPU_COUNTER_ZEROED, MOE_GPU_COUNTER_TILES };
+#define MOE_GPU_FUSED_MAX_TILES 1024u
+#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
+
 struct moe_gpu_args {
 	uint32_t tokens, topk, hidden, inter, experts;
 	int io_dtype, w_dtype, activation, gated, no_combine, router_weight_on_input;
@@ -116,10 +124,14 @@ struct moe_gpu_args {
 				      L2 (MOED_GPU_L2_PREFETCH=0, read once by the caller) */
 	int prefetch_down;         /* set by the launch: the gate/up blocks have L2 fetch each
 				      used expert's w2 while they stream w13 (decode) */
-	uint32_t *blocks_done;     /* a counter, zero between jobs: with it the matrix-unit down
-				      GEMM of a small M (decode) adds router-weighted
-				      partial sums into y as [M, H] f32 and its last block writes out
-				      (and zeroes the counter), one kernel fewer; NULL: never */
+	uint32_t *counters;        /* [MOE_GPU_COUNTERS], zero between jobs (the kernels that
+				      count on them leave them zero); with them the matrix-unit
+				      down GEMM of a small M (decode) adds router-weighted
+				      partial sums into y as [M, H] f32 and its last block writes
+				      out, one kernel fewer, and a decode job's two GEMMs run as
+				      one kernel (below); NULL: neither */
+	int separate_decode;       /* 1: a decode job's GEMMs are two kernels, not one
+				      (MOED_GPU_FUSED_DECODE=0, read once by the caller) */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 };
 

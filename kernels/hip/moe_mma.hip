@@ -486,19 +486,25 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 		a.activation == MOED_GPU_GELU ? write(Gelu(), std::false_type()) : write(Silu(), std::false_type());
 }
 
-// The folded combine's end: the down grid's last block to finish converts y ([M, H]
-// f32, every block's weighted sums in it) into out, and leaves the counter at zero.
-template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
+// Whether this block is the last of `blocks` to get here: each counts itself on
+// `counter` once its threads' writes are out. The last one sees all of theirs.
+__device__ bool last_to_finish(uint32_t *counter, uint32_t blocks)
 {
 	__shared__ bool last;
-	__threadfence(); // this thread's sums reach the device before its block is counted
+	__threadfence(); // this thread's writes reach the device before its block is counted
 	__syncthreads();
 	if (threadIdx.x == 0)
-		last = atomicAdd(a.blocks_done, 1u) == gridDim.x * gridDim.y * gridDim.z - 1;
+		last = atomicAdd(counter, 1u) == blocks - 1;
 	__syncthreads();
-	if (!last)
-		return;
-	__threadfence();
+	if (last)
+		__threadfence();
+	return last;
+}
+
+// The folded combine's end, by one block: y ([M, H] f32, every block's weighted sums in
+// it) converted into out.
+template <bool kBf16> __device__ void write_folded(const struct moe_gpu_args &a)
+{
 	const float4 *y = (const float4 *)a.y;
 	uint4 *out = (uint4 *)a.out;
 	const size_t groups = (size_t)a.tokens * a.hidden / 8; // H is a multiple of 8
@@ -507,8 +513,18 @@ template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
 		out[g] = make_uint4(pack2(lo.x, lo.y, kBf16), pack2(lo.z, lo.w, kBf16),
 				    pack2(hi.x, hi.y, kBf16), pack2(hi.z, hi.w, kBf16));
 	}
+}
+
+// The down grid's last block to finish writes the folded combine's out, and leaves the
+// counter at zero.
+template <bool kBf16> __device__ void finish_fold(const struct moe_gpu_args &a)
+{
+	uint32_t *const done = a.counters + MOE_GPU_COUNTER_DONE;
+	if (!last_to_finish(done, gridDim.x * gridDim.y * gridDim.z))
+		return;
+	write_folded<kBf16>(a);
 	if (threadIdx.x == 0)
-		*a.blocks_done = 0;
+		*done = 0;
 }
 
 // The grid is tiles (x) by column blocks (y), and blocks start roughly in x-major order.
@@ -543,12 +559,13 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 // blocks, short streams, a ramp and a tail). The blocks of each expert's first tile have
 // L2 fetch the expert's w2, a share of its rows each column block, so that the down GEMM
 // reads them from L2 (its w13 copies leave L2 first meanwhile).
-__device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block)
+__device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block,
+				      uint32_t column_blocks)
 {
 	const uint32_t e = a.tile_expert[tile];
 	if (tile > 0 && a.tile_expert[tile - 1] == e) // an expert's tiles are consecutive
 		return;
-	const uint32_t share = (a.hidden + gridDim.y - 1) / gridDim.y, r0 = column_block * share;
+	const uint32_t share = (a.hidden + column_blocks - 1) / column_blocks, r0 = column_block * share;
 	if (r0 >= a.hidden)
 		return;
 	const uint32_t rows = share < a.hidden - r0 ? share : a.hidden - r0;
@@ -559,20 +576,30 @@ __device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t til
 		prefetch_to_l2(from + at, (uint32_t)(bytes - at < kPiece ? bytes - at : kPiece));
 }
 
-template <class S, bool kGateUp, bool kBf16>
-__global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
+// y zeroed for the down GEMM's sums (f32; H is a multiple of 8, so y is whole float4s):
+// share `share` of `shares`, by this block's threads.
+__device__ void zero_y_share(const struct moe_gpu_args &a, size_t share, size_t shares)
 {
-	extern __shared__ __align__(1024) unsigned char smem[];
+	const size_t n = (size_t)a.tokens * a.topk * a.hidden / 4;
+	for (size_t i = share * blockDim.x + threadIdx.x; i < n; i += shares * blockDim.x)
+		((float4 *)a.y)[i] = make_float4(0, 0, 0, 0);
+}
+
+// One block's GEMM: tile `tile` of pairs by column block `column_block` of
+// `column_blocks`, part `part` of `parts` of K (the down GEMM only). The down GEMM calls
+// wait_for_act() once its first weight stages are requested, before it reads act.
+template <class S, bool kGateUp, bool kBf16, class WaitForAct>
+__device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_t base, uint32_t tile,
+					   uint32_t column_block, uint32_t column_blocks, uint32_t part,
+					   uint32_t parts, WaitForAct wait_for_act)
+{
 	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
 	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
-	uint32_t tile, column_block;
-	block_work(a.tile_group, tile, column_block);
 	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile];
 	const uint32_t K = kGateUp ? a.hidden : a.inter;
 	const uint32_t n0 = column_block * (kGateUp && a.gated ? S::BN / 2 : S::BN);
 	TileLoader<S, S::kThreads, kGateUp> loader;
 	loader.init(a, first, count, a.tile_expert[tile], n0, tid);
-	const uint32_t base = smem_address(smem);
 	auto stage_at = [&](uint32_t s) { return base + s * S::kStageBytes; };
 
 	float acc[S::kMT][S::kNT][4];
@@ -582,27 +609,26 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		for (int nt = 0; nt < S::kNT; nt++)
 			acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
 
-	// Split K (blockIdx.z of gridDim.z, the down GEMM only): this block's run of k-tiles.
-	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + gridDim.z - 1) / gridDim.z;
-	const uint32_t kt0 = blockIdx.z * per;
+	// Split K (the down GEMM only): this block's run of k-tiles.
+	const uint32_t ktiles_all = (K + kBK - 1) / kBK, per = (ktiles_all + parts - 1) / parts;
+	const uint32_t kt0 = part * per;
 	const uint32_t ktiles = kt0 >= ktiles_all ? 0 : ktiles_all - kt0 < per ? ktiles_all - kt0 : per;
 	// Copies run kAhead k-tiles ahead of the math. With wgmma one group of the math stays
 	// in flight past the barrier too, so the stage it reads is not refilled until the
 	// iteration after next: two stages are the math's, the rest are in flight.
 	constexpr int kStages = S::kStages, kAhead = kStages - 1 - S::kMathInFlight;
-	// The first stages. The down GEMM's weights do not depend on the gate/up grid, which
-	// may still be running (see launch()): they are requested before waiting for it (the
+	// The first stages. The down GEMM's weights do not depend on the gate/up results,
+	// which may not all be written yet: they are requested before waiting for them (the
 	// first copy group then holds all of them, which only makes its wait stricter).
 	if constexpr (kGateUp) {
-		let_dependents_launch();
 		if (a.prefetch_down)
-			prefetch_down_weights(a, tile, column_block);
+			prefetch_down_weights(a, tile, column_block, column_blocks);
 	} else {
 #pragma unroll
 		for (int s = 0; s < kAhead; s++)
 			if ((uint32_t)s < ktiles)
 				loader.load_b(stage_at(s), (kt0 + s) * kBK);
-		wait_for_prerequisite_grid();
+		wait_for_act();
 	}
 #pragma unroll
 	for (int s = 0; s < kAhead; s++) {
@@ -667,21 +693,115 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 		fence_operands<S::BN / 2>(&acc[0][0][0]);
 	}
 	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
-	if constexpr (!kGateUp) {
-		if (a.fold)
-			finish_fold<kBf16>(a);
-	}
+}
+
+// One block a (tile, column block[, part of K]) of one GEMM; the down grid is the gate/up
+// grid's programmatic dependent where dependent_launch().
+template <class S, bool kGateUp, bool kBf16>
+__global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_args a)
+{
+	extern __shared__ __align__(1024) unsigned char smem[];
+	uint32_t tile, column_block;
+	block_work(a.tile_group, tile, column_block);
+	if constexpr (kGateUp)
+		let_dependents_launch();
+	gemm_block<S, kGateUp, kBf16>(a, smem_address(smem), tile, column_block, gridDim.y, blockIdx.z,
+				      gridDim.z, [] { wait_for_prerequisite_grid(); });
 	if constexpr (kGateUp) {
-		// The down GEMM adds its split-K partial sums into y: zero it here, each block a
-		// stride of it (H is a multiple of 8, so y is whole float4s). The down grid reads
-		// y only after this grid has finished (griddepcontrol.wait or stream order).
-		if (a.zero_y) {
-			const size_t n = (size_t)a.tokens * a.topk * a.hidden / 4, blocks = gridDim.x * gridDim.y;
-			const size_t at = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
-			for (size_t i = at * S::kThreads + tid; i < n; i += blocks * S::kThreads)
-				((float4 *)a.y)[i] = make_float4(0, 0, 0, 0);
-		}
+		// The down GEMM adds its sums into y: zeroed here, each block a share. The down
+		// grid reads y only after this grid has finished (griddepcontrol.wait or stream
+		// order).
+		if (a.zero_y)
+			zero_y_share(a, (size_t)blockIdx.y * gridDim.x + blockIdx.x, (size_t)gridDim.x * gridDim.y);
+	} else if (a.fold) {
+		finish_fold<kBf16>(a);
 	}
+}
+
+// Until *counter reaches `value` (another block's count: read from L2 each time).
+__device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t value)
+{
+	while (*(const volatile uint32_t *)counter < value)
+		__nanosleep(128);
+	__threadfence(); // what the counted blocks wrote before counting, for this block's reads
+}
+
+// A decode job in one kernel (Shape16; more tiles than a tile group, at most
+// MOE_GPU_FUSED_MAX_TILES): the blocks take work items in turn, first all of the gate/up
+// GEMM's (tile, column block) items, then all of the down GEMM's (tile, column block,
+// part of K), and a down item waits only for its own tile's gate/up items. With two
+// grids the down GEMM waits for the whole gate/up grid: a ramp and a tail of the card's
+// bandwidth idle between them (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places,
+// then 512 down blocks).
+// Every item, the first included, is claimed from a counter, so that a block waits only
+// for items claimed before its own, by blocks that run (a block's first item by its
+// index could wait unrun behind blocks that wait for it, should another kernel hold part
+// of the card). Each block claims its next item while it computes the present one.
+// The counters (moe_gpu_args.counters) are zero at the start; the last block to finish
+// leaves them so, having written the folded combine's out where there is one.
+template <class S, bool kBf16>
+__global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gpu_args a, uint32_t parts)
+{
+	extern __shared__ __align__(1024) unsigned char smem[];
+	__shared__ uint32_t claimed[2]; // the items claimed, in turns, so that no thread
+					// reads one while thread 0 writes the other
+	uint32_t *const tile_done = a.counters + MOE_GPU_COUNTER_TILES;
+	const uint32_t base = smem_address(smem);
+	const uint32_t up_columns = a.gated ? S::BN / 2 : S::BN;
+	const uint32_t up_blocks = (a.inter + up_columns - 1) / up_columns;
+	const uint32_t down_blocks = (a.hidden + S::BN - 1) / S::BN;
+	const uint32_t up_items = a.tiles * up_blocks, down_part_items = a.tiles * down_blocks;
+	const uint32_t items = up_items + parts * down_part_items;
+	auto claim = [&] { return atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED, 1u); };
+	if (threadIdx.x == 0)
+		claimed[0] = claim();
+	__syncthreads();
+	for (uint32_t turn = 0, item = claimed[0]; item < items; turn ^= 1) {
+		uint32_t next = 0; // thread 0's, asked for now and waited for at the item's end
+		if (threadIdx.x == 0)
+			next = claim();
+		uint32_t tile, column_block;
+		if (item < up_items) {
+			work_item(item, a.tiles, up_blocks, a.tile_group, tile, column_block);
+			if (a.zero_y) { // before the item's GEMM, so that the down items soon find y zeroed
+				zero_y_share(a, item, up_items);
+				__threadfence();
+				__syncthreads();
+				if (threadIdx.x == 0)
+					atomicAdd(a.counters + MOE_GPU_COUNTER_ZEROED, 1u);
+			}
+			gemm_block<S, true, kBf16>(a, base, tile, column_block, up_blocks, 0, 1, [] {});
+			__threadfence();
+			__syncthreads();
+			if (threadIdx.x == 0)
+				atomicAdd(tile_done + tile, 1u);
+		} else {
+			const uint32_t d = item - up_items, part = d / down_part_items;
+			work_item(d - part * down_part_items, a.tiles, down_blocks, a.tile_group, tile, column_block);
+			gemm_block<S, false, kBf16>(a, base, tile, column_block, down_blocks, part, parts, [&] {
+				if (threadIdx.x == 0) {
+					wait_for_count(tile_done + tile, up_blocks);
+					if (a.zero_y)
+						wait_for_count(a.counters + MOE_GPU_COUNTER_ZEROED, up_items);
+				}
+				__syncthreads();
+			});
+		}
+		copy_wait<0>();
+		if (threadIdx.x == 0)
+			claimed[turn ^ 1] = next;
+		__syncthreads(); // the stages are free for the next item, and its number is in
+		item = claimed[turn ^ 1];
+	}
+	if (!last_to_finish(a.counters + MOE_GPU_COUNTER_DONE, gridDim.x))
+		return;
+	if (a.fold)
+		write_folded<kBf16>(a);
+	for (uint32_t t = threadIdx.x; t < a.tiles; t += blockDim.x)
+		tile_done[t] = 0;
+	if (threadIdx.x == 0)
+		a.counters[MOE_GPU_COUNTER_CLAIMED] = a.counters[MOE_GPU_COUNTER_ZEROED] =
+			a.counters[MOE_GPU_COUNTER_DONE] = 0;
 }
 
 // mbarriers in shared memory (sm_90): the persistent kernel's stages are handed between
@@ -1144,15 +1264,14 @@ template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
 // block converts it, 16 values a thread at 1024.
 constexpr size_t kFoldMaxCells = 16384;
 
-// How many blocks of the down GEMM the card holds at once.
-template <class S, bool kBf16> uint32_t resident_blocks()
+// How many blocks of kKernel the card holds at once.
+template <auto kKernel, int kThreads, int kSmem> uint32_t resident_blocks()
 {
 	static uint32_t slots;
 	if (!slots) {
 		int per_sm = 0;
-		if (allow_smem<mma_kernel<S, false, kBf16>, S::kSmem>() != cudaSuccess ||
-		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mma_kernel<S, false, kBf16>,
-								  S::kThreads, S::kSmem) != cudaSuccess ||
+		if (allow_smem<kKernel, kSmem>() != cudaSuccess ||
+		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, kSmem) != cudaSuccess ||
 		    per_sm < 1)
 			per_sm = 1;
 		slots = (uint32_t)per_sm * sm_count();
@@ -1175,6 +1294,22 @@ bool down_weights_fit_l2(const struct moe_gpu_args &a)
 	return (size_t)a.tiles * a.hidden * a.inter * 2 <= l2_bytes / 2;
 }
 
+// A decode job's two GEMMs as one kernel (decode_kernel), K split in `parts` as the down
+// GEMM's would be: as many blocks as the card holds, or as there are items.
+template <class S, bool kBf16> int launch_decode(const struct moe_gpu_args &a, uint32_t parts, cudaStream_t stream)
+{
+	constexpr auto kKernel = decode_kernel<S, kBf16>;
+	const cudaError_t e = allow_smem<kKernel, S::kSmem>();
+	if (e != cudaSuccess)
+		return (int)e;
+	const uint32_t up_columns = a.gated ? S::BN / 2 : S::BN;
+	const uint32_t items = a.tiles * ((a.inter + up_columns - 1) / up_columns +
+					  parts * ((a.hidden + S::BN - 1) / S::BN));
+	const uint32_t slots = resident_blocks<kKernel, S::kThreads, S::kSmem>();
+	return launch_on(kKernel, dim3(items < slots ? items : slots), S::kThreads, S::kSmem, false, stream, a,
+			 parts);
+}
+
 // SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
 template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cudaStream_t stream)
 {
@@ -1185,7 +1320,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	// weights, and a second, partial wave leaves bandwidth idle at its end (Qwen3 M = 1
 	// took 3 splits, 384 blocks for 264 places; Mixtral M = 4 2 splits, about 350).
 	const uint32_t blocks = a.tiles * ((a.hidden + SD::BN - 1) / SD::BN);
-	const uint32_t slots = resident_blocks<SD, kBf16>();
+	const uint32_t slots = resident_blocks<mma_kernel<SD, false, kBf16>, SD::kThreads, SD::kSmem>();
 	uint32_t splits = blocks >= slots ? 1 : slots / blocks;
 	const uint32_t most = (a.inter / kBK) / 4;
 	splits = splits > most ? (most ? most : 1) : splits;
@@ -1194,7 +1329,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	// A decode job's combine is a kernel of a few blocks that costs a launch (Qwen3 M = 4:
 	// 6.5 µs): the down GEMM does it (moe_gpu_args.fold) where its last block's
 	// conversion is short, split or not.
-	a.fold = !a.no_combine && a.blocks_done && (size_t)a.tokens * a.hidden <= kFoldMaxCells;
+	a.fold = !a.no_combine && a.counters && (size_t)a.tokens * a.hidden <= kFoldMaxCells;
 	// Otherwise, unsplit, y is written once in the I/O dtype: half the bytes of f32 to
 	// write and for the combine to read, one more rounding (2^-9 relative in bf16) inside
 	// the bounds.
@@ -1202,6 +1337,13 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.zero_y = !a.y_io; // by the gate/up blocks: one node fewer than a memset
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch && down_weights_fit_l2(a);
+	if constexpr (std::is_same<SG, Shape16>::value && std::is_same<SD, Shape16>::value) {
+		// Where the tiles are a group or fewer, their gate/up items all end together
+		// (work_item): no down item could start earlier than in a second kernel. Measured
+		// (bench/RESULTS.md, version 14), such jobs ran slower as one kernel.
+		if (!a.separate_decode && a.counters && a.tiles > a.tile_group && a.tiles <= MOE_GPU_FUSED_MAX_TILES)
+			return launch_decode<Shape16, kBf16>(a, splits, stream);
+	}
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
 	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
 }
