@@ -86,6 +86,20 @@ static_assert(ShapeWg128::kStageBytes % 1024 == 0 && ShapeWg128::kABytes % 1024 
 		      ShapeWg128W::kStageBytes % 1024 == 0,
 	      "128-byte swizzled wgmma operands start on 1024-byte boundaries");
 
+// The output columns of one block (or work item) of shape S: a gated expert's gate/up
+// block holds gate and up weight rows side by side, BN / 2 of each.
+template <class S, bool kGateUp> __host__ __device__ __forceinline__ uint32_t block_columns(const struct moe_gpu_args &a)
+{
+	return kGateUp && a.gated ? S::BN / 2 : S::BN;
+}
+
+// How many such blocks span the GEMM's output: I columns for gate/up, H for down.
+template <class S, bool kGateUp> __host__ __device__ __forceinline__ uint32_t column_blocks_of(const struct moe_gpu_args &a)
+{
+	const uint32_t cols = block_columns<S, kGateUp>(a);
+	return ((kGateUp ? a.inter : a.hidden) + cols - 1) / cols;
+}
+
 __device__ __forceinline__ uint32_t smem_address(const void *p)
 {
 	return (uint32_t)__cvta_generic_to_shared(p);
@@ -597,7 +611,7 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
 	const uint32_t first = a.tile_first[tile], count = a.tile_count[tile];
 	const uint32_t K = kGateUp ? a.hidden : a.inter;
-	const uint32_t n0 = column_block * (kGateUp && a.gated ? S::BN / 2 : S::BN);
+	const uint32_t n0 = column_block * block_columns<S, kGateUp>(a);
 	TileLoader<S, S::kThreads, kGateUp> loader;
 	loader.init(a, first, count, a.tile_expert[tile], n0, tid);
 	auto stage_at = [&](uint32_t s) { return base + s * S::kStageBytes; };
@@ -747,9 +761,7 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 					// reads one while thread 0 writes the other
 	uint32_t *const tile_done = a.counters + MOE_GPU_COUNTER_TILES;
 	const uint32_t base = smem_address(smem);
-	const uint32_t up_columns = a.gated ? S::BN / 2 : S::BN;
-	const uint32_t up_blocks = (a.inter + up_columns - 1) / up_columns;
-	const uint32_t down_blocks = (a.hidden + S::BN - 1) / S::BN;
+	const uint32_t up_blocks = column_blocks_of<S, true>(a), down_blocks = column_blocks_of<S, false>(a);
 	const uint32_t up_items = a.tiles * up_blocks, down_part_items = a.tiles * down_blocks;
 	const uint32_t items = up_items + parts * down_part_items;
 	auto claim = [&] { return atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED, 1u); };
@@ -1004,8 +1016,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	const uint32_t K = kGateUp ? a.hidden : a.inter, ktiles = (K + kBK - 1) / kBK;
 	const uint32_t N = kGateUp ? a.inter : a.hidden;
 	const bool gated = kGateUp && a.gated;
-	const uint32_t cols = gated ? S::BN / 2 : S::BN; // output columns an item
-	const uint32_t column_blocks = (N + cols - 1) / cols;
+	const uint32_t cols = block_columns<S, kGateUp>(a), column_blocks = column_blocks_of<S, kGateUp>(a);
 	const uint32_t group_units = (a.tiles + kBlocks - 1) / kBlocks; // tiles, or pairs of them
 	const uint32_t group = kPair ? (a.tile_group + 1) / 2 : a.tile_group;
 	const uint32_t walker = kPair ? blockIdx.x / 2 : blockIdx.x, walkers = gridDim.x / kBlocks;
@@ -1256,8 +1267,7 @@ int launch_gemm(const struct moe_gpu_args &a, dim3 grid, cudaStream_t stream)
 
 template <class S> dim3 gate_up_grid(const struct moe_gpu_args &a)
 {
-	const uint32_t cols = a.gated ? S::BN / 2 : S::BN; // output columns a block
-	return dim3(a.tiles, (a.inter + cols - 1) / cols);
+	return dim3(a.tiles, column_blocks_of<S, true>(a));
 }
 
 // The largest M * H whose combine the down GEMM's last block does (finish_fold): one
@@ -1302,9 +1312,7 @@ template <class S, bool kBf16> int launch_decode(const struct moe_gpu_args &a, u
 	const cudaError_t e = allow_smem<kKernel, S::kSmem>();
 	if (e != cudaSuccess)
 		return (int)e;
-	const uint32_t up_columns = a.gated ? S::BN / 2 : S::BN;
-	const uint32_t items = a.tiles * ((a.inter + up_columns - 1) / up_columns +
-					  parts * ((a.hidden + S::BN - 1) / S::BN));
+	const uint32_t items = a.tiles * (column_blocks_of<S, true>(a) + parts * column_blocks_of<S, false>(a));
 	const uint32_t slots = resident_blocks<kKernel, S::kThreads, S::kSmem>();
 	return launch_on(kKernel, dim3(items < slots ? items : slots), S::kThreads, S::kSmem, false, stream, a,
 			 parts);
@@ -1319,13 +1327,13 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	// splits as fill the card's resident blocks once, not more: these blocks stream
 	// weights, and a second, partial wave leaves bandwidth idle at its end (Qwen3 M = 1
 	// took 3 splits, 384 blocks for 264 places; Mixtral M = 4 2 splits, about 350).
-	const uint32_t blocks = a.tiles * ((a.hidden + SD::BN - 1) / SD::BN);
+	const uint32_t blocks = a.tiles * column_blocks_of<SD, false>(a);
 	const uint32_t slots = resident_blocks<mma_kernel<SD, false, kBf16>, SD::kThreads, SD::kSmem>();
 	uint32_t splits = blocks >= slots ? 1 : slots / blocks;
 	const uint32_t most = (a.inter / kBK) / 4;
 	splits = splits > most ? (most ? most : 1) : splits;
 	splits = splits > 8 ? 8 : splits;
-	const dim3 g2(a.tiles, (a.hidden + SD::BN - 1) / SD::BN, splits);
+	const dim3 g2(a.tiles, column_blocks_of<SD, false>(a), splits);
 	// A decode job's combine is a kernel of a few blocks that costs a launch (Qwen3 M = 4:
 	// 6.5 µs): the down GEMM does it (moe_gpu_args.fold) where its last block's
 	// conversion is short, split or not.
@@ -1430,9 +1438,7 @@ template <bool kBf16, bool kPair, bool kPingpong> int launch_persistent(struct m
 	if (mapped != cudaSuccess || !walkers) // a driver without the encoder, a misaligned tensor
 		return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
 	const uint32_t units = kPair ? (a.tiles + 1) / 2 : a.tiles; // tiles, or pairs of them
-	const uint32_t gate_cols = a.gated ? S::BN / 2 : S::BN;
-	const uint32_t items1 = units * ((a.inter + gate_cols - 1) / gate_cols);
-	const uint32_t items2 = units * ((a.hidden + S::BN - 1) / S::BN);
+	const uint32_t items1 = units * column_blocks_of<S, true>(a), items2 = units * column_blocks_of<S, false>(a);
 	const uint32_t blocks = kPair ? 2 : 1;
 	a.y_io = 1;
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
