@@ -601,11 +601,12 @@ __device__ void zero_y_share(const struct moe_gpu_args &a, size_t share, size_t 
 
 // One block's GEMM: tile `tile` of pairs by column block `column_block` of
 // `column_blocks`, part `part` of `parts` of K (the down GEMM only). The down GEMM calls
-// wait_for_act() once its first weight stages are requested, before it reads act.
-template <class S, bool kGateUp, bool kBf16, class WaitForAct>
+// wait_for_act() once its first weight stages are requested, before it reads act; both
+// call math_done() when only the epilogue is left.
+template <class S, bool kGateUp, bool kBf16, class WaitForAct, class MathDone>
 __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_t base, uint32_t tile,
 					   uint32_t column_block, uint32_t column_blocks, uint32_t part,
-					   uint32_t parts, WaitForAct wait_for_act)
+					   uint32_t parts, WaitForAct wait_for_act, MathDone math_done)
 {
 	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
 	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
@@ -706,6 +707,7 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 		wgmma_wait<0>();
 		fence_operands<S::BN / 2>(&acc[0][0][0]);
 	}
+	math_done();
 	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
 }
 
@@ -720,7 +722,7 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	if constexpr (kGateUp)
 		let_dependents_launch();
 	gemm_block<S, kGateUp, kBf16>(a, smem_address(smem), tile, column_block, gridDim.y, blockIdx.z,
-				      gridDim.z, [] { wait_for_prerequisite_grid(); });
+				      gridDim.z, [] { wait_for_prerequisite_grid(); }, [] {});
 	if constexpr (kGateUp) {
 		// The down GEMM adds its sums into y: zeroed here, each block a share. The down
 		// grid reads y only after this grid has finished (griddepcontrol.wait or stream
@@ -750,7 +752,9 @@ __device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t
 // Every item, the first included, is claimed from a counter, so that a block waits only
 // for items claimed before its own, by blocks that run (a block's first item by its
 // index could wait unrun behind blocks that wait for it, should another kernel hold part
-// of the card). Each block claims its next item while it computes the present one.
+// of the card). A block claims its next item when only the present one's epilogue is
+// left: claimed sooner, it could wait behind a long item (or one that waits for its
+// tile) while other blocks have nothing left to do.
 // The counters (moe_gpu_args.counters) are zero at the start; the last block to finish
 // leaves them so, having written the folded combine's out where there is one.
 template <class S, bool kBf16>
@@ -769,9 +773,11 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 		claimed[0] = claim();
 	__syncthreads();
 	for (uint32_t turn = 0, item = claimed[0]; item < items; turn ^= 1) {
-		uint32_t next = 0; // thread 0's, asked for now and waited for at the item's end
-		if (threadIdx.x == 0)
-			next = claim();
+		uint32_t next = 0; // thread 0's
+		auto claim_next = [&] {
+			if (threadIdx.x == 0)
+				next = claim();
+		};
 		uint32_t tile, column_block;
 		if (item < up_items) {
 			work_item(item, a.tiles, up_blocks, a.tile_group, tile, column_block);
@@ -782,7 +788,7 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 				if (threadIdx.x == 0)
 					atomicAdd(a.counters + MOE_GPU_COUNTER_ZEROED, 1u);
 			}
-			gemm_block<S, true, kBf16>(a, base, tile, column_block, up_blocks, 0, 1, [] {});
+			gemm_block<S, true, kBf16>(a, base, tile, column_block, up_blocks, 0, 1, [] {}, claim_next);
 			__threadfence();
 			__syncthreads();
 			if (threadIdx.x == 0)
@@ -797,7 +803,7 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 						wait_for_count(a.counters + MOE_GPU_COUNTER_ZEROED, up_items);
 				}
 				__syncthreads();
-			});
+			}, claim_next);
 		}
 		copy_wait<0>();
 		if (threadIdx.x == 0)
