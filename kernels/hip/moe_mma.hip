@@ -1352,10 +1352,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch && down_weights_fit_l2(a);
 	if constexpr (std::is_same<SG, Shape16>::value && std::is_same<SD, Shape16>::value) {
-		// Where the tiles are a group or fewer, their gate/up items all end together
-		// (work_item): no down item could start earlier than in a second kernel. Measured
-		// (bench/RESULTS.md, version 14), such jobs ran slower as one kernel.
-		if (!a.separate_decode && a.counters && a.tiles > a.tile_group && a.tiles <= MOE_GPU_FUSED_MAX_TILES)
+		if (!a.separate_decode && a.counters && a.tiles <= MOE_GPU_FUSED_MAX_TILES)
 			return launch_decode<Shape16, kBf16>(a, splits, stream);
 	}
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
