@@ -422,55 +422,19 @@ __device__ __forceinline__ void store_rows(uint16_t *out, uint32_t N, uint32_t c
 	}
 }
 
-// The epilogue of a warp's accumulators, kept in registers: gate/up writes a = act(g) * u
-// (or act(x)) in the I/O dtype; down writes y in the I/O dtype, or adds its partial sum
-// into a zeroed f32 y where K is split. Accumulator (mt, nt): elements 0, 1 at row
-// lane / 4, columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down.
-// The job's choices (activation, router weight on the input) are taken once, outside the
-// loops over the fragments.
-template <class S, bool kGateUp, bool kBf16>
-__device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
-					   uint32_t first, uint32_t count, uint32_t n0, int warp_m, int warp_n,
-					   int lane)
+// The epilogue's values, handed to `rows` once per call as (kFrags, out, N, col0,
+// row_scale, value), the arguments of store_rows: gate/up's a = act(g) * u (or act(x)),
+// down's y in the I/O dtype. Accumulator (mt, nt): elements 0, 1 at row lane / 4,
+// columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down. The job's
+// choices (activation, router weight on the input) are taken once, outside the loops over
+// the fragments.
+template <class S, bool kGateUp, bool kBf16, class Rows>
+__device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
+					    uint32_t first, uint32_t n0, int warp_n, Rows rows)
 {
-	const uint32_t N = kGateUp ? a.inter : a.hidden;
 	if constexpr (!kGateUp) {
-		const uint32_t col0 = n0 + warp_n * S::kWarpCols;
-		if (a.y_io) {
-			store_rows<S, S::kNT, kBf16>(
-				(uint16_t *)a.y, N, col0, first, count, warp_m, lane, [](uint32_t) { return 1.0f; },
-				[&](int mt, int nt, int e, float) { return acc[mt][nt][e]; });
-			return;
-		}
-		// Partial sums over K, added into a zeroed f32 y; folded (see moe_gpu_args.fold),
-		// into the pair's token row, weighted.
-		const int frag_row = lane / 4, frag_col = lane % 4 * 2;
-#pragma unroll
-		for (int mt = 0; mt < S::kMT; mt++) {
-#pragma unroll
-			for (int h = 0; h < 2; h++) {
-				const uint32_t row = warp_row<S>(warp_m, mt) + frag_row + 8 * h;
-				if (row >= count)
-					continue;
-				const size_t pos = first + row;
-				size_t y_row = pos;
-				float coef = 1.0f;
-				if (a.fold) {
-					const uint32_t pair = a.pair_of[pos];
-					y_row = pair / a.topk;
-					coef = (a.router_weight_on_input ? 1.0f : a.topk_weights[pair]) * a.scale;
-				}
-#pragma unroll
-				for (int nt = 0; nt < S::kNT; nt++) {
-					const uint32_t col = col0 + nt * 8 + frag_col;
-					if (col >= N)
-						continue;
-					float *y = a.y + y_row * N + col;
-					atomicAdd(y, coef * acc[mt][nt][2 * h]);
-					atomicAdd(y + 1, coef * acc[mt][nt][2 * h + 1]);
-				}
-			}
-		}
+		rows(std::integral_constant<int, S::kNT>(), (uint16_t *)a.y, a.hidden, n0 + warp_n * S::kWarpCols,
+		     [](uint32_t) { return 1.0f; }, [&](int mt, int nt, int e, float) { return acc[mt][nt][e]; });
 		return;
 	}
 	// The router weight, where it applies to the input: x w = (x s) w, row by row; else a
@@ -481,16 +445,13 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 			return decltype(scaled)::value ? a.topk_weights[a.pair_of[first + row]] : 1.0f;
 		};
 		if (a.gated) // gate fragments nt, up fragments nt + kNT / 2 (the weight rows' order)
-			store_rows<S, S::kNT / 2, kBf16>(
-				(uint16_t *)a.act, N, n0 + warp_n * (S::kWarpCols / 2), first, count, warp_m, lane,
-				row_scale, [&](int mt, int nt, int e, float s) {
-					return activate(kAct, s * acc[mt][nt][e]) * (s * acc[mt][nt + S::kNT / 2][e]);
-				});
+			rows(std::integral_constant<int, S::kNT / 2>(), (uint16_t *)a.act, a.inter,
+			     n0 + warp_n * (S::kWarpCols / 2), row_scale, [&](int mt, int nt, int e, float s) {
+				     return activate(kAct, s * acc[mt][nt][e]) * (s * acc[mt][nt + S::kNT / 2][e]);
+			     });
 		else
-			store_rows<S, S::kNT, kBf16>((uint16_t *)a.act, N, n0 + warp_n * S::kWarpCols, first, count,
-						     warp_m, lane, row_scale, [&](int mt, int nt, int e, float s) {
-							     return activate(kAct, s * acc[mt][nt][e]);
-						     });
+			rows(std::integral_constant<int, S::kNT>(), (uint16_t *)a.act, a.inter, n0 + warp_n * S::kWarpCols,
+			     row_scale, [&](int mt, int nt, int e, float s) { return activate(kAct, s * acc[mt][nt][e]); });
 	};
 	using Silu = std::integral_constant<int, MOED_GPU_SILU>;
 	using Gelu = std::integral_constant<int, MOED_GPU_GELU>;
@@ -498,6 +459,56 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 		a.activation == MOED_GPU_GELU ? write(Gelu(), std::true_type()) : write(Silu(), std::true_type());
 	else
 		a.activation == MOED_GPU_GELU ? write(Gelu(), std::false_type()) : write(Silu(), std::false_type());
+}
+
+// The epilogue of a warp's accumulators, kept in registers, written by the warp itself:
+// tile_values' values, or where the down GEMM's K is split, its partial sums added into
+// a zeroed f32 y.
+template <class S, bool kGateUp, bool kBf16>
+__device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
+					   uint32_t first, uint32_t count, uint32_t n0, int warp_m, int warp_n,
+					   int lane)
+{
+	if constexpr (!kGateUp) {
+		if (!a.y_io) {
+			// Partial sums over K, added into a zeroed f32 y; folded (see
+			// moe_gpu_args.fold), into the pair's token row, weighted.
+			const uint32_t N = a.hidden, col0 = n0 + warp_n * S::kWarpCols;
+			const int frag_row = lane / 4, frag_col = lane % 4 * 2;
+#pragma unroll
+			for (int mt = 0; mt < S::kMT; mt++) {
+#pragma unroll
+				for (int h = 0; h < 2; h++) {
+					const uint32_t row = warp_row<S>(warp_m, mt) + frag_row + 8 * h;
+					if (row >= count)
+						continue;
+					const size_t pos = first + row;
+					size_t y_row = pos;
+					float coef = 1.0f;
+					if (a.fold) {
+						const uint32_t pair = a.pair_of[pos];
+						y_row = pair / a.topk;
+						coef = (a.router_weight_on_input ? 1.0f : a.topk_weights[pair]) * a.scale;
+					}
+#pragma unroll
+					for (int nt = 0; nt < S::kNT; nt++) {
+						const uint32_t col = col0 + nt * 8 + frag_col;
+						if (col >= N)
+							continue;
+						float *y = a.y + y_row * N + col;
+						atomicAdd(y, coef * acc[mt][nt][2 * h]);
+						atomicAdd(y + 1, coef * acc[mt][nt][2 * h + 1]);
+					}
+				}
+			}
+			return;
+		}
+	}
+	tile_values<S, kGateUp, kBf16>(a, acc, first, n0, warp_n,
+				       [&](auto frags, uint16_t *out, uint32_t N, uint32_t col0, auto row_scale, auto value) {
+					       store_rows<S, decltype(frags)::value, kBf16>(out, N, col0, first, count, warp_m,
+											    lane, row_scale, value);
+				       });
 }
 
 // Whether this block is the last of `blocks` to get here: each counts itself on
@@ -926,6 +937,104 @@ __device__ __forceinline__ void cluster_sync()
 #endif
 }
 
+// The TMA's stores (sm_90): one thread has a box of shared memory (laid out as the map's
+// box, 128-byte swizzled) written to the tensor, the parts outside it left alone. Each
+// thread's stores form groups; it waits for its groups to have read their shared memory
+// (before that memory is written again) or to be done (before the block exits).
+__device__ __forceinline__ void tma_store(const CUtensorMap &map, uint32_t col, uint32_t row, uint32_t src)
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+			     (uint64_t)&map),
+		     "r"(col), "r"(row), "r"(src)
+		     : "memory");
+#else
+	(void)map, (void)col, (void)row, (void)src;
+#endif
+}
+
+__device__ __forceinline__ void tma_store_commit()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void tma_stores_read()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void tma_stores_done()
+{
+#ifdef MOED_HAVE_WGMMA
+	asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+// A barrier of `threads` threads (whole warps) on hardware barrier `id` (1 to 15; 0 is
+// __syncthreads').
+__device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads)
+{
+	asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void st_shared32(uint32_t address, uint32_t value)
+{
+	asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(value) : "memory");
+}
+
+// One computing warpgroup's epilogue through shared memory, where all of its 64 rows are
+// in the tile (the cooperative persistent kernel, whose other stores are the warps' own).
+// The warpgroup converts its fragments into `buffer`, 64 rows by 128 columns as two TMA
+// boxes of 64 x 64 (kEpilogueBytes), and its first thread has the TMA write them: the
+// matrix units wait only for the conversion, not for the stores, which run on during the
+// next item's math (bench/RESULTS.md, version 13: the stores from registers cost the
+// prefill rows 13-25%). Coalesced, too: whole 128-byte rows instead of 16 bytes a row a
+// store. A buffer is written again only when the TMA has read it. Fragments kFrags
+// (a multiple of 16) from column col0, 128 columns a pass.
+constexpr uint32_t kEpilogueBoxBytes = 64 * 128, kEpilogueBytes = 2 * kEpilogueBoxBytes;
+template <int kFrags, bool kBf16, class RowScale, class Value>
+__device__ __forceinline__ void stage_rows(const CUtensorMap &map, uint32_t buffer, uint32_t col0, uint32_t N,
+					   uint32_t first_row, uint32_t tile_row0, int warp_in_group, int lane,
+					   bool issuer, uint32_t barrier_id, RowScale row_scale, Value value)
+{
+	static_assert(kFrags % 16 == 0, "passes of 128 columns");
+	const int frag_row = lane / 4, in_chunk = lane % 4 * 4;
+#pragma unroll
+	for (int pass = 0; pass < kFrags / 16; pass++) {
+		if (issuer)
+			tma_stores_read();
+		named_barrier(barrier_id, 128);
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			// Row r's 16-byte chunk c lies at chunk c ^ r % 8 of its 128 bytes (the TMA's
+			// 128-byte swizzle): a warp's 8 rows by 4 lanes then hit 32 banks.
+			const uint32_t row = (uint32_t)(warp_in_group * 16 + frag_row + 8 * h);
+			const float s = row_scale(tile_row0 + row);
+			const uint32_t at = buffer + row * 128 + in_chunk;
+#pragma unroll
+			for (int f = 0; f < 16; f++) {
+				const int nt = pass * 16 + f;
+				st_shared32(at + f / 8 * kEpilogueBoxBytes + ((f % 8) ^ (row % 8)) * 16,
+					    pack2(value(0, nt, 2 * h, s), value(0, nt, 2 * h + 1, s), kBf16));
+			}
+		}
+		fence_proxy_async(); // this thread's writes, for the TMA's reads
+		named_barrier(barrier_id, 128);
+		if (issuer) {
+			const uint32_t col = col0 + pass * 128;
+			if (col < N)
+				tma_store(map, col, first_row, buffer);
+			if (col + 64 < N)
+				tma_store(map, col + 64, first_row, buffer + kEpilogueBoxBytes);
+			tma_store_commit();
+		}
+	}
+}
+
 // The persistent, warp-specialised variant of wgmma128w, the plan's prefill kernel on
 // Hopper (wgmma128p). One block an SM walks the (tile, column block) work items
 // with a stride of the grid, in the order of the other kernels' tile groups (work_item).
@@ -978,10 +1087,15 @@ constexpr int kWsLoaders = 128;
 constexpr int kWsThreads = kWsLoaders + WsShape<false>::S::kThreads; // a loading and two computing warpgroups
 static_assert(2 * WsShape<true>::S::kThreads == WsShape<false>::S::kThreads, "two computing warpgroups either way");
 constexpr uint32_t kActBoxRows = 128;         // the down GEMM's A tile: one TMA box
+// The cooperative kernels' epilogue buffers, one a computing warpgroup (stage_rows).
+template <bool kPingpong> __host__ __device__ constexpr uint32_t ws_epilogue_bytes()
+{
+	return kPingpong ? 0 : 2 * kEpilogueBytes;
+}
 template <bool kPingpong> constexpr int ws_smem()
 {
 	using S = typename WsShape<kPingpong>::S;
-	return S::kSmem + 2 * S::kStages * 8 + (kPingpong ? 16 : 0); // stages, barriers
+	return S::kSmem + ws_epilogue_bytes<kPingpong>() + 2 * S::kStages * 8 + (kPingpong ? 16 : 0); // stages, epilogue buffers, barriers
 }
 static_assert(WsShape<false>::S::BM == kActBoxRows && WsShape<true>::S::BM == kActBoxRows,
 	      "the act tensor map's box is an A tile");
@@ -990,7 +1104,7 @@ static_assert(ws_smem<true>() <= 227 * 1024 && ws_smem<false>() <= 227 * 1024, "
 template <bool kGateUp, bool kBf16, bool kPair, bool kPingpong>
 __global__ void __launch_bounds__(kWsThreads, 1)
 	ws_kernel(const struct moe_gpu_args a, uint32_t items, const __grid_constant__ CUtensorMap map_a,
-		  const __grid_constant__ CUtensorMap map_w)
+		  const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_out)
 {
 #ifdef MOED_HAVE_WGMMA
 	using S = typename WsShape<kPingpong>::S;
@@ -998,7 +1112,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	constexpr uint32_t kBoxRows = S::BN / 2, kBoxBytes = kBoxRows * kBK * 2; // a weight box
 	extern __shared__ __align__(1024) unsigned char smem[];
 	const uint32_t base = smem_address(smem);
-	const uint32_t full = base + S::kSmem, empty = full + 8 * kStages; // 8-byte barriers
+	const uint32_t epilogue = base + S::kSmem; // the computing warpgroups' buffers (cooperative)
+	const uint32_t full = epilogue + ws_epilogue_bytes<kPingpong>(), empty = full + 8 * kStages; // 8-byte barriers
 	const uint32_t turn = empty + 8 * kStages; // ping-pong: warpgroup w's turn, [2]
 	const int tid = threadIdx.x;
 	const uint32_t rank = kPair ? cluster_rank() : 0, peer = rank ^ 1;
@@ -1173,6 +1288,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 							      warp % 4, 0, lane);
 			}
 		} else {
+			// A warpgroup whose 64 rows are all in the tile writes through its buffer and
+			// the TMA (map_out: act, or y in the I/O dtype; 64-row boxes); else, or where
+			// the down GEMM adds into an f32 y, the warps write their own.
+			const bool issuer = ctid % 128 == 0;
+			const uint32_t buffer = epilogue + wg * kEpilogueBytes;
 			uint32_t g = 0;
 			for (uint32_t item = walker; item < items; item += walkers, g += ktiles) {
 				uint32_t tile, column_block;
@@ -1186,9 +1306,21 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					continue;
 				}
 				compute(g, wg * 64, std::integral_constant<int, 1>(), [] {});
-				store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols, warp,
-							      0, lane);
+				const uint32_t first = a.tile_first[tile], n0 = column_block * cols;
+				if (wg * 64 + 64 > count || (!kGateUp && !a.y_io)) {
+					store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp, 0, lane);
+					continue;
+				}
+				tile_values<S, kGateUp, kBf16>(
+					a, acc, first, n0, 0,
+					[&](auto frags, uint16_t *, uint32_t N, uint32_t col0, auto row_scale, auto value) {
+						stage_rows<decltype(frags)::value, kBf16>(map_out, buffer, col0, N, first + wg * 64,
+											  wg * 64, warp % 4, lane, issuer, 1 + wg,
+											  row_scale, value);
+					});
 			}
+			if (issuer)
+				tma_stores_done(); // before the block's shared memory goes, and its grid ends
 		}
 	}
 	if constexpr (kPair) {
@@ -1196,7 +1328,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		cluster_sync(); // the other block's arrivals on this one's barriers are all in
 	}
 #else
-	(void)a, (void)items, (void)map_a, (void)map_w;
+	(void)a, (void)items, (void)map_a, (void)map_w, (void)map_out;
 	__trap();
 #endif
 }
@@ -1431,12 +1563,18 @@ template <bool kBf16, bool kPair, bool kPingpong> int launch_persistent(struct m
 	// The weights as [experts * rows, K] in boxes of half an item's weight rows, the down
 	// GEMM's A (act) as [pairs, I] in boxes of a tile.
 	const uint64_t pairs = (uint64_t)a.tokens * a.topk, w13_rows = a.gated ? 2 * (uint64_t)a.inter : a.inter;
-	CUtensorMap w13_map, w2_map, act_map;
+	// The cooperative kernels' outputs, act and y, as [pairs, columns] in boxes of 64 x 64
+	// (stage_rows).
+	CUtensorMap w13_map, w2_map, act_map, act_out_map, y_out_map;
 	cudaError_t mapped = tensor_map(&w13_map, a.w13, a.experts * w13_rows, a.hidden, S::BN / 2);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter, S::BN / 2);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&act_map, a.act, pairs, a.inter, kActBoxRows);
+	if (mapped == cudaSuccess)
+		mapped = tensor_map(&act_out_map, a.act, pairs, a.inter, 64);
+	if (mapped == cudaSuccess)
+		mapped = tensor_map(&y_out_map, a.y, pairs, a.hidden, 64);
 	// Blocks (or clusters) running at once.
 	const uint32_t walkers =
 		kPair ? std::min(resident_pairs<gate_up, kSmem>(), resident_pairs<down, kSmem>()) : sm_count();
@@ -1448,10 +1586,10 @@ template <bool kBf16, bool kPair, bool kPingpong> int launch_persistent(struct m
 	a.y_io = 1;
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kSmem,
-				 false, stream, a, items1, act_map, w13_map);
+				 false, stream, a, items1, act_map, w13_map, act_out_map);
 	if (!e)
 		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kSmem,
-				     dependent_launch(a), stream, a, items2, act_map, w2_map);
+				     dependent_launch(a), stream, a, items2, act_map, w2_map, y_out_map);
 	return e;
 }
 
