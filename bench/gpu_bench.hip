@@ -161,9 +161,10 @@ static void median_us_in_turn(int reps, hipStream_t st, cudaEvent_t e0, cudaEven
 }
 
 /* Replays the graph for at least 25 ms before it is timed, as triton.testing.do_bench
- * warms before it times (the anchor's way). The row before may leave the card's clocks
- * where its own load put them: version 15 read Qwen3-30B-A3B M = 1 at 37 us right after
- * Mixtral-8x7B M = 4096, and at 30 in a pass of the decode rows alone. */
+ * warms before it times (the anchor's way), so that a row is timed at its own load, not
+ * the row before's. Measured (bench/RESULTS.md, version 15), against 3 warm launches:
+ * the decode rows faster (Qwen3-30B-A3B M = 4 93 -> 83 us), the long prefill rows slower
+ * (DeepSeek-V3 M = 4096 7608 -> 8098): we think the clocks drop as the card heats. */
 static void warm_up(hipStream_t st, cudaGraphExec_t exec)
 {
 	const double t0 = now_us();

@@ -1046,12 +1046,15 @@ __device__ __forceinline__ void stage_rows(const CUtensorMap &map, uint32_t buff
 // (so it counts 128 such arrivals and the TMA's), and the computing threads fence them
 // for the async proxy that wgmma reads through once the stage is full. Warpgroups 1 and 2
 // compute, keep one wgmma group in flight, release each stage when its math is done (one
-// arrival a warp), and write their results from registers while the loaders already fill
-// the next items' stages. They share the work in one of two ways:
+// arrival a warp), and write their results while the loaders already fill the next
+// items' stages. They share the work in one of two ways:
 //
 // Cooperative (kPingpong false: wgmma128p, wgmma128c): items of 128 pairs by 256 weight
 // rows, each warpgroup computing 64 of the pairs. Both write their results at once, and
-// the matrix units wait meanwhile.
+// the matrix units wait meanwhile: for a warpgroup whose 64 rows are all in the tile, only
+// while it converts them into its shared-memory buffer, whose stores the TMA then makes
+// during the next item's math (stage_rows; measured, bench/RESULTS.md version 15: the
+// prefill rows 0-8% faster than the warps' own stores).
 //
 // Ping-pong (kPingpong true: wgmma128s, wgmma128d): items of 128 pairs by 128 weight rows,
 // each warpgroup computing every other item whole (two m64n128 wgmma a k-step), in turns:
