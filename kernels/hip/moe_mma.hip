@@ -1488,7 +1488,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	if constexpr (std::is_same<SG, Shape16>::value && std::is_same<SD, Shape16>::value) {
 		// Also where all tiles' gate/up items end together (a tile group or fewer): one
 		// kernel saves a launch and the down grid's ramp (bench/RESULTS.md, version 15:
-		// Mixtral M = 1, 4, 16 2-3% faster; Qwen3 M = 1 about 1 us slower).
+		// Mixtral M = 1, 4, 16 1-3% faster; Qwen3 M = 1 about 1 us slower).
 		if (!a.separate_decode && a.counters && a.tiles <= MOE_GPU_FUSED_MAX_TILES)
 			return launch_decode<Shape16, kBf16>(a, splits, stream);
 	}
