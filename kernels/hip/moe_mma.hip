@@ -753,9 +753,10 @@ __device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t
 	__threadfence(); // what the counted blocks wrote before counting, for this block's reads
 }
 
-// A decode job in one kernel (Shape16, at most MOE_GPU_FUSED_MAX_TILES tiles): the blocks take work items in turn, first all of the gate/up
-// GEMM's (tile, column block) items, then all of the down GEMM's (tile, column block,
-// part of K), and a down item waits only for its own tile's gate/up items. With two
+// A decode job in one kernel (Shape16, at most MOE_GPU_FUSED_MAX_TILES tiles): the
+// blocks take work items in turn, first all of the gate/up GEMM's (tile, column block)
+// items, then all of the down GEMM's (tile, column block, part of K), and a down item
+// waits only for its own tile's gate/up items. With two
 // grids the down GEMM waits for the whole gate/up grid: a ramp and a tail of the card's
 // bandwidth idle between them (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places,
 // then 512 down blocks).
@@ -1095,10 +1096,11 @@ template <bool kPingpong> __host__ __device__ constexpr uint32_t ws_epilogue_byt
 {
 	return kPingpong ? 0 : 2 * kEpilogueBytes;
 }
+// Stages, epilogue buffers, barriers.
 template <bool kPingpong> constexpr int ws_smem()
 {
 	using S = typename WsShape<kPingpong>::S;
-	return S::kSmem + ws_epilogue_bytes<kPingpong>() + 2 * S::kStages * 8 + (kPingpong ? 16 : 0); // stages, epilogue buffers, barriers
+	return S::kSmem + ws_epilogue_bytes<kPingpong>() + 2 * S::kStages * 8 + (kPingpong ? 16 : 0);
 }
 static_assert(WsShape<false>::S::BM == kActBoxRows && WsShape<true>::S::BM == kActBoxRows,
 	      "the act tensor map's box is an A tile");
@@ -1116,7 +1118,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	extern __shared__ __align__(1024) unsigned char smem[];
 	const uint32_t base = smem_address(smem);
 	const uint32_t epilogue = base + S::kSmem; // the computing warpgroups' buffers (cooperative)
-	const uint32_t full = epilogue + ws_epilogue_bytes<kPingpong>(), empty = full + 8 * kStages; // 8-byte barriers
+	// 8-byte barriers
+	const uint32_t full = epilogue + ws_epilogue_bytes<kPingpong>(), empty = full + 8 * kStages;
 	const uint32_t turn = empty + 8 * kStages; // ping-pong: warpgroup w's turn, [2]
 	const int tid = threadIdx.x;
 	const uint32_t rank = kPair ? cluster_rank() : 0, peer = rank ^ 1;
