@@ -2,9 +2,9 @@
 //
 // GPU benchmark (not a test), for the device machine: the rows of TARGETS.md, each timed
 // with events over many warm replays of a CUDA graph of the job's kernels (after 25 ms of
-// replays; median, as the anchor was timed; "launched" is the same job launched kernel by kernel, as the backend
-// does), beside floors measured on this card in
-// the same run: device copy bandwidth (bytes read + written) and the bf16 matrix rate of
+// replays; median, as the anchor was timed; "launched" is the same job launched kernel by
+// kernel, as the backend does), beside floors measured on this card in the same run:
+// device copy bandwidth (bytes read + written) and the bf16 matrix rate of
 // cuBLAS. Floor = max(bytes that must move / bandwidth, FLOPs / rate), where the bytes
 // are the weights of every expert that at least one token uses plus input and output.
 // Prints floor/time, the anchor's time from TARGETS.md and moed's speed against it, and
