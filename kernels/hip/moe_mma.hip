@@ -756,10 +756,9 @@ __device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t
 // A decode job in one kernel (Shape16, at most MOE_GPU_FUSED_MAX_TILES tiles): the
 // blocks take work items in turn, first all of the gate/up GEMM's (tile, column block)
 // items, then all of the down GEMM's (tile, column block, part of K), and a down item
-// waits only for its own tile's gate/up items. With two
-// grids the down GEMM waits for the whole gate/up grid: a ramp and a tail of the card's
-// bandwidth idle between them (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places,
-// then 512 down blocks).
+// waits only for its own tile's gate/up items. With two grids the down GEMM waits for
+// the whole gate/up grid: a ramp and a tail of the card's bandwidth idle between them
+// (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places, then 512 down blocks).
 // Every item, the first included, is claimed from a counter, so that a block waits only
 // for items claimed before its own, by blocks that run (a block's first item by its
 // index could wait unrun behind blocks that wait for it, should another kernel hold part
@@ -1489,9 +1488,10 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch && down_weights_fit_l2(a);
 	if constexpr (std::is_same<SG, Shape16>::value && std::is_same<SD, Shape16>::value) {
-		// Also where all tiles' gate/up items end together (a tile group or fewer): one
-		// kernel saves a launch and the down grid's ramp (bench/RESULTS.md, version 15:
-		// Mixtral M = 1, 4, 16 1-3% faster; Qwen3 M = 1 about 1 us slower).
+		// Every decode job: even where all tiles' gate/up items end together (a tile
+		// group or fewer), one kernel saves a launch and the down grid's ramp
+		// (bench/RESULTS.md, version 15: Mixtral M = 1, 4, 16 1-3% faster than two
+		// kernels; Qwen3 M = 1 about 1 us slower).
 		if (!a.separate_decode && a.counters && a.tiles <= MOE_GPU_FUSED_MAX_TILES)
 			return launch_decode<Shape16, kBf16>(a, splits, stream);
 	}
