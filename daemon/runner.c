@@ -29,11 +29,6 @@ struct moed_runner {
 	bool lost;                                 /* runner thread: the device is lost */
 };
 
-/* Without word from the backend, polling for finished jobs backs off from the first to
- * the second of these, in µs; with it, the third is only a safety net. */
-#define POLL_WAIT_MIN_US 10u
-#define POLL_WAIT_MAX_US 200u
-#define POLL_WAIT_NOTIFIED_US 20000u
 
 static void kick(void *arg)
 {
@@ -113,16 +108,29 @@ static bool reap(struct moed_runner *r)
 	return any;
 }
 
+unsigned moed_runner_wait_us(bool notified, unsigned late_us, uint64_t since_active_ns, unsigned backoff_us)
+{
+	if (!notified)
+		return backoff_us;
+	if (!late_us)
+		return MOED_RUNNER_WAIT_NOTIFIED_US;
+	const unsigned most = late_us < MOED_RUNNER_WAIT_MAX_US ? late_us : MOED_RUNNER_WAIT_MAX_US;
+	const uint64_t eighth = since_active_ns / 8000;
+	if (eighth < MOED_RUNNER_WAIT_MIN_US)
+		return MOED_RUNNER_WAIT_MIN_US < most ? MOED_RUNNER_WAIT_MIN_US : most;
+	return eighth < most ? (unsigned)eighth : most;
+}
+
 /*
  * Jobs running: within --spin-us of the last job submitted or finished, the runner asks
- * the backend again at once, as the poller spins for rings (a GPU job's completion
- * callback came 10-400 us after its output copy on an H200, trace in bench/RESULTS.md);
- * past it, it waits for the backend's word or the next poll.
+ * the backend again at once, as the poller spins for rings; past it, it waits for the
+ * backend's word or the next poll (moed_runner_wait_us: a GPU job's completion callback
+ * came 10-400 µs after its output copy on an H200, traces in bench/RESULTS.md).
  */
 static void *runner_main(void *arg)
 {
 	struct moed_runner *r = arg;
-	unsigned wait_us = POLL_WAIT_MIN_US;
+	unsigned wait_us = MOED_RUNNER_WAIT_MIN_US;
 	uint64_t active_ns = moed_now_ns();
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
@@ -134,7 +142,8 @@ static void *runner_main(void *arg)
 		if (!r->queue && !r->kicked && moed_now_ns() - active_ns < spin_ns) {
 			moed_cpu_relax();
 		} else if (!r->queue && !r->kicked) { /* look again soon, or when told */
-			const unsigned us = r->notified ? POLL_WAIT_NOTIFIED_US : wait_us;
+			const unsigned us = moed_runner_wait_us(r->notified, r->d->ops->notify_late_us,
+								moed_now_ns() - active_ns, wait_us);
 			struct timespec t;
 			clock_gettime(CLOCK_MONOTONIC, &t);
 			t.tv_nsec += (long)us * 1000;
@@ -155,8 +164,9 @@ static void *runner_main(void *arg)
 		const bool any = reap(r);
 		if (any || fresh)
 			active_ns = moed_now_ns();
-		wait_us = any || fresh ? POLL_WAIT_MIN_US
-				       : wait_us * 2 > POLL_WAIT_MAX_US ? POLL_WAIT_MAX_US : wait_us * 2;
+		wait_us = any || fresh ? MOED_RUNNER_WAIT_MIN_US
+		: wait_us * 2 > MOED_RUNNER_WAIT_MAX_US ? MOED_RUNNER_WAIT_MAX_US
+							: wait_us * 2;
 		pthread_mutex_lock(&r->lock);
 	}
 	pthread_mutex_unlock(&r->lock);

@@ -5,8 +5,8 @@
  * (references to its session and weight set, a private copy of its kwargs) and goes on
  * serving; the runner submits it to the backend on its client's context (opened at the
  * client's first job; on the GPU a stream of its own, so clients' jobs overlap), waits
- * for the backend's word that a job ended (or polls, backing off from 10 to 200 µs, for
- * a backend that gives none), and hands each finished job back through the done list,
+ * for the backend's word that a job ended, or polls (moed_runner_wait_us), and hands
+ * each finished job back through the done list,
  * ringing the doorbell so that a sleeping poller wakes to post the completion. The
  * backend is called from this thread only (but for client_close). Each session has at
  * most one job here at a time (the poller's rule).
@@ -14,6 +14,7 @@
 #ifndef MOED_DAEMON_RUNNER_H
 #define MOED_DAEMON_RUNNER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "backend.h"
@@ -48,5 +49,20 @@ bool moed_runner_has_done(struct moed_runner *r);
 /* Finish the queued jobs, then stop the thread. Items not yet taken stay in the done list. */
 void moed_runner_stop(struct moed_runner *r);
 void moed_runner_free(struct moed_runner *r);
+
+/*
+ * How long the runner sleeps before it asks the backend again, in µs, while jobs run and
+ * its spin (--spin-us) is over: without word from the backend, `backoff_us` (doubling from
+ * MOED_RUNNER_WAIT_MIN_US to MOED_RUNNER_WAIT_MAX_US while no job ends); with word that
+ * comes at once, MOED_RUNNER_WAIT_NOTIFIED_US (a safety net); with word that may come up
+ * to `late_us` late, an eighth of the time since a job last started or ended
+ * (`since_active_ns`), from MOED_RUNNER_WAIT_MIN_US to the lesser of late_us and
+ * MOED_RUNNER_WAIT_MAX_US, so that a job is seen within about an eighth of its length
+ * after it ends.
+ */
+#define MOED_RUNNER_WAIT_MIN_US 10u
+#define MOED_RUNNER_WAIT_MAX_US 200u
+#define MOED_RUNNER_WAIT_NOTIFIED_US 20000u
+unsigned moed_runner_wait_us(bool notified, unsigned late_us, uint64_t since_active_ns, unsigned backoff_us);
 
 #endif

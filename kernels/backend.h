@@ -92,6 +92,12 @@ struct moed_backend_ops {
 	 * once no call to the previous notify is under way, and none comes after it.
 	 */
 	void (*set_notify)(struct moed_backend *b, void (*notify)(void *arg), void *arg);
+	/*
+	 * How late notify may come after a job's work is done, in µs; 0: at once. The caller
+	 * polls meanwhile where it is not 0 (the HIP runtime's callback thread ran 10-400 µs
+	 * after a job's last copy on an H200: bench/RESULTS.md, version 8).
+	 */
+	unsigned notify_late_us;
 };
 
 /* Bytes of one tensor of a weight set. */

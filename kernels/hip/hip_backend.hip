@@ -666,7 +666,7 @@ const struct moed_backend_ops moed_hip_backend = {
 	"hip",       hip_probe,         hip_create,        hip_destroy,      hip_schema,
 	hip_caps,    hip_dtypes,        hip_activations,   hip_weights_alloc, hip_weights_write,
 	hip_weights_free, hip_run,      hip_client_open,   hip_client_close, hip_submit,
-	hip_poll,    hip_set_notify,
+	hip_poll,    hip_set_notify,    400,
 };
 }
 #endif /* !__HIP_DEVICE_COMPILE__ */
