@@ -29,7 +29,6 @@ struct moed_runner {
 	bool lost;                                 /* runner thread: the device is lost */
 };
 
-
 static void kick(void *arg)
 {
 	struct moed_runner *r = arg;
@@ -164,9 +163,10 @@ static void *runner_main(void *arg)
 		const bool any = reap(r);
 		if (any || fresh)
 			active_ns = moed_now_ns();
-		wait_us = any || fresh ? MOED_RUNNER_WAIT_MIN_US
-		: wait_us * 2 > MOED_RUNNER_WAIT_MAX_US ? MOED_RUNNER_WAIT_MAX_US
-							: wait_us * 2;
+		/* Without the backend's word: back off while no job starts or ends. */
+		wait_us = any || fresh ? MOED_RUNNER_WAIT_MIN_US : wait_us * 2;
+		if (wait_us > MOED_RUNNER_WAIT_MAX_US)
+			wait_us = MOED_RUNNER_WAIT_MAX_US;
 		pthread_mutex_lock(&r->lock);
 	}
 	pthread_mutex_unlock(&r->lock);

@@ -5,11 +5,10 @@
  * (references to its session and weight set, a private copy of its kwargs) and goes on
  * serving; the runner submits it to the backend on its client's context (opened at the
  * client's first job; on the GPU a stream of its own, so clients' jobs overlap), waits
- * for the backend's word that a job ended, or polls (moed_runner_wait_us), and hands
- * each finished job back through the done list,
- * ringing the doorbell so that a sleeping poller wakes to post the completion. The
- * backend is called from this thread only (but for client_close). Each session has at
- * most one job here at a time (the poller's rule).
+ * for the backend's word that a job ended, or polls (moed_runner_wait_us), and hands each
+ * finished job back through the done list, ringing the doorbell so that a sleeping
+ * poller wakes to post the completion. The backend is called from this thread only (but
+ * for client_close). Each session has at most one job here at a time (the poller's rule).
  */
 #ifndef MOED_DAEMON_RUNNER_H
 #define MOED_DAEMON_RUNNER_H
