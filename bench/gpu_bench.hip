@@ -227,17 +227,29 @@ static int measurement_switch(const char *name, int *on)
 	return *on;
 }
 
+static int usage(const char *prog)
+{
+	fprintf(stderr, "usage: %s [repetitions (1 to 100000) [KERNEL]]; KERNEL: one of", prog);
+	for (int k = 0; k < MOE_GPU_KERNELS; k++)
+		fprintf(stderr, " %s", moe_gpu_kernel_name((enum moe_gpu_kernel)k));
+	fprintf(stderr, "\n");
+	return 2;
+}
+
 int main(int argc, char **argv)
 {
-	const int reps = argc > 1 ? atoi(argv[1]) : 30;
+	char *end = NULL;
+	const long reps_asked = argc > 1 ? strtol(argv[1], &end, 10) : 30;
+	if (argc > 1 && (end == argv[1] || *end || reps_asked < 1 || reps_asked > 100000)) {
+		fprintf(stderr, "%s: repetitions \"%s\": wants a number from 1 to 100000\n", argv[0], argv[1]);
+		return usage(argv[0]);
+	}
+	const int reps = (int)reps_asked;
 	/* A kernel by name (warp, mma16, ...) instead of the plan's, for comparisons. */
 	const int forced = argc > 2 ? moe_gpu_kernel_by_name(argv[2]) : -1;
 	if (argc > 2 && forced < 0) {
-		fprintf(stderr, "usage: %s [repetitions [KERNEL]]; KERNEL: one of", argv[0]);
-		for (int k = 0; k < MOE_GPU_KERNELS; k++)
-			fprintf(stderr, " %s", moe_gpu_kernel_name((enum moe_gpu_kernel)k));
-		fprintf(stderr, "\n");
-		return 2;
+		fprintf(stderr, "%s: no kernel called \"%s\"\n", argv[0], argv[2]);
+		return usage(argv[0]);
 	}
 	if (forced >= 0 && !moe_gpu_kernel_usable((enum moe_gpu_kernel)forced)) {
 		fprintf(stderr, "%s: not in this build or not for this card (wgmma needs sm_90a)\n", argv[2]);
