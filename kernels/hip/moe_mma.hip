@@ -1312,6 +1312,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				}
 				compute(g, wg * 64, std::integral_constant<int, 1>(), [] {});
 				const uint32_t first = a.tile_first[tile], n0 = column_block * cols;
+				// A part-full tile stores row by row. (The launch sets y_io, so the
+				// second test cannot hold today: it keeps the TMA's 16-bit stores out
+				// of an f32 y, should a split of the down GEMM come back.)
 				if (wg * 64 + 64 > count || (!kGateUp && !a.y_io)) {
 					store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp, 0, lane);
 					continue;
