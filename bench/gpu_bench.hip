@@ -405,10 +405,11 @@ int main(int argc, char **argv)
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));
-			/* Kernel by kernel, as the backend launches them, and as one graph (no launch
-			 * gaps: how the anchor was timed), the two in turn, so that both see the card
-			 * in the same state (timed one after the other, the second read up to 8%
-			 * slower on the long rows; we think the clocks drop as the card heats). */
+			/* Kernel by kernel, as the backend launches them, as one graph (no launch
+			 * gaps: how the anchor was timed), and as the full path's graph, the three in
+			 * turn, so that each sees the card in the same state (timed one after the
+			 * other, the second read up to 8% slower on the long rows; we think the
+			 * clocks drop as the card heats). */
 			cudaGraph_t graph, full_graph;
 			cudaGraphExec_t exec, full_exec;
 			CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
