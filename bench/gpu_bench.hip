@@ -392,16 +392,14 @@ int main(int argc, char **argv)
 			qsort(th + 1, reps, sizeof(float), cmp_f);
 			const double t_sort = ts[1 + reps / 2], t_host = th[1 + reps / 2];
 			free(ts);
-			struct moe_gpu_args placing = a; /* the full path's graph places the pairs again */
-			a.place_ids = NULL, a.place_next = NULL; /* placed */
 			a.io_dtype = MOED_GPU_BF16, a.w_dtype = MOED_GPU_BF16, a.activation = MOED_GPU_SILU;
 			a.gated = 1, a.scale = 1, a.kernel = plan.kernel;
 			a.x = x;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.counters = counters;
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
 			a.no_prefetch = !prefetch, a.separate_decode = !fused;
-			struct moe_gpu_args full = a;
-			full.place_ids = placing.place_ids, full.place_next = placing.place_next;
+			const struct moe_gpu_args full = a; /* the full path's graph places the pairs again */
+			a.place_ids = NULL, a.place_next = NULL; /* placed */
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));

@@ -297,4 +297,5 @@ const struct moed_backend_ops moed_cpu_backend = {
 	.submit = cpu_submit,
 	.poll = cpu_poll,
 	.set_notify = cpu_set_notify,
+	.notify_late_us = 0, /* the worker says at once */
 };
