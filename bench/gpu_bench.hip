@@ -18,8 +18,9 @@
 // and moed's speed against it (moed's time with sorting, as PyTorch's includes routing).
 // "kernel" excludes token sorting (as the anchor's figure does); "with sort" is the full
 // path measured the same way (TARGETS.md): the host's sorting (wall time, median), plus a
-// graph of the upload of its result, the device's placing of a large job's pairs and the
-// kernels, replayed in turn with the kernels' graph. Versions up to 16 added instead the
+// graph of the backend's launch with its upload of the result (a copy, or a decode
+// kernel's own reads from the pinned stage), the device's placing of a large job's pairs
+// and the kernels, replayed in turn with the kernels' graph. Versions up to 16 added instead the
 // host's sorting with its copy queued and waited for (the runtime's call and the wait
 // counted); those means are printed as well.
 // MOED_BENCH_ONLY="Qwen3-30B-A3B:1,Mixtral-8x7B:4096" times only those rows (for profilers).
@@ -398,7 +399,12 @@ int main(int argc, char **argv)
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.counters = counters;
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
 			a.no_prefetch = !prefetch, a.separate_decode = !fused;
-			const struct moe_gpu_args full = a; /* the full path's graph places the pairs again */
+			/* The full path's launch brings the routing from the stage (as the backend's
+			 * does) and places a large job's pairs again. */
+			const size_t from = moe_route_upload_from(&rt);
+			struct moe_gpu_args full = a;
+			full.fetch_from = (const char *)stage + from, full.fetch_to = (char *)routing + from;
+			full.fetch_bytes = moe_route_packed_bytes(&rt) - from;
 			a.place_ids = NULL, a.place_next = NULL; /* placed */
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
@@ -416,10 +422,7 @@ int main(int argc, char **argv)
 			CHECK(cudaGraphInstantiate(&exec, graph, 0));
 			/* The full path's device part: the upload (which brings the placing's cursors
 			 * back each replay), the placing, the kernels. */
-			const size_t from = moe_route_upload_from(&rt);
 			CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-			CHECK(hipMemcpyAsync((char *)routing + from, (const char *)stage + from,
-					     moe_route_packed_bytes(&rt) - from, hipMemcpyHostToDevice, st));
 			CHECK((hipError_t)moe_gpu_launch(&full, st));
 			CHECK(cudaStreamEndCapture(st, &full_graph));
 			CHECK(cudaGraphInstantiate(&full_exec, full_graph, 0));

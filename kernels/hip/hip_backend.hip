@@ -5,10 +5,11 @@
 // once for all clients. Each client (the daemon's session) has a context of its own: a
 // stream, an event, scratch buffers, and its arena registered (pinned) with the runtime
 // where the runtime allows, so that copies in and out are asynchronous DMA. A job's
-// inputs are copied in, its kernels run, its output is copied back, all queued on the
-// client's stream by submit(); poll() reports it done when the event behind the output
-// copy has fired, so clients' jobs overlap on the GPU. run() (direct callers: tests,
-// tools) does the same on a context of the backend's own and waits.
+// inputs are copied in (a decode job's kernel reads its staged ones itself), its kernels
+// run, its output is copied back, all queued on the client's stream by submit(); poll()
+// reports it done when the event behind the output copy has fired, so clients' jobs
+// overlap on the GPU. run() (direct callers: tests, tools) does the same on a context of
+// the backend's own and waits.
 // Runtime errors become the job's error with the runtime's message. An error that the
 // device keeps returning (a kernel fault: the context is lost) fails this job and every
 // later one with -ENOTRECOVERABLE, which the daemon reports; only a restart recovers.
@@ -462,12 +463,9 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	if (stage_x)
 		memcpy((unsigned char *)c->stage.p + x_at, arena->base + job->hidden.offset, x_bytes);
 	void *x_dev = stage_x ? (unsigned char *)c->routing.p + x_at : c->x.p;
-
-	e = hipMemcpyAsync((unsigned char *)c->routing.p + copy_from, (const unsigned char *)c->stage.p + copy_from,
-			   copy_bytes - copy_from, hipMemcpyHostToDevice, c->stream);
-	if (e == hipSuccess && tr)
-		e = hipEventRecord(tr->in, c->stream);
-	if (e != hipSuccess)
+	/* The stage's copy is the launch's (moe_gpu_args.fetch_bytes): a decode kernel reads
+	 * it over the bus itself. The trace's "copies in" is then the large x's alone. */
+	if (tr && (e = hipEventRecord(tr->in, c->stream)) != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
 	if (tr)
 		tr->t_copies = moed_now_ns(), tr->staged_x = stage_x;
@@ -499,11 +497,14 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.serial_launch = c->backend->serial_launch;
 	a.no_prefetch = c->backend->no_prefetch;
 	a.separate_decode = c->backend->separate_decode;
+	a.fetch_from = (const unsigned char *)c->stage.p + copy_from;
+	a.fetch_to = (unsigned char *)c->routing.p + copy_from;
+	a.fetch_bytes = copy_bytes - copy_from;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->kernels, c->stream);
 	if (e != hipSuccess)
-		return gpu_error(err, e, "kernel launch");
+		return gpu_error(err, e, "launch of the job's kernels (and copy of its routing)");
 	if (tr)
 		tr->t_kernels = moed_now_ns();
 	e = hipMemcpyAsync(arena->base + job->output.offset, c->out.p, job->output.length,

@@ -91,8 +91,14 @@ const char *moe_gpu_kernel_name(enum moe_gpu_kernel k);
 /* moe_gpu_args.counters: the blocks that have finished (the folded combine's last block,
  * the one-kernel decode's); the one-kernel decode's next work item, its gate/up items
  * that have zeroed their share of y, and each tile's finished gate/up items (it runs
- * where the tiles are at most MOE_GPU_FUSED_MAX_TILES). */
-enum { MOE_GPU_COUNTER_DONE, MOE_GPU_COUNTER_CLAIMED, MOE_GPU_COUNTER_ZEROED, MOE_GPU_COUNTER_TILES };
+ * where the tiles are at most MOE_GPU_FUSED_MAX_TILES), and its fetch items done. */
+enum {
+	MOE_GPU_COUNTER_DONE,
+	MOE_GPU_COUNTER_CLAIMED,
+	MOE_GPU_COUNTER_ZEROED,
+	MOE_GPU_COUNTER_FETCHED, /* the one-kernel decode's fetch items done (fetch_bytes) */
+	MOE_GPU_COUNTER_TILES,
+};
 #define MOE_GPU_FUSED_MAX_TILES 1024u
 #define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
 
@@ -133,6 +139,15 @@ struct moe_gpu_args {
 	int separate_decode;       /* 1: a decode job's GEMMs are two kernels, not one
 				      (MOED_GPU_FUSED_DECODE=0, read once by the caller) */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
+	/* What the kernels read that still lies in pinned host memory the device can address
+	 * (the routing's packed copy, a staged x behind it): the launch brings fetch_bytes
+	 * from fetch_from to fetch_to before anything reads them. The one-kernel decode does
+	 * it itself, its first work items reading over the bus (no copy engine, no call of
+	 * the runtime: bench/RESULTS.md, version 18); any other launch by one asynchronous
+	 * copy first. 0 bytes: nothing to bring. */
+	const void *fetch_from;
+	void *fetch_to;
+	size_t fetch_bytes;
 };
 
 /* Queue the job's kernels on `stream`, first moe_gpu_place_pairs() where place_ids is
@@ -149,6 +164,9 @@ int moe_gpu_inject_fault(void *stream);
 /* The matrix-unit kernels (moe_mma.hip), called by moe_gpu_launch; sets args->y_io,
  * args->zero_y, args->fold and args->prefetch_down, and args->tile_group where it is 0. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
+
+/* Whether moe_gpu_launch_mma runs this job (an mma16 one) as one decode kernel. */
+int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *args);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */
 int moe_gpu_launch_mfma(struct moe_gpu_args *args, void *stream);

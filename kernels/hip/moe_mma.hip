@@ -35,6 +35,11 @@ extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *, void *)
 	return (int)hipErrorInvalidValue;
 }
 
+extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *)
+{
+	return 0;
+}
+
 #else
 
 #include <algorithm>
@@ -753,12 +758,48 @@ __device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t
 	__threadfence(); // what the counted blocks wrote before counting, for this block's reads
 }
 
+// The decode kernel's fetch (moe_gpu_args.fetch_bytes): item `item` copies its share,
+// kFetchLoads 16-byte loads a thread all in flight at once (each crosses the bus), the
+// last item also the 4-byte words past the last whole 16.
+constexpr int kFetchLoads = 4;
+
+template <class S> __host__ __device__ uint32_t fetch_items_of(const struct moe_gpu_args &a)
+{
+	constexpr size_t kPerItem = 16 * kFetchLoads * S::kThreads; // bytes
+	return (uint32_t)((a.fetch_bytes + kPerItem - 1) / kPerItem);
+}
+
+__device__ void fetch_share(const struct moe_gpu_args &a, uint32_t item, uint32_t items)
+{
+	const uint4 *from = (const uint4 *)a.fetch_from;
+	uint4 *to = (uint4 *)a.fetch_to;
+	const size_t whole = a.fetch_bytes / 16, first = (size_t)item * kFetchLoads * blockDim.x;
+	uint4 v[kFetchLoads];
+#pragma unroll
+	for (int l = 0; l < kFetchLoads; l++) {
+		const size_t i = first + l * blockDim.x + threadIdx.x;
+		if (i < whole)
+			v[l] = from[i];
+	}
+#pragma unroll
+	for (int l = 0; l < kFetchLoads; l++) {
+		const size_t i = first + l * blockDim.x + threadIdx.x;
+		if (i < whole)
+			to[i] = v[l];
+	}
+	if (item + 1 == items)
+		for (size_t w = whole * 4 + threadIdx.x; w < a.fetch_bytes / 4; w += blockDim.x)
+			((uint32_t *)a.fetch_to)[w] = ((const uint32_t *)a.fetch_from)[w];
+}
+
 // A decode job in one kernel (Shape16, at most MOE_GPU_FUSED_MAX_TILES tiles): the
 // blocks take work items in turn, first all of the gate/up GEMM's (tile, column block)
 // items, then all of the down GEMM's (tile, column block, part of K), and a down item
 // waits only for its own tile's gate/up items. With two grids the down GEMM waits for
 // the whole gate/up grid: a ramp and a tail of the card's bandwidth idle between them
 // (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places, then 512 down blocks).
+// Where the launch has the kernel fetch its inputs (moe_gpu_args.fetch_bytes), the first
+// items copy them, and a block waits for all of those before its first other item.
 // Every item, the first included, is claimed from a counter, so that a block waits only
 // for items claimed before its own, by blocks that run (a block's first item by its
 // index could wait unrun behind blocks that wait for it, should another kernel hold part
@@ -777,17 +818,39 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 	const uint32_t base = smem_address(smem);
 	const uint32_t up_blocks = column_blocks_of<S, true>(a), down_blocks = column_blocks_of<S, false>(a);
 	const uint32_t up_items = a.tiles * up_blocks, down_part_items = a.tiles * down_blocks;
-	const uint32_t items = up_items + parts * down_part_items;
+	const uint32_t fetch_items = fetch_items_of<S>(a);
+	const uint32_t items = fetch_items + up_items + parts * down_part_items;
+	bool fetched = fetch_items == 0; // this block has seen every fetch item done
 	auto claim = [&] { return atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED, 1u); };
 	if (threadIdx.x == 0)
 		claimed[0] = claim();
 	__syncthreads();
-	for (uint32_t turn = 0, item = claimed[0]; item < items; turn ^= 1) {
+	for (uint32_t turn = 0, claimed_item = claimed[0]; claimed_item < items; turn ^= 1) {
 		uint32_t next = 0; // thread 0's
 		auto claim_next = [&] {
 			if (threadIdx.x == 0)
 				next = claim();
 		};
+		if (claimed_item < fetch_items) {
+			claim_next(); // a fetch item has no epilogue
+			fetch_share(a, claimed_item, fetch_items);
+			__threadfence();
+			__syncthreads();
+			if (threadIdx.x == 0) {
+				atomicAdd(a.counters + MOE_GPU_COUNTER_FETCHED, 1u);
+				claimed[turn ^ 1] = next;
+			}
+			__syncthreads();
+			claimed_item = claimed[turn ^ 1];
+			continue;
+		}
+		if (!fetched) { // claimed after every fetch item: waits only for running blocks
+			if (threadIdx.x == 0)
+				wait_for_count(a.counters + MOE_GPU_COUNTER_FETCHED, fetch_items);
+			__syncthreads();
+			fetched = true;
+		}
+		const uint32_t item = claimed_item - fetch_items;
 		uint32_t tile, column_block;
 		if (item < up_items) {
 			work_item(item, a.tiles, up_blocks, a.tile_group, tile, column_block);
@@ -819,7 +882,7 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 		if (threadIdx.x == 0)
 			claimed[turn ^ 1] = next;
 		__syncthreads(); // the stages are free for the next item, and its number is in
-		item = claimed[turn ^ 1];
+		claimed_item = claimed[turn ^ 1];
 	}
 	if (!last_to_finish(a.counters + MOE_GPU_COUNTER_DONE, gridDim.x))
 		return;
@@ -829,7 +892,7 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 		tile_done[t] = 0;
 	if (threadIdx.x == 0)
 		a.counters[MOE_GPU_COUNTER_CLAIMED] = a.counters[MOE_GPU_COUNTER_ZEROED] =
-			a.counters[MOE_GPU_COUNTER_DONE] = 0;
+			a.counters[MOE_GPU_COUNTER_FETCHED] = a.counters[MOE_GPU_COUNTER_DONE] = 0;
 }
 
 // mbarriers in shared memory (sm_90): the persistent kernel's stages are handed between
@@ -1457,7 +1520,8 @@ template <class S, bool kBf16> int launch_decode(const struct moe_gpu_args &a, u
 	const cudaError_t e = allow_smem<kKernel, S::kSmem>();
 	if (e != cudaSuccess)
 		return (int)e;
-	const uint32_t items = a.tiles * (column_blocks_of<S, true>(a) + parts * column_blocks_of<S, false>(a));
+	const uint32_t items =
+		fetch_items_of<S>(a) + a.tiles * (column_blocks_of<S, true>(a) + parts * column_blocks_of<S, false>(a));
 	const uint32_t slots = resident_blocks<kKernel, S::kThreads, S::kSmem>();
 	return launch_on(kKernel, dim3(items < slots ? items : slots), S::kThreads, S::kSmem, false, stream, a,
 			 parts);
@@ -1495,7 +1559,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 		// group or fewer), one kernel saves a launch and the down grid's ramp
 		// (bench/RESULTS.md, version 15: Mixtral M = 1, 4, 16 1-3% faster than two
 		// kernels; Qwen3 M = 1 about 1 us slower).
-		if (!a.separate_decode && a.counters && a.tiles <= MOE_GPU_FUSED_MAX_TILES)
+		if (moe_gpu_decode_in_one_kernel(&a))
 			return launch_decode<Shape16, kBf16>(a, splits, stream);
 	}
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
@@ -1620,6 +1684,11 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 }
 
 } // namespace
+
+extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *a)
+{
+	return a->kernel == MOE_GPU_MMA16 && !a->separate_decode && a->counters && a->tiles <= MOE_GPU_FUSED_MAX_TILES;
+}
 
 extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream)
 {
