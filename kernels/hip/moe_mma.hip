@@ -820,36 +820,34 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 	const uint32_t up_items = a.tiles * up_blocks, down_part_items = a.tiles * down_blocks;
 	const uint32_t fetch_items = fetch_items_of<S>(a);
 	const uint32_t items = fetch_items + up_items + parts * down_part_items;
-	bool fetched = fetch_items == 0; // this block has seen every fetch item done
 	auto claim = [&] { return atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED, 1u); };
 	if (threadIdx.x == 0)
 		claimed[0] = claim();
 	__syncthreads();
-	for (uint32_t turn = 0, claimed_item = claimed[0]; claimed_item < items; turn ^= 1) {
+	uint32_t first_item = claimed[0];
+	if (fetch_items && first_item < items) {
+		while (first_item < fetch_items) {
+			fetch_share(a, first_item, fetch_items);
+			__threadfence();
+			__syncthreads(); // every thread has read first_item
+			if (threadIdx.x == 0) {
+				atomicAdd(a.counters + MOE_GPU_COUNTER_FETCHED, 1u);
+				claimed[0] = claim();
+			}
+			__syncthreads();
+			first_item = claimed[0];
+		}
+		// Claimed after every fetch item, by running blocks.
+		if (threadIdx.x == 0)
+			wait_for_count(a.counters + MOE_GPU_COUNTER_FETCHED, fetch_items);
+		__syncthreads();
+	}
+	for (uint32_t turn = 0, claimed_item = first_item; claimed_item < items; turn ^= 1) {
 		uint32_t next = 0; // thread 0's
 		auto claim_next = [&] {
 			if (threadIdx.x == 0)
 				next = claim();
 		};
-		if (claimed_item < fetch_items) {
-			claim_next(); // a fetch item has no epilogue
-			fetch_share(a, claimed_item, fetch_items);
-			__threadfence();
-			__syncthreads();
-			if (threadIdx.x == 0) {
-				atomicAdd(a.counters + MOE_GPU_COUNTER_FETCHED, 1u);
-				claimed[turn ^ 1] = next;
-			}
-			__syncthreads();
-			claimed_item = claimed[turn ^ 1];
-			continue;
-		}
-		if (!fetched) { // claimed after every fetch item: waits only for running blocks
-			if (threadIdx.x == 0)
-				wait_for_count(a.counters + MOE_GPU_COUNTER_FETCHED, fetch_items);
-			__syncthreads();
-			fetched = true;
-		}
 		const uint32_t item = claimed_item - fetch_items;
 		uint32_t tile, column_block;
 		if (item < up_items) {
