@@ -837,7 +837,8 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 			__syncthreads();
 			first_item = claimed[0];
 		}
-		// Claimed after every fetch item, by running blocks.
+		// Every fetch item was claimed before this block's next item, each by a block
+		// that runs: the wait ends.
 		if (threadIdx.x == 0)
 			wait_for_count(a.counters + MOE_GPU_COUNTER_FETCHED, fetch_items);
 		__syncthreads();
