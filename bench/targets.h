@@ -44,13 +44,24 @@ static inline void target_means_add(struct target_means *t, uint32_t m, double f
 		t->log_big += l, t->big++;
 }
 
+/* One group's mean and its target, or that no row of the group was timed (a benchmark
+ * asked for some rows only). */
+static inline void target_mean_print(const char *group, int rows, double log_sum, const char *target)
+{
+	if (rows)
+		printf("%s %.3f (target %s)", group, exp(log_sum / rows), target);
+	else
+		printf("%s none timed (target %s)", group, target);
+}
+
 /* One line: "geometric mean of `what` over the N rows: all ... M >= 256 ..." */
 static inline void target_means_print(const struct target_means *t, const char *indent, const char *what)
 {
-	printf("%sgeometric mean of %s over the %d rows: all %.3f (target 0.90), M <= 64 %.3f "
-	       "(target 0.95), M >= 256 %.3f (target 0.85)\n",
-	       indent, what, t->all, t->all ? exp(t->log_all / t->all) : 0.0,
-	       t->small ? exp(t->log_small / t->small) : 0.0, t->big ? exp(t->log_big / t->big) : 0.0);
+	printf("%sgeometric mean of %s over the %d rows: ", indent, what, t->all);
+	target_mean_print("all", t->all, t->log_all, "0.90");
+	target_mean_print(", M <= 64", t->small, t->log_small, "0.95");
+	target_mean_print(", M >= 256", t->big, t->log_big, "0.85");
+	printf("\n");
 }
 
 #endif
