@@ -449,9 +449,14 @@ int main(int argc, char **argv)
 			const double floor_us = fmax(bytes / bw, flops / row_rate) * 1e6;
 			const double ratio = floor_us / kern, anchor = md.anchor_us[mi];
 			const double torch = torch_us[&md - target_models][mi];
-			printf("%-14s %5u %9.0f %6.0f %9.0f %9.0f %9.0f %7.2f %9.0f %7.2fx %9.0f %7.1fx %s\n",
-			       md.name, m, floor_us, row_rate / 1e12, kern, launched, with_sort, ratio, anchor, anchor / kern, torch,
-			       torch / with_sort, moe_gpu_kernel_name(plan.kernel));
+			char versus_torch[32]; /* dashes where bench/torch_moe.py gave no time */
+			if (torch > 0)
+				snprintf(versus_torch, sizeof(versus_torch), "%9.0f %7.1fx", torch, torch / with_sort);
+			else
+				snprintf(versus_torch, sizeof(versus_torch), "%9s %8s", "-", "-");
+			printf("%-14s %5u %9.0f %6.0f %9.0f %9.0f %9.0f %7.2f %9.0f %7.2fx %s %s\n", md.name, m,
+			       floor_us, row_rate / 1e12, kern, launched, with_sort, ratio, anchor, anchor / kern,
+			       versus_torch, moe_gpu_kernel_name(plan.kernel));
 			target_means_add(&means, m, ratio);
 			target_means_add(&sorted_means, m, floor_us / with_sort);
 			target_means_add(&waited_means, m, floor_us / (kern + t_sort));
