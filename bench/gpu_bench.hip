@@ -20,9 +20,9 @@
 // path measured the same way (TARGETS.md): the host's sorting (wall time, median), plus a
 // graph of the backend's launch with its upload of the result (a copy, or a decode
 // kernel's own reads from the pinned stage), the device's placing of a large job's pairs
-// and the kernels, replayed in turn with the kernels' graph. Versions up to 16 added instead the
-// host's sorting with its copy queued and waited for (the runtime's call and the wait
-// counted); those means are printed as well.
+// and the kernels, replayed in turn with the kernels' graph. Versions up to 16 added
+// instead the host's sorting with its copy queued and waited for (the runtime's call and
+// the wait counted); those means are printed as well.
 // MOED_BENCH_ONLY="Qwen3-30B-A3B:1,Mixtral-8x7B:4096" times only those rows (for profilers).
 #include <math.h>
 #include <stdio.h>
@@ -154,6 +154,10 @@ static void median_us_in_turn(int reps, hipStream_t st, cudaEvent_t e0, cudaEven
 			      std::initializer_list<std::function<void()>> ways, std::initializer_list<double *> medians)
 {
 	const size_t n = ways.size();
+	if (medians.size() != n) { /* a way without its median, or the reverse */
+		fprintf(stderr, "median_us_in_turn: %zu ways, %zu medians\n", n, medians.size());
+		abort();
+	}
 	float *t = (float *)malloc(n * reps * sizeof(float));
 	for (int r = 0; r < reps; r++) {
 		size_t w = 0;

@@ -763,32 +763,33 @@ __device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t
 // last item also the 4-byte words past the last whole 16.
 constexpr int kFetchLoads = 4;
 
+template <class S> constexpr size_t kFetchItemLoads = (size_t)kFetchLoads * S::kThreads;
+
 template <class S> __host__ __device__ uint32_t fetch_items_of(const struct moe_gpu_args &a)
 {
-	constexpr size_t kPerItem = 16 * kFetchLoads * S::kThreads; // bytes
-	return (uint32_t)((a.fetch_bytes + kPerItem - 1) / kPerItem);
+	return (uint32_t)((a.fetch_bytes + 16 * kFetchItemLoads<S> - 1) / (16 * kFetchItemLoads<S>));
 }
 
-__device__ void fetch_share(const struct moe_gpu_args &a, uint32_t item, uint32_t items)
+template <class S> __device__ void fetch_share(const struct moe_gpu_args &a, uint32_t item, uint32_t items)
 {
 	const uint4 *from = (const uint4 *)a.fetch_from;
 	uint4 *to = (uint4 *)a.fetch_to;
-	const size_t whole = a.fetch_bytes / 16, first = (size_t)item * kFetchLoads * blockDim.x;
+	const size_t whole = a.fetch_bytes / 16, first = item * kFetchItemLoads<S>;
 	uint4 v[kFetchLoads];
 #pragma unroll
 	for (int l = 0; l < kFetchLoads; l++) {
-		const size_t i = first + l * blockDim.x + threadIdx.x;
+		const size_t i = first + l * S::kThreads + threadIdx.x;
 		if (i < whole)
 			v[l] = from[i];
 	}
 #pragma unroll
 	for (int l = 0; l < kFetchLoads; l++) {
-		const size_t i = first + l * blockDim.x + threadIdx.x;
+		const size_t i = first + l * S::kThreads + threadIdx.x;
 		if (i < whole)
 			to[i] = v[l];
 	}
 	if (item + 1 == items)
-		for (size_t w = whole * 4 + threadIdx.x; w < a.fetch_bytes / 4; w += blockDim.x)
+		for (size_t w = whole * 4 + threadIdx.x; w < a.fetch_bytes / 4; w += S::kThreads)
 			((uint32_t *)a.fetch_to)[w] = ((const uint32_t *)a.fetch_from)[w];
 }
 
@@ -827,7 +828,7 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 	uint32_t first_item = claimed[0];
 	if (fetch_items && first_item < items) {
 		while (first_item < fetch_items) {
-			fetch_share(a, first_item, fetch_items);
+			fetch_share<S>(a, first_item, fetch_items);
 			__threadfence();
 			__syncthreads(); // every thread has read first_item
 			if (threadIdx.x == 0) {
