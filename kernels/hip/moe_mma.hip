@@ -25,6 +25,7 @@
 // AMD builds compile none of this (AMD's matrix-unit kernels are moe_mfma.hip); the plan
 // never picks these kernels there.
 #include <stdint.h>
+#include <string.h>
 
 #include "moe_device.h"
 
@@ -320,8 +321,8 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 	bool once;       // the weights are read once and leave L2 first (decode's prefetch)
 	uint64_t policy;
 
-	__device__ __forceinline__ void init(const struct moe_gpu_args &a, uint32_t first, uint32_t count,
-					     uint32_t e, uint32_t n0, int tid)
+	// The weights' sources (expert e, columns from n0), then init_a() for A's.
+	__device__ __forceinline__ void init(const struct moe_gpu_args &a, uint32_t e, uint32_t n0, int tid)
 	{
 		K = kGateUp ? a.hidden : a.inter;
 		const uint32_t N = kGateUp ? a.inter : a.hidden;
@@ -333,15 +334,6 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 		policy = once ? evict_first_policy() : 0;
 		const uint32_t kc = (uint32_t)chunk * 8;
 #pragma unroll
-		for (int p = 0; p < kAPasses; p++) {
-			const uint32_t row = row0 + p * kRowsPerPass;
-			a_src[p] = nullptr;
-			if (row < count && kGateUp)
-				a_src[p] = (const uint16_t *)a.x + (size_t)(a.pair_of[first + row] / a.topk) * K + kc;
-			else if (row < count)
-				a_src[p] = (const uint16_t *)a.act + (size_t)(first + row) * K + kc;
-		}
-#pragma unroll
 		for (int p = 0; p < kBPasses; p++) {
 			const uint32_t rr = row0 + p * kRowsPerPass;
 			uint32_t col = n0 + rr, wrow = col;
@@ -351,6 +343,21 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 				wrow = (q >= half ? a.inter : 0) + col;
 			}
 			b_src[p] = col < N ? w + ((size_t)e * w_rows + wrow) * K + kc : nullptr;
+		}
+	}
+
+	// The A rows' sources, after init(): the gate/up GEMM's read the routing (pair_of).
+	__device__ __forceinline__ void init_a(const struct moe_gpu_args &a, uint32_t first, uint32_t count)
+	{
+		const uint32_t kc = (uint32_t)chunk * 8;
+#pragma unroll
+		for (int p = 0; p < kAPasses; p++) {
+			const uint32_t row = row0 + p * kRowsPerPass;
+			a_src[p] = nullptr;
+			if (row < count && kGateUp)
+				a_src[p] = (const uint16_t *)a.x + (size_t)(a.pair_of[first + row] / a.topk) * K + kc;
+			else if (row < count)
+				a_src[p] = (const uint16_t *)a.act + (size_t)(first + row) * K + kc;
 		}
 	}
 
@@ -616,13 +623,15 @@ __device__ void zero_y_share(const struct moe_gpu_args &a, size_t share, size_t 
 }
 
 // One block's GEMM: tile `tile` of pairs by column block `column_block` of
-// `column_blocks`, part `part` of `parts` of K (the down GEMM only). The down GEMM calls
-// wait_for_act() once its first weight stages are requested, before it reads act; both
-// call math_done() when only the epilogue is left.
-template <class S, bool kGateUp, bool kBf16, class WaitForAct, class MathDone>
+// `column_blocks`, part `part` of `parts` of K (the down GEMM only). With weights_first
+// (always for the down GEMM) it calls wait_for_a() once its first weight stages are
+// requested, before it reads anything of A (act, or the routing and x); both GEMMs call
+// math_done() when only the epilogue is left.
+template <class S, bool kGateUp, bool kBf16, class WaitForA, class MathDone>
 __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_t base, uint32_t tile,
 					   uint32_t column_block, uint32_t column_blocks, uint32_t part,
-					   uint32_t parts, WaitForAct wait_for_act, MathDone math_done)
+					   uint32_t parts, WaitForA wait_for_a, MathDone math_done,
+					   bool weights_first = !kGateUp)
 {
 	const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
 	const int warp_m = warp / S::WN, warp_n = warp % S::WN;
@@ -630,7 +639,7 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 	const uint32_t K = kGateUp ? a.hidden : a.inter;
 	const uint32_t n0 = column_block * block_columns<S, kGateUp>(a);
 	TileLoader<S, S::kThreads, kGateUp> loader;
-	loader.init(a, first, count, a.tile_expert[tile], n0, tid);
+	loader.init(a, a.tile_expert[tile], n0, tid);
 	auto stage_at = [&](uint32_t s) { return base + s * S::kStageBytes; };
 
 	float acc[S::kMT][S::kNT][4];
@@ -648,24 +657,28 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 	// in flight past the barrier too, so the stage it reads is not refilled until the
 	// iteration after next: two stages are the math's, the rest are in flight.
 	constexpr int kStages = S::kStages, kAhead = kStages - 1 - S::kMathInFlight;
-	// The first stages. The down GEMM's weights do not depend on the gate/up results,
-	// which may not all be written yet: they are requested before waiting for them (the
-	// first copy group then holds all of them, which only makes its wait stricter).
+	// The first stages. The weights depend on nothing A does: the down GEMM's gate/up
+	// results may not all be written yet, a one-kernel decode job's routing and x may
+	// still be on their way over the bus. With weights_first they are requested before
+	// waiting for A (the first copy group then holds all of them, which only makes its
+	// wait stricter).
 	if constexpr (kGateUp) {
 		if (a.prefetch_down)
 			prefetch_down_weights(a, tile, column_block, column_blocks);
-	} else {
+	}
+	if (!kGateUp || weights_first) {
 #pragma unroll
 		for (int s = 0; s < kAhead; s++)
 			if ((uint32_t)s < ktiles)
 				loader.load_b(stage_at(s), (kt0 + s) * kBK);
-		wait_for_act();
+		wait_for_a();
 	}
+	loader.init_a(a, first, count);
 #pragma unroll
 	for (int s = 0; s < kAhead; s++) {
 		if ((uint32_t)s < ktiles) {
 			loader.load_a(stage_at(s), (kt0 + s) * kBK);
-			if constexpr (kGateUp)
+			if (kGateUp && !weights_first)
 				loader.load_b(stage_at(s), (kt0 + s) * kBK);
 		}
 		copy_commit();
@@ -793,6 +806,21 @@ template <class S> __device__ void fetch_share(const struct moe_gpu_args &a, uin
 			((uint32_t *)a.fetch_to)[w] = ((const uint32_t *)a.fetch_from)[w];
 }
 
+// The head of a one-kernel decode job's fetch (moe_gpu_args.fetch_bytes) rides in the
+// launch's parameters where it holds the tile table: every block writes these words where
+// the fetch would have, before reading any of them, so that no block waits for another to
+// bring them over the bus. Blocks then start streaming weights at once, and where more is
+// left to fetch (a staged x), wait for it only before they read A. Within the 4 KiB of
+// parameters every CUDA version takes, with moe_gpu_args: the routing of up to 16 tokens
+// of top-8.
+constexpr uint32_t kInlineFetchBytes = 3584;
+
+struct InlineFetch {
+	uint32_t *to; // moe_gpu_args.fetch_to
+	uint32_t words;
+	uint32_t data[kInlineFetchBytes / 4];
+};
+
 // A decode job in one kernel (Shape16, at most MOE_GPU_FUSED_MAX_TILES tiles): the
 // blocks take work items in turn, first all of the gate/up GEMM's (tile, column block)
 // items, then all of the down GEMM's (tile, column block, part of K), and a down item
@@ -800,7 +828,11 @@ template <class S> __device__ void fetch_share(const struct moe_gpu_args &a, uin
 // the whole gate/up grid: a ramp and a tail of the card's bandwidth idle between them
 // (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places, then 512 down blocks).
 // Where the launch has the kernel fetch its inputs (moe_gpu_args.fetch_bytes), the first
-// items copy them, and a block waits for all of those before its first other item.
+// items copy them, and a block waits for all of those before its first other item; or
+// their head comes in `head` (InlineFetch), the first items copy the rest, and a block
+// waits for those only before an item reads A (the gate/up GEMM's routing and x, the down
+// GEMM's act). The weights are then requested first, which where nothing is to wait for
+// made the kernel 1-3 µs slower (bench/RESULTS.md, version 19).
 // Every item, the first included, is claimed from a counter, so that a block waits only
 // for items claimed before its own, by blocks that run (a block's first item by its
 // index could wait unrun behind blocks that wait for it, should another kernel hold part
@@ -810,7 +842,8 @@ template <class S> __device__ void fetch_share(const struct moe_gpu_args &a, uin
 // The counters (moe_gpu_args.counters) are zero at the start; the last block to finish
 // leaves them so, having written the folded combine's out where there is one.
 template <class S, bool kBf16>
-__global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gpu_args a, uint32_t parts)
+__global__ void __launch_bounds__(S::kThreads)
+	decode_kernel(const struct moe_gpu_args a, uint32_t parts, const __grid_constant__ InlineFetch head)
 {
 	extern __shared__ __align__(1024) unsigned char smem[];
 	__shared__ uint32_t claimed[2]; // the items claimed, in turns, so that no thread
@@ -826,24 +859,32 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 		claimed[0] = claim();
 	__syncthreads();
 	uint32_t first_item = claimed[0];
-	if (fetch_items && first_item < items) {
-		while (first_item < fetch_items) {
-			fetch_share<S>(a, first_item, fetch_items);
-			__threadfence();
-			__syncthreads(); // every thread has read first_item
-			if (threadIdx.x == 0) {
-				atomicAdd(a.counters + MOE_GPU_COUNTER_FETCHED, 1u);
-				claimed[0] = claim();
-			}
-			__syncthreads();
-			first_item = claimed[0];
+	// The head: the same words by every block (a block reads only after writing them).
+	for (uint32_t w = threadIdx.x; w < head.words; w += S::kThreads)
+		head.to[w] = head.data[w];
+	while (first_item < fetch_items) {
+		fetch_share<S>(a, first_item, fetch_items);
+		__threadfence();
+		__syncthreads(); // every thread has read first_item
+		if (threadIdx.x == 0) {
+			atomicAdd(a.counters + MOE_GPU_COUNTER_FETCHED, 1u);
+			claimed[0] = claim();
 		}
-		// Every fetch item was claimed before this block's next item, each by a block
-		// that runs: the wait ends.
-		if (threadIdx.x == 0)
+		__syncthreads();
+		first_item = claimed[0];
+	}
+	// Every fetch item was claimed before this block's next item, each by a block that
+	// runs: the wait ends.
+	auto wait_for_fetch = [&] {
+		if (threadIdx.x == 0 && fetch_items)
 			wait_for_count(a.counters + MOE_GPU_COUNTER_FETCHED, fetch_items);
 		__syncthreads();
-	}
+	};
+	const bool early = head.words && fetch_items; // start before the fetch is done
+	if (!early)
+		wait_for_fetch(); // and the head written
+	else
+		__syncthreads(); // the head written
 	for (uint32_t turn = 0, claimed_item = first_item; claimed_item < items; turn ^= 1) {
 		uint32_t next = 0; // thread 0's
 		auto claim_next = [&] {
@@ -861,7 +902,8 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 				if (threadIdx.x == 0)
 					atomicAdd(a.counters + MOE_GPU_COUNTER_ZEROED, 1u);
 			}
-			gemm_block<S, true, kBf16>(a, base, tile, column_block, up_blocks, 0, 1, [] {}, claim_next);
+			gemm_block<S, true, kBf16>(a, base, tile, column_block, up_blocks, 0, 1, wait_for_fetch,
+						   claim_next, early);
 			__threadfence();
 			__syncthreads();
 			if (threadIdx.x == 0)
@@ -875,7 +917,7 @@ __global__ void __launch_bounds__(S::kThreads) decode_kernel(const struct moe_gp
 					if (a.zero_y)
 						wait_for_count(a.counters + MOE_GPU_COUNTER_ZEROED, up_items);
 				}
-				__syncthreads();
+				wait_for_fetch(); // what the epilogue reads of the routing
 			}, claim_next);
 		}
 		copy_wait<0>();
@@ -1244,7 +1286,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				shared = real && other < a.tiles && a.tile_expert[other] == e;
 			}
 			if constexpr (kGateUp)
-				gather.init(a, first, real ? a.tile_count[tile] : 0, e, n0, tid);
+				gather.init(a, e, n0, tid), gather.init_a(a, first, real ? a.tile_count[tile] : 0);
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
 				const uint32_t s = g % kStages, stage = base + s * S::kStageBytes;
 				const uint32_t k0 = kt * kBK;
@@ -1512,19 +1554,42 @@ bool down_weights_fit_l2(const struct moe_gpu_args &a)
 	return (size_t)a.tiles * a.hidden * a.inter * 2 <= l2_bytes / 2;
 }
 
+// The fetch's head into `head` where it holds the tile table (read here, on the host: a
+// graph keeps what it read when captured), `a`'s fetch left for the rest.
+void take_fetch_head(struct moe_gpu_args &a, InlineFetch &head)
+{
+	const size_t n = a.fetch_bytes < kInlineFetchBytes ? a.fetch_bytes : kInlineFetchBytes;
+	const uintptr_t lo = (uintptr_t)a.fetch_to, hi = lo + n;
+	auto in_head = [&](const uint32_t *p) {
+		return (uintptr_t)p >= lo && (uintptr_t)(p + a.tiles) <= hi;
+	};
+	if (!in_head(a.tile_first) || !in_head(a.tile_count) || !in_head(a.tile_expert))
+		return; // fetched as a whole, waited for at the start (Qwen3-30B-A3B M = 64: a
+			// head without the tiles made it 2-5 µs slower)
+	head.to = (uint32_t *)a.fetch_to, head.words = (uint32_t)(n / 4);
+	memcpy(head.data, a.fetch_from, n);
+	a.fetch_from = (const char *)a.fetch_from + n, a.fetch_to = (char *)a.fetch_to + n;
+	a.fetch_bytes -= n; // the head is whole 16-byte units unless it is all
+}
+
 // A decode job's two GEMMs as one kernel (decode_kernel), K split in `parts` as the down
 // GEMM's would be: as many blocks as the card holds, or as there are items.
-template <class S, bool kBf16> int launch_decode(const struct moe_gpu_args &a, uint32_t parts, cudaStream_t stream)
+template <class S, bool kBf16> int launch_decode(const struct moe_gpu_args &job, uint32_t parts, cudaStream_t stream)
 {
 	constexpr auto kKernel = decode_kernel<S, kBf16>;
 	const cudaError_t e = allow_smem<kKernel, S::kSmem>();
 	if (e != cudaSuccess)
 		return (int)e;
+	struct moe_gpu_args a = job;
+	InlineFetch head;
+	head.to = nullptr, head.words = 0;
+	if (a.fetch_bytes)
+		take_fetch_head(a, head);
 	const uint32_t items =
 		fetch_items_of<S>(a) + a.tiles * (column_blocks_of<S, true>(a) + parts * column_blocks_of<S, false>(a));
 	const uint32_t slots = resident_blocks<kKernel, S::kThreads, S::kSmem>();
 	return launch_on(kKernel, dim3(items < slots ? items : slots), S::kThreads, S::kSmem, false, stream, a,
-			 parts);
+			 parts, head);
 }
 
 // SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
