@@ -379,8 +379,8 @@ int main(int argc, char **argv)
 				size_t bad;
 				const double t0 = now_us();
 				moe_route_count(&rt, ids, pairs, md.e, &bad);
-				plan = moe_gpu_plan(rt.most_pairs, MOED_GPU_BF16, MOED_GPU_BF16, md.h, md.i,
-						    forced);
+				plan = moe_gpu_plan(rt.most_pairs, rt.used_experts, rt.over_16, MOED_GPU_BF16,
+						    MOED_GPU_BF16, md.h, md.i, forced);
 				moe_route_cut(&rt, plan.tile, plan.paired);
 				moe_route_pack(&rt, tw, stage);
 				th[r] = (float)(now_us() - t0);

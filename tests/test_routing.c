@@ -33,15 +33,17 @@ static int by_first(const void *a, const void *b)
 static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, const uint32_t *pos_of,
 			 const int32_t *ids, size_t pairs, uint32_t experts, uint32_t tile, int paired)
 {
-	uint32_t *count = calloc(experts, sizeof(uint32_t)), most = 0, used = 0;
+	uint32_t *count = calloc(experts, sizeof(uint32_t)), most = 0, used = 0, over_16 = 0;
 	for (size_t p = 0; p < pairs; p++)
 		count[ids[p]]++;
 	for (uint32_t e = 0; e < experts; e++) {
 		most = count[e] > most ? count[e] : most;
 		used += count[e] > 0;
+		over_16 += count[e] > 16;
 	}
 	ck_assert_uint_eq(r->most_pairs, most);
 	ck_assert_uint_eq(r->used_experts, used);
+	ck_assert_uint_eq(r->over_16, over_16);
 
 	/* pair_of is a permutation grouped by expert in ascending order, stable within an
 	 * expert where the host placed the pairs, and pos_of its inverse. */

@@ -410,8 +410,8 @@ int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct mo
 				      bad / job->topk, bad % job->topk, c->ids[bad], experts);
 	if (r < 0)
 		return moed_error_set(err, r, "out of memory");
-	*plan = moe_gpu_plan(c->route.most_pairs, job->dtype, w->shape.dtype, job->hidden_size,
-			     w->shape.inter_size, c->backend->forced);
+	*plan = moe_gpu_plan(c->route.most_pairs, c->route.used_experts, c->route.over_16, job->dtype,
+			     w->shape.dtype, job->hidden_size, w->shape.inter_size, c->backend->forced);
 	return moe_route_cut(&c->route, plan->tile, plan->paired);
 }
 

@@ -50,14 +50,16 @@ struct moe_gpu_plan {
 };
 
 /*
- * Pick the kernel for a job from the most pairs any one expert has and the dtypes and
- * shapes (the matrix-unit kernels need I/O and weights of one 16-bit dtype, and hidden
- * and intermediate sizes that are multiples of 8, for 16-byte copies). `forced`, a
- * kernel this build has (or -1 for none), is taken wherever the job allows it: for
- * tests, benchmarks and diagnosis (the backend reads it from MOED_GPU_KERNEL).
+ * Pick the kernel for a job from its routing's counts (the most pairs any one expert
+ * has, the experts used, those with more than 16 pairs: moe_routing's most_pairs,
+ * used_experts and over_16) and the dtypes and shapes (the matrix-unit kernels need I/O
+ * and weights of one 16-bit dtype, and hidden and intermediate sizes that are multiples
+ * of 8, for 16-byte copies). `forced`, a kernel this build has (or -1 for none), is
+ * taken wherever the job allows it: for tests, benchmarks and diagnosis (the backend
+ * reads it from MOED_GPU_KERNEL).
  */
-struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype, uint32_t hidden,
-				 uint32_t inter, int forced);
+struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
+				 int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter, int forced);
 
 /* How many tiles the matrix-unit kernels' blocks take in a group (all column blocks of
  * a group before the next group, for L2 reuse): MOED_GPU_TILE_GROUP, 1 to 65536, for

@@ -300,15 +300,16 @@ bool wgmma_runs()
 
 } // namespace
 
-extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, int w_dtype,
-					     uint32_t hidden, uint32_t inter, int forced)
+extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
+					     int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter,
+					     int forced)
 {
 	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 128, 128, 64 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE, 0 };
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-	(void)most_pairs;
+	(void)most_pairs, (void)used_experts, (void)over_16;
 	if (mma && forced == MOE_GPU_MFMA64)
 		p.kernel = MOE_GPU_MFMA64, p.tile = tiles[MOE_GPU_MFMA64];
 #else
@@ -319,6 +320,13 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, int io_dtype, i
 	/* Even at one pair per expert the 16-pair tiles stream weights faster than the warp
 	 * kernels (bench/RESULTS.md, version 5: DeepSeek-V3 M = 1 189 vs 219 us). */
 	else if (most_pairs <= 16)
+		p.kernel = MOE_GPU_MMA16;
+	/* Where few experts have a second tile of 16 (at most one in eight), the decode
+	 * kernel still beats mma64's two (bench/RESULTS.md, version 19: DeepSeek-V3 M = 256,
+	 * about 1 in 250, 5236-5246 against 5745-5837 us in one run, 5004-5007 against
+	 * 5191-5193 in another); where many do, not (Qwen3-30B-A3B M = 256 and Mixtral-8x7B
+	 * M = 64, about 2 in 5: 319 against 309-312, 733-734 against 674-675). */
+	else if (most_pairs <= 32 && 8 * over_16 <= used_experts)
 		p.kernel = MOE_GPU_MMA16;
 	else if (most_pairs <= 64)
 		p.kernel = MOE_GPU_MMA64;

@@ -35,13 +35,15 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 		}
 		r->counts[ids[p] + 1]++;
 	}
-	uint32_t used = 0, most = 0;
+	uint32_t used = 0, most = 0, over_16 = 0;
 	for (uint32_t e = 0; e < experts; e++) {
 		used += r->counts[e + 1] > 0;
+		over_16 += r->counts[e + 1] > 16;
 		most = r->counts[e + 1] > most ? r->counts[e + 1] : most;
 	}
 	r->used_experts = used;
 	r->most_pairs = most;
+	r->over_16 = over_16;
 	r->ids = ids;
 	r->pairs = pairs;
 	r->experts = experts;

@@ -35,6 +35,7 @@ struct moe_routing {
 	uint32_t max_tile; /* the most pairs in one tile */
 	uint32_t used_experts;
 	uint32_t most_pairs; /* the most pairs of any one expert */
+	uint32_t over_16;    /* the experts with more than 16 pairs (moe_gpu_plan) */
 	/* capacities, private */
 	size_t pairs_cap, experts_cap;
 	uint32_t *counts;
@@ -45,7 +46,7 @@ struct moe_routing {
 
 /*
  * Count the pairs of each expert among `pairs` expert ids (each must lie in
- * [0, experts)); sets most_pairs and used_experts. `ids` must stay valid until
+ * [0, experts)); sets most_pairs, used_experts and over_16. `ids` must stay valid until
  * moe_route_cut(). Returns 0, -EINVAL with the offending position in *bad, or -ENOMEM.
  * Buffers grow as needed and are reused.
  */
