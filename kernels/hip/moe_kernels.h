@@ -147,8 +147,9 @@ struct moe_gpu_args {
 	 * it itself, its first work items reading over the bus (no copy queued: a graph's
 	 * copy node cost Qwen3-30B-A3B M = 16 about 10 µs, bench/RESULTS.md, version 18),
 	 * the head in the launch's parameters where it holds the tile table (read from
-	 * fetch_from when the launch is queued; version 19); any other launch by one
-	 * asynchronous copy first. 0 bytes: nothing to bring. */
+	 * fetch_from when the launch is queued; version 19), where the places are 16-byte
+	 * aligned and the bytes whole 4-byte words; any other launch by one asynchronous copy
+	 * first. 0 bytes: nothing to bring. */
 	const void *fetch_from;
 	void *fetch_to;
 	size_t fetch_bytes;

@@ -473,10 +473,12 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	a.y_io = 0, a.zero_y = 0, a.fold = 0, a.prefetch_down = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
-	/* The decode kernel fetches its inputs itself from 16-byte aligned places, before
-	 * anything else reads them: not where the pairs are placed first. */
-	const bool aligned = ((uintptr_t)a.fetch_from | (uintptr_t)a.fetch_to) % 16 == 0;
-	if (a.fetch_bytes && (a.place_ids || !aligned || !moe_gpu_decode_in_one_kernel(&a))) {
+	/* The decode kernel fetches its inputs itself from 16-byte aligned places, in 4-byte
+	 * words at the least, before anything else reads them: not where the pairs are placed
+	 * first. */
+	const bool fetchable = ((uintptr_t)a.fetch_from | (uintptr_t)a.fetch_to) % 16 == 0 &&
+			       a.fetch_bytes % 4 == 0;
+	if (a.fetch_bytes && (a.place_ids || !fetchable || !moe_gpu_decode_in_one_kernel(&a))) {
 		const hipError_t e = hipMemcpyAsync(a.fetch_to, a.fetch_from, a.fetch_bytes, hipMemcpyHostToDevice, s);
 		if (e != hipSuccess)
 			return (int)e;
