@@ -170,7 +170,8 @@ int moe_gpu_inject_fault(void *stream);
  * args->zero_y, args->fold and args->prefetch_down, and args->tile_group where it is 0. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
-/* Whether moe_gpu_launch_mma runs this job (an mma16 one) as one decode kernel. */
+/* Whether moe_gpu_launch_mma runs this job (an mma16 one, or an mma64 one of fewer than
+ * MOE_ROUTE_DEVICE_PAIRS pairs) as one decode kernel. */
 int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *args);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */

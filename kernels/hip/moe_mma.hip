@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "moe_device.h"
+#include "moe_routing.h"
 
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 
@@ -821,10 +822,11 @@ struct InlineFetch {
 	uint32_t data[kInlineFetchBytes / 4];
 };
 
-// A decode job in one kernel (Shape16, at most MOE_GPU_FUSED_MAX_TILES tiles): the
-// blocks take work items in turn, first all of the gate/up GEMM's (tile, column block)
-// items, then all of the down GEMM's (tile, column block, part of K), and a down item
-// waits only for its own tile's gate/up items. With two grids the down GEMM waits for
+// A decode job in one kernel (Shape16, or Shape64 where the host placed the pairs; at
+// most MOE_GPU_FUSED_MAX_TILES tiles): the blocks take work items in turn, first all of
+// the gate/up GEMM's (tile, column block) items, then all of the down GEMM's (tile,
+// column block, part of K), and a down item waits only for its own tile's gate/up
+// items. With two grids the down GEMM waits for
 // the whole gate/up grid: a ramp and a tail of the card's bandwidth idle between them
 // (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places, then 512 down blocks).
 // Where the launch has the kernel fetch its inputs (moe_gpu_args.fetch_bytes), the first
@@ -1619,13 +1621,14 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.zero_y = !a.y_io; // by the gate/up blocks: one node fewer than a memset
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch && down_weights_fit_l2(a);
-	if constexpr (std::is_same<SG, Shape16>::value && std::is_same<SD, Shape16>::value) {
+	if constexpr (std::is_same<SG, SD>::value &&
+		      (std::is_same<SG, Shape16>::value || std::is_same<SG, Shape64>::value)) {
 		// Every decode job: even where all tiles' gate/up items end together (a tile
 		// group or fewer), one kernel saves a launch and the down grid's ramp
 		// (bench/RESULTS.md, version 15: Mixtral M = 1, 4, 16 1-3% faster than two
 		// kernels; Qwen3 M = 1 about 1 us slower).
 		if (moe_gpu_decode_in_one_kernel(&a))
-			return launch_decode<Shape16, kBf16>(a, splits, stream);
+			return launch_decode<SG, kBf16>(a, splits, stream);
 	}
 	const int e = launch_gemm<SG, true, kBf16>(a, gate_up_grid<SG>(a), stream);
 	return e ? e : launch_gemm<SD, false, kBf16>(a, g2, stream);
@@ -1752,7 +1755,12 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 
 extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *a)
 {
-	return a->kernel == MOE_GPU_MMA16 && !a->separate_decode && a->counters && a->tiles <= MOE_GPU_FUSED_MAX_TILES;
+	// mma64 only where the host placed the pairs, and the one kernel saves the launch a
+	// copy of the routing. Where the device places them, the copy comes first anyway,
+	// and one kernel was no faster (bench/RESULTS.md, version 19: DeepSeek-V3 M = 1024).
+	const bool host_placed = (size_t)a->tokens * a->topk < MOE_ROUTE_DEVICE_PAIRS;
+	return (a->kernel == MOE_GPU_MMA16 || (a->kernel == MOE_GPU_MMA64 && host_placed)) && !a->separate_decode &&
+	       a->counters && a->tiles <= MOE_GPU_FUSED_MAX_TILES;
 }
 
 extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream)
