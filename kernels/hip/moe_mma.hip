@@ -826,9 +826,9 @@ struct InlineFetch {
 // most MOE_GPU_FUSED_MAX_TILES tiles): the blocks take work items in turn, first all of
 // the gate/up GEMM's (tile, column block) items, then all of the down GEMM's (tile,
 // column block, part of K), and a down item waits only for its own tile's gate/up
-// items. With two grids the down GEMM waits for
-// the whole gate/up grid: a ramp and a tail of the card's bandwidth idle between them
-// (Qwen3-30B-A3B M = 4: 384 gate/up blocks for 264 places, then 512 down blocks).
+// items. With two grids the down GEMM waits for the whole gate/up grid: a ramp and a
+// tail of the card's bandwidth idle between them (Qwen3-30B-A3B M = 4: 384 gate/up
+// blocks for 264 places, then 512 down blocks).
 // Where the launch has the kernel fetch its inputs (moe_gpu_args.fetch_bytes), the first
 // items copy them, and a block waits for all of those before its first other item; or
 // their head comes in `head` (InlineFetch), the first items copy the rest, and a block
