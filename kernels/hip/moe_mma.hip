@@ -1758,7 +1758,7 @@ extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *a)
 	// mma64 only where the host placed the pairs, and the one kernel saves the launch a
 	// copy of the routing. Where the device places them, the copy comes first anyway,
 	// and one kernel was no faster (bench/RESULTS.md, version 19: DeepSeek-V3 M = 1024).
-	const bool host_placed = (size_t)a->tokens * a->topk < MOE_ROUTE_DEVICE_PAIRS;
+	const bool host_placed = !moe_route_on_device((size_t)a->tokens * a->topk);
 	return (a->kernel == MOE_GPU_MMA16 || (a->kernel == MOE_GPU_MMA64 && host_placed)) && !a->separate_decode &&
 	       a->counters && a->tiles <= MOE_GPU_FUSED_MAX_TILES;
 }

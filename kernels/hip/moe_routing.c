@@ -105,7 +105,7 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 	r->max_tile = t.max_tile;
 
 	/* counts[e] is now expert e's first position: the device's cursors, or the host's. */
-	r->on_device = r->pairs >= MOE_ROUTE_DEVICE_PAIRS;
+	r->on_device = moe_route_on_device(r->pairs);
 	if (r->on_device)
 		return 0;
 	for (size_t p = 0; p < r->pairs; p++) {

@@ -26,6 +26,12 @@ extern "C" {
  * chosen, not measured. */
 #define MOE_ROUTE_DEVICE_PAIRS 4096
 
+/* Whether a job of `pairs` pairs has them placed by the device (moe_route_cut). */
+static inline int moe_route_on_device(size_t pairs)
+{
+	return pairs >= MOE_ROUTE_DEVICE_PAIRS;
+}
+
 struct moe_routing {
 	uint32_t *pair_of;   /* [pairs] sorted position -> pair (m * K + k), unless on_device */
 	uint32_t *pos_of;    /* [pairs] pair -> sorted position, unless on_device */
