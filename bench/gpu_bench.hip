@@ -135,6 +135,42 @@ static int row_wanted(const char *model, uint32_t m)
 	return 0;
 }
 
+/* The device's sort of a row's pairs against the host's: the same tile table, and every
+ * pair placed once, in a tile of its expert. Rows whose sort was checked so far. */
+static int sorts_checked;
+static void check_device_sort(const struct moe_routing *dev_rt, void *routing, const int32_t *ids, size_t pairs,
+			      const char *model, uint32_t m, hipStream_t st)
+{
+	struct moe_routing ref;
+	memset(&ref, 0, sizeof(ref));
+	size_t bad;
+	if (moe_route_count(&ref, ids, pairs, dev_rt->experts, &bad) || moe_route_cut(&ref, dev_rt->tile, dev_rt->paired))
+		abort();
+	const size_t cap = dev_rt->ntiles;
+	uint32_t *table = (uint32_t *)malloc((3 * cap + 1) * 4), *pair_of = (uint32_t *)malloc(2 * pairs * 4);
+	uint32_t *pos_of = pair_of + pairs;
+	CHECK(hipStreamSynchronize(st));
+	CHECK(hipMemcpy(table, MOE_ROUTE_TILES(routing, dev_rt), (3 * cap + 1) * 4, hipMemcpyDeviceToHost));
+	CHECK(hipMemcpy(pair_of, MOE_ROUTE_PAIR_OF(routing, dev_rt), 2 * pairs * 4, hipMemcpyDeviceToHost));
+	const uint32_t total = table[3 * cap];
+	int wrong = total != ref.ntiles;
+	for (uint32_t t = 0; !wrong && t < total; t++) {
+		const uint32_t first = table[t], count = table[cap + t], e = table[2 * cap + t];
+		wrong = first != ref.tiles[t] || count != ref.tiles[ref.ntiles + t] || e != ref.tiles[2 * ref.ntiles + t];
+		for (uint32_t q = first; !wrong && q < first + count && q < pairs; q++)
+			wrong = pair_of[q] >= pairs || (uint32_t)ids[pair_of[q]] != e || pos_of[pair_of[q]] != q;
+	}
+	if (wrong) {
+		fprintf(stderr, "%s M = %u: the device's sort differs from the host's (%u tiles against %u)\n", model,
+			m, total, ref.ntiles);
+		exit(1);
+	}
+	sorts_checked++;
+	free(table);
+	free(pair_of);
+	moe_routing_free(&ref);
+}
+
 static int cmp_f(const void *a, const void *b)
 {
 	float x = *(const float *)a, y = *(const float *)b;
@@ -340,9 +376,11 @@ int main(int argc, char **argv)
 		CHECK(hipMalloc((void **)&out, (size_t)mmax * md.h * 2));
 		CHECK(hipMalloc(&act, (size_t)pmax * md.i * 4));
 		CHECK(hipMalloc((void **)&y, (size_t)pmax * md.h * 4));
-		/* The packed routing at its largest (moe_routing.h): 4 arrays of pairs (ids
-		 * included), at most pairs + experts tiles, the experts' first positions. */
-		const size_t routing_cap = (4 * (size_t)pmax + 3 * ((size_t)pmax + md.e + 1) + md.e) * 4;
+		/* The packed routing at its largest (moe_routing.h): 4 arrays of pairs (the
+		 * device sort's words included), at most pairs + experts tiles, the tile count,
+		 * the experts' first positions, the sort blocks' counts. */
+		const size_t routing_cap =
+			(4 * (size_t)pmax + 3 * ((size_t)pmax + md.e + 1) + 1 + md.e + (size_t)MOE_ROUTE_SORT_BLOCKS * md.e) * 4;
 		CHECK(hipMalloc(&routing, routing_cap));
 		uint32_t *counters; /* moe_gpu_args.counters, zero between jobs */
 		CHECK(hipMalloc((void **)&counters, MOE_GPU_COUNTERS * sizeof(*counters)));
@@ -352,7 +390,8 @@ int main(int argc, char **argv)
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w2, w2n, 4ull, 1.7f / sqrtf(md.i));
 		hipLaunchKernelGGL(fill_bf16, dim3(1024), dim3(256), 0, st, x, (size_t)mmax * md.h, 5ull, 1.7f);
 		int32_t *ids = (int32_t *)malloc(pmax * 4);
-		float *tw = (float *)malloc(pmax * 4);
+		float *tw; /* pinned, as the backend's client arena: the device's sort reads it */
+		CHECK(hipHostMalloc((void **)&tw, pmax * 4, hipHostMallocDefault));
 		struct moe_routing rt;
 		memset(&rt, 0, sizeof(rt));
 		double last_us = 0;
@@ -367,32 +406,38 @@ int main(int argc, char **argv)
 			}
 			route(m, md.e, md.k, ids, tw);
 			/* Token sorting as the backend does it, timed warm (median of reps): count,
-			 * plan, cut, pack into pinned memory (t_host), then one copy, and for a
-			 * large job the device's placing of the pairs, waited for (t_sort, the
-			 * measure of versions up to 16). The kernels are then timed without it. */
+			 * plan, cut, pack into pinned memory, or for a large job check the ids into
+			 * it and plan from a sample (t_host), then one copy, or the device's sort,
+			 * waited for (t_sort, the measure of versions up to 16). The kernels are
+			 * then timed without it. */
 			struct moe_gpu_plan plan;
 			struct moe_gpu_args a;
 			memset(&a, 0, sizeof(a));
 			a.tokens = m, a.topk = md.k, a.hidden = md.h, a.inter = md.i, a.experts = md.e;
+			a.counters = counters;
 			float *ts = (float *)malloc(2 * (reps + 1) * sizeof(float)), *th = ts + reps + 1;
 			for (int r = 0; r <= reps; r++) {
 				size_t bad;
 				const double t0 = now_us();
-				moe_route_count(&rt, ids, pairs, md.e, &bad);
-				plan = moe_gpu_plan(rt.most_pairs, rt.used_experts, rt.over_16, MOED_GPU_BF16,
-						    MOED_GPU_BF16, md.h, md.i, forced);
-				moe_route_cut(&rt, plan.tile, plan.paired);
-				moe_route_pack(&rt, tw, stage);
+				CHECK((hipError_t)moe_gpu_route(&rt, ids, pairs, md.k, md.e, (uint32_t *)stage,
+								 MOED_GPU_BF16, MOED_GPU_BF16, md.h, md.i, forced,
+								 &plan, &bad));
+				if (!rt.on_device)
+					moe_route_pack(&rt, tw, stage);
 				th[r] = (float)(now_us() - t0);
-				const size_t from = moe_route_upload_from(&rt);
-				CHECK(hipMemcpyAsync((char *)routing + from, (const char *)stage + from,
-						     moe_route_packed_bytes(&rt) - from, hipMemcpyHostToDevice, st));
 				moe_route_args(&rt, routing, &a);
-				if (a.place_ids)
-					CHECK((hipError_t)moe_gpu_place_pairs(&a, st));
+				if (rt.on_device) {
+					a.sort.ids = (const uint32_t *)stage, a.sort.weights = tw;
+					CHECK((hipError_t)moe_gpu_sort_pairs(&a, st));
+				} else {
+					CHECK(hipMemcpyAsync(routing, stage, moe_route_packed_bytes(&rt),
+							     hipMemcpyHostToDevice, st));
+				}
 				CHECK(hipStreamSynchronize(st));
 				ts[r] = (float)(now_us() - t0);
 			}
+			if (rt.on_device)
+				check_device_sort(&rt, routing, ids, pairs, md.name, m, st);
 			qsort(ts + 1, reps, sizeof(float), cmp_f); /* the first, cold, is left out */
 			qsort(th + 1, reps, sizeof(float), cmp_f);
 			const double t_sort = ts[1 + reps / 2], t_host = th[1 + reps / 2];
@@ -404,12 +449,12 @@ int main(int argc, char **argv)
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
 			a.no_prefetch = !prefetch, a.separate_decode = !fused;
 			/* The full path's launch brings the routing from the stage (as the backend's
-			 * does) and places a large job's pairs again. */
-			const size_t from = moe_route_upload_from(&rt);
+			 * does), or sorts a large job's pairs again. */
 			struct moe_gpu_args full = a;
-			full.fetch_from = (const char *)stage + from, full.fetch_to = (char *)routing + from;
-			full.fetch_bytes = moe_route_packed_bytes(&rt) - from;
-			a.place_ids = NULL, a.place_next = NULL; /* placed */
+			if (!rt.on_device)
+				full.fetch_from = stage, full.fetch_to = routing,
+				full.fetch_bytes = moe_route_packed_bytes(&rt);
+			a.sort.ids = NULL; /* sorted */
 			for (int r = 0; r < 3; r++)
 				CHECK((hipError_t)moe_gpu_launch(&a, st));
 			CHECK(hipStreamSynchronize(st));
@@ -469,7 +514,7 @@ int main(int argc, char **argv)
 		}
 		moe_routing_free(&rt);
 		free(ids);
-		free(tw);
+		CHECK(hipHostFree(tw));
 		void *bufs[] = { w13, w2, x, out, act, y, routing, counters };
 		for (void *p : bufs)
 			CHECK(hipFree(p));
@@ -485,6 +530,7 @@ int main(int argc, char **argv)
 	target_means_print(&sorted_means, "", "floor/(time + sorting)");
 	target_means_print(&waited_means, "", "floor/(time + sorting, its upload waited for as through version 16)");
 	target_means_print(&cold_means, "", "floor/time with the cold matmul rate");
+	printf("the device's sort matched the host's on %d rows\n", sorts_checked);
 	CHECK(hipFree(mm.a));
 	CHECK(hipFree(mm.b));
 	CHECK(hipFree(mm.c));

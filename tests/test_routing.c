@@ -4,9 +4,10 @@
  * here on every machine): fresh random routings with skewed experts and random tile
  * sizes against a direct recount; expert ids out of range refused with their position;
  * the packed copy laid out as the kernels read it; tables paired by expert for
- * wgmma128c with as many one-expert pairs as can be. Where the device places the pairs
- * (large jobs), the test places them from the packed copy as its kernel does, the
- * pairs taken in a random order as its atomics may come in.
+ * wgmma128c with as many one-expert pairs as can be. Where the device sorts (large
+ * jobs), the host's part: the ids copied and checked, the kernel's counts estimated from
+ * a sample (exact where the sample is the whole job), the most tiles there can be (never
+ * fewer than the host's cut makes), and the layout the device's sort fills.
  */
 #include "config.h"
 
@@ -119,10 +120,9 @@ START_TEST(random_routings)
 		ck_assert_int_eq(moe_route_count(&r, ids, pairs, experts, &bad), 0);
 		const int paired = round % 3 == 0;
 		ck_assert_int_eq(moe_route_cut(&r, tile, paired), 0);
-		ck_assert_int_eq(r.on_device, pairs >= MOE_ROUTE_DEVICE_PAIRS);
+		ck_assert_int_eq(r.on_device, 0);
 
-		/* The packed copy, through the kernels' accessors; what lies before
-		 * upload_from is not the host's to fill. */
+		/* The packed copy, through the kernels' accessors. */
 		float *tw = malloc(pairs * sizeof(float));
 		for (size_t p = 0; p < pairs; p++)
 			tw[p] = (float)test_rand_double(&rng);
@@ -130,38 +130,12 @@ START_TEST(random_routings)
 		unsigned char *packed = malloc(bytes);
 		memset(packed, 0xa5, bytes);
 		moe_route_pack(&r, tw, packed);
-		const size_t placing = r.on_device ? pairs + experts : 0;
-		ck_assert_uint_eq(bytes, (3 * pairs + 3 * (size_t)r.ntiles + placing) * 4);
-		ck_assert_uint_eq(moe_route_upload_from(&r), r.on_device ? 2 * pairs * 4 : 0);
+		ck_assert_uint_eq(bytes, (3 * pairs + 3 * (size_t)r.ntiles) * 4);
 		ck_assert_mem_eq(MOE_ROUTE_WEIGHTS(packed, &r), tw, pairs * 4);
 		ck_assert_mem_eq(MOE_ROUTE_TILES(packed, &r), r.tiles, 3 * (size_t)r.ntiles * 4);
-		if (!r.on_device) {
-			ck_assert_mem_eq(MOE_ROUTE_PAIR_OF(packed, &r), r.pair_of, pairs * 4);
-			ck_assert_mem_eq(MOE_ROUTE_POS_OF(packed, &r), r.pos_of, pairs * 4);
-			check_sorted(&r, r.pair_of, r.pos_of, ids, pairs, experts, tile, paired);
-		} else {
-			/* As place_pairs_kernel, the pairs in a random order (Fisher-Yates). */
-			uint32_t *order = malloc(pairs * sizeof(uint32_t));
-			for (size_t p = 0; p < pairs; p++)
-				order[p] = (uint32_t)p;
-			for (size_t p = pairs - 1; p > 0; p--) {
-				const size_t j = (size_t)test_rand_range(&rng, 0, p);
-				const uint32_t t = order[p];
-				order[p] = order[j], order[j] = t;
-			}
-			const uint32_t *dev_ids = MOE_ROUTE_IDS(packed, &r);
-			uint32_t *next = MOE_ROUTE_STARTS(packed, &r);
-			uint32_t *pair_of = MOE_ROUTE_PAIR_OF(packed, &r), *pos_of = MOE_ROUTE_POS_OF(packed, &r);
-			for (size_t i = 0; i < pairs; i++) {
-				const uint32_t p = order[i];
-				ck_assert_int_eq((int32_t)dev_ids[p], ids[p]);
-				const uint32_t pos = next[dev_ids[p]]++;
-				ck_assert_uint_lt(pos, pairs);
-				pair_of[pos] = p, pos_of[p] = pos;
-			}
-			check_sorted(&r, pair_of, pos_of, ids, pairs, experts, tile, paired);
-			free(order);
-		}
+		ck_assert_mem_eq(MOE_ROUTE_PAIR_OF(packed, &r), r.pair_of, pairs * 4);
+		ck_assert_mem_eq(MOE_ROUTE_POS_OF(packed, &r), r.pos_of, pairs * 4);
+		check_sorted(&r, r.pair_of, r.pos_of, ids, pairs, experts, tile, paired);
 
 		/* The kernels' arguments point into the copy. */
 		struct moe_gpu_args a;
@@ -174,13 +148,98 @@ START_TEST(random_routings)
 		ck_assert_ptr_eq(a.tile_expert, MOE_ROUTE_TILES(packed, &r) + 2 * (size_t)r.ntiles);
 		ck_assert_uint_eq(a.tiles, r.ntiles);
 		ck_assert_uint_eq(a.max_tile, r.max_tile);
-		ck_assert(r.on_device ? a.place_ids == MOE_ROUTE_IDS(packed, &r) : !a.place_ids);
-		ck_assert(r.on_device ? a.place_next == MOE_ROUTE_STARTS(packed, &r) : !a.place_next);
+		ck_assert(!a.tile_total && !a.sort.ids && !a.sort.starts);
 		free(packed);
 		free(tw);
 		free(ids);
 	}
 	moe_routing_free(&r);
+}
+END_TEST
+
+/* The host's part of a device sort, on routings of every size around the sample's. */
+START_TEST(device_sort_host_part)
+{
+	uint64_t rng = test_seed() + 100 + (uint64_t)_i;
+	struct moe_routing r, ref;
+	memset(&r, 0, sizeof(r));
+	memset(&ref, 0, sizeof(ref));
+	for (int round = 0; round < 60; round++) {
+		const uint32_t experts = (uint32_t)test_rand_range(&rng, 1, 300);
+		const uint32_t topk = (uint32_t)test_rand_range(&rng, 1, 9);
+		const size_t tokens = (size_t)test_rand_range(&rng, 1, round % 2 ? MOE_ROUTE_SAMPLE_PAIRS / topk : 9000);
+		const size_t pairs = tokens * topk;
+		const uint32_t tile = (uint32_t)test_rand_range(&rng, 1, 140);
+		const int paired = round % 3 == 0;
+		const uint32_t hot = (uint32_t)test_rand_range(&rng, 1, experts < 4 ? experts : 4);
+		int32_t *ids = malloc(pairs * sizeof(int32_t));
+		uint32_t *copy = malloc(pairs * sizeof(uint32_t));
+		for (size_t p = 0; p < pairs; p++)
+			ids[p] = (int32_t)(test_rand(&rng) & 1 ? test_rand_range(&rng, 0, hot - 1)
+							       : test_rand_range(&rng, 0, experts - 1));
+		size_t bad = 0;
+		ck_assert_int_eq(moe_route_check(&r, ids, pairs, topk, experts, copy, &bad), 0);
+		ck_assert_mem_eq(copy, ids, pairs * 4);
+		ck_assert_int_eq(moe_route_count(&ref, ids, pairs, experts, &bad), 0);
+		if (pairs <= MOE_ROUTE_SAMPLE_PAIRS) { /* the sample is the whole job */
+			ck_assert_uint_eq(r.most_pairs, ref.most_pairs);
+			ck_assert_uint_eq(r.used_experts, ref.used_experts);
+			ck_assert_uint_eq(r.over_16, ref.over_16);
+		} else { /* an estimate: at most as many experts used, the most pairs in range */
+			ck_assert_uint_le(r.used_experts, ref.used_experts);
+			ck_assert_uint_ge(r.most_pairs, 1);
+			ck_assert_uint_le(r.most_pairs, pairs);
+		}
+		moe_route_defer(&r, tile, paired);
+		ck_assert_int_eq(moe_route_cut(&ref, tile, paired), 0);
+		ck_assert(r.on_device);
+		ck_assert_uint_ge(r.ntiles, ref.ntiles);
+		ck_assert_uint_eq(r.max_tile, tile);
+
+		/* The device's buffer: the kernels' routing, the tile count, the sort's scratch. */
+		const uint32_t blocks = moe_route_sort_blocks(pairs), chunk = moe_route_sort_chunk(pairs);
+		ck_assert_uint_le(blocks, MOE_ROUTE_SORT_BLOCKS);
+		ck_assert_uint_ge((size_t)blocks * chunk, pairs);
+		ck_assert_uint_lt((size_t)(blocks - 1) * chunk, pairs);
+		ck_assert_uint_le(chunk, 1u << 20);
+		const size_t bytes = moe_route_packed_bytes(&r);
+		ck_assert_uint_eq(bytes, (4 * pairs + 3 * (size_t)r.ntiles + 1 + experts + (size_t)blocks * experts) * 4);
+		unsigned char *dev = malloc(bytes);
+		struct moe_gpu_args a;
+		memset(&a, 0, sizeof(a));
+		moe_route_args(&r, dev, &a);
+		ck_assert_ptr_eq(a.sort.weights_to, a.topk_weights);
+		ck_assert_ptr_eq(a.sort.tile_table, a.tile_first);
+		ck_assert_ptr_eq(a.tile_total, a.tile_first + 3 * (size_t)r.ntiles);
+		ck_assert_ptr_eq(a.sort.tile_total, a.tile_total);
+		ck_assert_ptr_eq(a.sort.starts, a.sort.tile_total + 1);
+		ck_assert_ptr_eq(a.sort.words, a.sort.starts + experts);
+		ck_assert_ptr_eq(a.sort.block_counts, a.sort.words + pairs);
+		ck_assert((unsigned char *)(a.sort.block_counts + (size_t)blocks * experts) == dev + bytes);
+		ck_assert_uint_eq(a.sort.blocks, blocks);
+		ck_assert_uint_eq(a.sort.chunk, chunk);
+		ck_assert_uint_eq(a.sort.tile, tile);
+		ck_assert_int_eq(a.sort.paired, paired);
+		ck_assert(!a.sort.ids); /* the caller's */
+		free(dev);
+		free(copy);
+		free(ids);
+	}
+	moe_routing_free(&r);
+	moe_routing_free(&ref);
+}
+END_TEST
+
+START_TEST(device_sort_bounds)
+{
+	ck_assert(!moe_route_on_device(MOE_ROUTE_DEVICE_PAIRS - 1, 8));
+	ck_assert(moe_route_on_device(MOE_ROUTE_DEVICE_PAIRS, 8));
+	ck_assert(moe_route_on_device(MOE_ROUTE_DEVICE_MAX_PAIRS, MOE_ROUTE_DEVICE_MAX_EXPERTS));
+	ck_assert(!moe_route_on_device(MOE_ROUTE_DEVICE_MAX_PAIRS + 1, 8));
+	ck_assert(!moe_route_on_device(MOE_ROUTE_DEVICE_PAIRS, MOE_ROUTE_DEVICE_MAX_EXPERTS + 1));
+	ck_assert_uint_eq(moe_route_sort_blocks(MOE_ROUTE_DEVICE_MAX_PAIRS), MOE_ROUTE_SORT_BLOCKS);
+	ck_assert_uint_eq(moe_route_sort_chunk(MOE_ROUTE_DEVICE_MAX_PAIRS), 1u << 20);
+	ck_assert_uint_eq(moe_route_sort_blocks(32768), 32);
 }
 END_TEST
 
@@ -196,6 +255,14 @@ START_TEST(ids_out_of_range)
 	ck_assert_uint_eq(bad, 1);
 	ck_assert_int_eq(moe_route_count(&r, ids, 5, 5, &bad), 0);
 	ck_assert_int_eq(moe_route_cut(&r, 0, 0), -EINVAL);
+	/* Copied and checked for the device: the first one out of range, wherever it is. */
+	uint32_t copy[5];
+	bad = 99;
+	ck_assert_int_eq(moe_route_check(&r, ids, 5, 1, 4, copy, &bad), -EINVAL);
+	ck_assert_uint_eq(bad, 3);
+	ck_assert_int_eq(moe_route_check(&r, negative, 2, 2, 4, copy, &bad), -EINVAL);
+	ck_assert_uint_eq(bad, 1);
+	ck_assert_int_eq(moe_route_check(&r, ids, 5, 5, 5, copy, &bad), 0);
 	moe_routing_free(&r);
 }
 END_TEST
@@ -205,6 +272,8 @@ int main(void)
 	Suite *s = suite_create("routing");
 	TCase *tc = tcase_create("routing");
 	tcase_add_loop_test(tc, random_routings, 0, 3);
+	tcase_add_loop_test(tc, device_sort_host_part, 0, 3);
+	tcase_add_test(tc, device_sort_bounds);
 	tcase_add_test(tc, ids_out_of_range);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);

@@ -61,6 +61,7 @@ struct hip_client {
 	hipStream_t stream;
 	hipEvent_t done;            /* recorded after the job's output copy */
 	unsigned char *pinned;      /* the arena, where registering it worked */
+	const unsigned char *pinned_dev; /* where the device reads it, or NULL */
 	dbuf x, routing, act, y, out;
 	uint32_t *counters;         /* moe_gpu_args.counters: zeroed once, then by the kernels */
 	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
@@ -294,10 +295,16 @@ int client_make(struct moed_backend *b, const struct moed_arena *arena, struct h
 	 * staged by the runtime and submit() returns only once they are done. */
 	if (arena && arena->size) {
 		e = hipHostRegister(arena->base, arena->size, hipHostRegisterDefault);
-		if (e == hipSuccess)
+		if (e == hipSuccess) {
 			c->pinned = arena->base;
-		else
+			void *dev = NULL; /* for the device's sort, which reads the router's weights */
+			if (hipHostGetDevicePointer(&dev, arena->base, 0) == hipSuccess)
+				c->pinned_dev = (const unsigned char *)dev;
+			else
+				(void)hipGetLastError();
+		} else {
 			(void)hipGetLastError();
+		}
 		if (b->trace)
 			fprintf(stderr, "moed-hip trace: client arena of %zu bytes %s%s\n", arena->size,
 				e == hipSuccess ? "pinned" : "not pinned: ",
@@ -390,29 +397,33 @@ void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 }
 
 /* Read the routing once (it lives in shared memory), check it, pick the kernels from the
- * most pairs any expert has, group the pairs by expert into the kernels' tiles (large
- * jobs' pairs are placed by the device: moe_routing.h). */
+ * most pairs any expert has, group the pairs by expert into the kernels' tiles. A small
+ * job's ids are read once into a private copy; a large one's into the stage, checked,
+ * where the device may sort them (moe_gpu_route). */
 int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct moed_weights *w,
 	       const struct moed_arena *arena, struct moe_gpu_plan *plan, struct moed_error *err)
 {
 	const uint32_t experts = w->shape.num_experts;
 	const size_t pairs = (size_t)job->num_tokens * job->topk;
-	if (pairs > c->host_pairs) {
-		if (!grow(&c->ids, pairs))
-			return moed_error_set(err, -ENOMEM, "out of memory");
-		c->host_pairs = pairs;
+	const int32_t *ids = (const int32_t *)(arena->base + job->topk_ids.offset);
+	uint32_t *copy = (uint32_t *)c->stage.p; /* enqueue() made room */
+	if (!moe_route_on_device(pairs, experts)) {
+		if (pairs > c->host_pairs) {
+			if (!grow(&c->ids, pairs))
+				return moed_error_set(err, -ENOMEM, "out of memory");
+			c->host_pairs = pairs;
+		}
+		memcpy(c->ids, ids, pairs * sizeof(int32_t));
+		ids = c->ids;
 	}
-	memcpy(c->ids, arena->base + job->topk_ids.offset, pairs * sizeof(int32_t));
 	size_t bad = 0;
-	int r = moe_route_count(&c->route, c->ids, pairs, experts, &bad);
-	if (r == -EINVAL)
+	const int r = moe_gpu_route(&c->route, ids, pairs, job->topk, experts, copy, job->dtype, w->shape.dtype,
+				    job->hidden_size, w->shape.inter_size, c->backend->forced, plan, &bad);
+	if (r == -EINVAL) /* the copy holds what was checked */
 		return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)",
-				      bad / job->topk, bad % job->topk, c->ids[bad], experts);
-	if (r < 0)
-		return moed_error_set(err, r, "out of memory");
-	*plan = moe_gpu_plan(c->route.most_pairs, c->route.used_experts, c->route.over_16, job->dtype,
-			     w->shape.dtype, job->hidden_size, w->shape.inter_size, c->backend->forced);
-	return moe_route_cut(&c->route, plan->tile, plan->paired);
+				      bad / job->topk, bad % job->topk,
+				      moe_route_on_device(pairs, experts) ? (int32_t)copy[bad] : ids[bad], experts);
+	return r < 0 ? moed_error_set(err, r, "out of memory") : 0;
 }
 
 /* Queue a job's copies and kernels on the client's stream, then its event. */
@@ -445,23 +456,47 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 				   c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
+	/* The stage's room for any sorting (a large job's checked ids go there first): the
+	 * host's packed copy with the most tiles there can be, or the ids and the weights. */
+	const size_t stage_most = (6 * pairs + 3 * (size_t)w->shape.num_experts + 3) * sizeof(uint32_t) + 256 +
+				  (stage_x ? x_bytes : 0);
+	if ((r = ensure(&c->stage, stage_most, err)))
+		return r;
 	struct moe_gpu_plan plan;
 	if ((r = sort_pairs(c, job, w, arena, &plan, err)) < 0)
 		return r;
 	if (tr)
 		tr->t_sorted = moed_now_ns(), tr->kernel = plan.kernel;
 	const struct moe_routing *rt = &c->route;
-	const size_t x_at = (moe_route_packed_bytes(rt) + 255) & ~(size_t)255;
-	const size_t copy_bytes = stage_x ? x_at + x_bytes : moe_route_packed_bytes(rt);
-	const size_t copy_from = moe_route_upload_from(rt); /* the device fills what lies before */
-	if ((r = ensure(&c->routing, copy_bytes, err)) || (r = ensure(&c->act, pairs * i * 4, err)) ||
-	    (r = ensure(&c->y, pairs * h * 4, err)) || (r = ensure(&c->out, job->output.length, err)) ||
-	    (r = ensure(&c->stage, copy_bytes, err)))
+	const size_t routing_bytes = moe_route_packed_bytes(rt), x_at = (routing_bytes + 255) & ~(size_t)255;
+	if ((r = ensure(&c->routing, stage_x ? x_at + x_bytes : routing_bytes, err)) ||
+	    (r = ensure(&c->act, pairs * i * 4, err)) || (r = ensure(&c->y, pairs * h * 4, err)) ||
+	    (r = ensure(&c->out, job->output.length, err)))
 		return r;
-	/* The stage is free: the previous job's copy finished before that job completed. */
-	moe_route_pack(rt, (const float *)(arena->base + job->topk_weights.offset), c->stage.p);
+	/* The stage is free: the previous job's copy finished before that job completed.
+	 * Where the host sorted, it holds the routing's packed copy (then a staged x), as laid
+	 * out on the device; where the device sorts, the checked ids, the weights where the
+	 * device cannot read the arena, then a staged x. */
+	unsigned char *stage = (unsigned char *)c->stage.p;
+	const float *weights = (const float *)(arena->base + job->topk_weights.offset);
+	const float *sort_weights = NULL;
+	size_t stage_x_at = x_at, fetch_from = 0, fetch_to = 0, fetch_bytes = stage_x ? x_at + x_bytes : routing_bytes;
+	if (rt->on_device) {
+		size_t used = pairs * sizeof(uint32_t);
+		if (c->pinned_dev) {
+			sort_weights = (const float *)(c->pinned_dev + job->topk_weights.offset);
+		} else {
+			memcpy(stage + used, weights, pairs * sizeof(float));
+			sort_weights = (const float *)(stage + used);
+			used += pairs * sizeof(float);
+		}
+		stage_x_at = (used + 255) & ~(size_t)255;
+		fetch_from = stage_x_at, fetch_to = x_at, fetch_bytes = stage_x ? x_bytes : 0;
+	} else {
+		moe_route_pack(rt, weights, stage);
+	}
 	if (stage_x)
-		memcpy((unsigned char *)c->stage.p + x_at, arena->base + job->hidden.offset, x_bytes);
+		memcpy(stage + stage_x_at, arena->base + job->hidden.offset, x_bytes);
 	void *x_dev = stage_x ? (unsigned char *)c->routing.p + x_at : c->x.p;
 	/* The stage's copy is the launch's (moe_gpu_args.fetch_bytes): a decode kernel reads
 	 * it over the bus itself. The trace's "copies in" is then the large x's alone. */
@@ -497,9 +532,11 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.serial_launch = c->backend->serial_launch;
 	a.no_prefetch = c->backend->no_prefetch;
 	a.separate_decode = c->backend->separate_decode;
-	a.fetch_from = (const unsigned char *)c->stage.p + copy_from;
-	a.fetch_to = (unsigned char *)c->routing.p + copy_from;
-	a.fetch_bytes = copy_bytes - copy_from;
+	if (rt->on_device)
+		a.sort.ids = (const uint32_t *)stage, a.sort.weights = sort_weights;
+	a.fetch_from = stage + fetch_from;
+	a.fetch_to = (unsigned char *)c->routing.p + fetch_to;
+	a.fetch_bytes = fetch_bytes;
 	e = (hipError_t)moe_gpu_launch(&a, c->stream);
 	if (e == hipSuccess && tr)
 		e = hipEventRecord(tr->kernels, c->stream);

@@ -24,6 +24,7 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipSuccess cudaSuccess
 #define hipErrorNoDevice cudaErrorNoDevice
 #define hipErrorNotReady cudaErrorNotReady
+#define hipErrorInvalidValue cudaErrorInvalidValue
 #define hipErrorMemoryAllocation cudaErrorMemoryAllocation
 #define hipGetErrorString cudaGetErrorString
 #define hipGetLastError cudaGetLastError
@@ -41,6 +42,7 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipHostRegister cudaHostRegister
 #define hipHostRegisterDefault cudaHostRegisterDefault
 #define hipHostUnregister cudaHostUnregister
+#define hipHostGetDevicePointer cudaHostGetDevicePointer
 #define hipEventCreateWithFlags cudaEventCreateWithFlags
 #define hipEventDisableTiming cudaEventDisableTiming
 #define hipEventRecord cudaEventRecord

@@ -61,6 +61,19 @@ struct moe_gpu_plan {
 struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
 				 int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter, int forced);
 
+/*
+ * Sort a job's `pairs` expert ids (`topk` a token) for the kernels, as the backend does
+ * (moe_routing.h), and pick its kernel (*plan, as moe_gpu_plan() with the same shapes and
+ * `forced`). Where the device may sort (moe_route_on_device), the ids are copied, checked,
+ * to `copy` ([pairs] words where the device reads them), and the device sorts where the
+ * plan's kernel allows (r->on_device); else the host sorts from `ids`, which must not
+ * change meanwhile. Returns 0, -EINVAL with the first id out of range at *bad, or -ENOMEM.
+ */
+struct moe_routing;
+int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
+		  uint32_t *copy, int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter, int forced,
+		  struct moe_gpu_plan *plan, size_t *bad);
+
 /* How many tiles the matrix-unit kernels' blocks take in a group (all column blocks of
  * a group before the next group, for L2 reuse): MOED_GPU_TILE_GROUP, 1 to 65536, for
  * measurements, else MOE_GPU_TILE_GROUP; -1 when the variable says something else.
@@ -99,10 +112,29 @@ enum {
 	MOE_GPU_COUNTER_CLAIMED,
 	MOE_GPU_COUNTER_ZEROED,
 	MOE_GPU_COUNTER_FETCHED, /* the one-kernel decode's fetch items done (fetch_bytes) */
+	MOE_GPU_COUNTER_SORTED,  /* the device sort's counting blocks done */
 	MOE_GPU_COUNTER_TILES,
 };
 #define MOE_GPU_FUSED_MAX_TILES 1024u
-#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
+/* Then the device sort's count of each expert's pairs (MOE_ROUTE_DEVICE_MAX_EXPERTS). */
+#define MOE_GPU_COUNTER_SORT_EXPERTS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
+#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_SORT_EXPERTS + 4096u)
+
+/* Where ids is set, the launch first sorts the pairs on the device (moe_routing.h),
+ * filling pair_of, pos_of, topk_weights and the tile table; the rest is scratch. It
+ * counts its blocks done on counters[MOE_GPU_COUNTER_SORTED] and each expert's pairs on
+ * counters[MOE_GPU_COUNTER_SORT_EXPERTS + e]. */
+struct moe_gpu_sort {
+	const uint32_t *ids;    /* [pairs] checked expert ids, where the device reads them */
+	const float *weights;   /* [pairs] the router's weights, likewise */
+	float *weights_to;      /* topk_weights */
+	uint32_t *tile_table;   /* tile_first: [3 * tiles] */
+	uint32_t *tile_total;   /* the tiles it made */
+	uint32_t *starts;       /* [experts] each expert's first position */
+	uint32_t *words;        /* [pairs] each pair's expert and rank in its block */
+	uint32_t *block_counts; /* [blocks * experts] each block's first rank in each expert */
+	uint32_t tile, paired, chunk, blocks; /* tiles of `tile` (paired: wgmma128c's) */
+};
 
 struct moe_gpu_args {
 	uint32_t tokens, topk, hidden, inter, experts;
@@ -113,8 +145,10 @@ struct moe_gpu_args {
 	const float *topk_weights; /* [M, K] */
 	uint32_t *pair_of;         /* sorted position -> m * K + k */
 	uint32_t *pos_of;          /* m * K + k -> sorted position */
-	const uint32_t *place_ids; /* set: the launch first places the pairs (pair_of, pos_of) */
-	uint32_t *place_next;      /* from their expert ids and each expert's first position */
+	struct moe_gpu_sort sort;  /* ids set: the launch first sorts the pairs (above) */
+	const uint32_t *tile_total; /* set: the matrix-unit kernels read the tile count here,
+				       written by the device's sort; tiles is the most there
+				       can be, and sizes the grids */
 	uint32_t tiles;
 	uint32_t max_tile;         /* the most pairs in any tile */
 	const uint32_t *tile_first, *tile_count, *tile_expert; /* per tile: sorted range, expert */
@@ -155,13 +189,19 @@ struct moe_gpu_args {
 	size_t fetch_bytes;
 };
 
-/* Queue the job's kernels on `stream`, first moe_gpu_place_pairs() where place_ids is
+/* Queue the job's kernels on `stream`, first moe_gpu_sort_pairs() where sort.ids is
  * set; returns the runtime's error code (0 = none). */
 int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
 
-/* Queue the placing of the pairs (pair_of, pos_of) from place_ids and place_next, which
- * it consumes: once a job (the benchmark then replays the rest with place_ids NULL). */
-int moe_gpu_place_pairs(const struct moe_gpu_args *args, void *stream);
+/* Queue the device's sort of the pairs (args->sort): once a job (the benchmark then
+ * replays the rest with sort.ids NULL). */
+int moe_gpu_sort_pairs(const struct moe_gpu_args *args, void *stream);
+
+/* Whether `kernel` reads its tile count from the device (moe_gpu_args.tile_total), and
+ * so may run on pairs the device sorts: the matrix-unit kernels' two-kernel and
+ * persistent paths. mma16 runs small jobs as one decode kernel, which takes its items
+ * from the tile count at launch. */
+int moe_gpu_sorts_on_device(enum moe_gpu_kernel kernel);
 
 /* Queue a kernel that traps, losing the device: for the test of fault handling only. */
 int moe_gpu_inject_fault(void *stream);

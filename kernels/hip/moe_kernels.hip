@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "moe_device.h"
+#include "moe_routing.h"
 
 namespace {
 
@@ -347,6 +348,28 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_e
 	return p;
 }
 
+extern "C" int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk,
+			     uint32_t experts, uint32_t *copy, int io_dtype, int w_dtype, uint32_t hidden,
+			     uint32_t inter, int forced, struct moe_gpu_plan *plan, size_t *bad)
+{
+	int e;
+	if (moe_route_on_device(pairs, experts)) {
+		if ((e = moe_route_check(r, ids, pairs, topk, experts, copy, bad)))
+			return e;
+		*plan = moe_gpu_plan(r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter,
+				     forced);
+		if (moe_gpu_sorts_on_device(plan->kernel)) {
+			moe_route_defer(r, plan->tile, plan->paired);
+			return 0;
+		}
+		ids = (const int32_t *)copy; // checked, and the host sorts from it
+	}
+	if ((e = moe_route_count(r, ids, pairs, experts, bad)))
+		return e;
+	*plan = moe_gpu_plan(r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter, forced);
+	return moe_route_cut(r, plan->tile, plan->paired);
+}
+
 extern "C" int moe_gpu_tile_group(void)
 {
 	const char *env = getenv("MOED_GPU_TILE_GROUP");
@@ -422,17 +445,173 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 
 namespace {
 
-// A thread a pair: its place in its expert's range (moe_routing.h), from the expert's
-// cursor, which starts at the range's first position. The ids were checked on the host.
-__global__ void place_pairs_kernel(const uint32_t *ids, uint32_t *next, uint32_t *pair_of,
-				   uint32_t *pos_of, uint32_t pairs)
+// The device's sort (moe_routing.h), in two kernels. sort_count_kernel: each block counts
+// its chunk of pairs by expert in shared memory, keeping each pair's expert and rank
+// among the chunk's pairs of that expert as one word and copying its weight, then takes
+// its first rank in each expert from the expert's count over all blocks (atomics: the
+// blocks' order within an expert is the order they come in); the last block to finish
+// cuts the tile table as moe_route_cut() does from those counts. sort_place_kernel:
+// each pair's place. Both read what lies in host memory (the ids, the weights) once,
+// over the bus.
+constexpr uint32_t kSortThreads = MOE_ROUTE_SORT_THREADS;
+constexpr uint32_t kSortMaxExpertsAThread = MOE_ROUTE_DEVICE_MAX_EXPERTS / kSortThreads;
+constexpr uint32_t kRankBits = 20;
+static_assert(MOE_GPU_COUNTERS - MOE_GPU_COUNTER_SORT_EXPERTS == MOE_ROUTE_DEVICE_MAX_EXPERTS,
+	      "a count for each expert the device sorts");
+static_assert(MOE_ROUTE_DEVICE_MAX_PAIRS / MOE_ROUTE_SORT_BLOCKS <= 1u << kRankBits, "ranks fit their bits");
+
+// The exclusive prefix sums of v[0..2] over the block's threads (in thread order), and
+// their totals. `buf` holds 3 * kSortThreads words of shared memory.
+__device__ void block_exclusive_scan3(uint32_t v[3], uint32_t total[3], uint32_t *buf)
 {
-	const uint32_t p = blockIdx.x * blockDim.x + threadIdx.x;
-	if (p >= pairs)
+	const uint32_t t = threadIdx.x;
+	for (int c = 0; c < 3; c++)
+		buf[c * kSortThreads + t] = v[c];
+	__syncthreads();
+	for (uint32_t step = 1; step < kSortThreads; step *= 2) {
+		uint32_t add[3];
+		for (int c = 0; c < 3; c++)
+			add[c] = t >= step ? buf[c * kSortThreads + t - step] : 0;
+		__syncthreads();
+		for (int c = 0; c < 3; c++)
+			buf[c * kSortThreads + t] += add[c];
+		__syncthreads();
+	}
+	for (int c = 0; c < 3; c++) {
+		v[c] = buf[c * kSortThreads + t] - v[c];
+		total[c] = buf[c * kSortThreads + kSortThreads - 1];
+	}
+	__syncthreads(); // buf is free again
+}
+
+// Tile j of an expert whose range is [start, start + count), at place `at` of the table.
+__device__ __forceinline__ void put_tile(const struct moe_gpu_sort &s, uint32_t tiles_cap, uint32_t at,
+					 uint32_t start, uint32_t count, uint32_t expert, uint32_t j)
+{
+	const uint32_t left = count - j * s.tile;
+	s.tile_table[at] = start + j * s.tile;
+	s.tile_table[tiles_cap + at] = left < s.tile ? left : s.tile;
+	s.tile_table[2 * tiles_cap + at] = expert;
+}
+
+__global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct moe_gpu_args a)
+{
+	extern __shared__ uint32_t sort_smem[]; // [experts], then [3 * kSortThreads]
+	const struct moe_gpu_sort &s = a.sort;
+	const uint32_t experts = a.experts, pairs = a.tokens * a.topk, t = threadIdx.x;
+	uint32_t *hist = sort_smem, *scan = sort_smem + experts;
+	uint32_t *expert_pairs = a.counters + MOE_GPU_COUNTER_SORT_EXPERTS;
+	for (uint32_t e = t; e < experts; e += kSortThreads)
+		hist[e] = 0;
+	__syncthreads();
+	const uint32_t lo = blockIdx.x * s.chunk, hi = lo + s.chunk < pairs ? lo + s.chunk : pairs;
+	constexpr int kLoads = 4; // in flight at once: each crosses the bus
+	for (uint32_t base = lo; base < hi; base += kLoads * kSortThreads) {
+		uint32_t id[kLoads];
+		float w[kLoads];
+#pragma unroll
+		for (int l = 0; l < kLoads; l++) {
+			const uint32_t p = base + l * kSortThreads + t;
+			if (p < hi)
+				id[l] = s.ids[p], w[l] = s.weights[p];
+		}
+#pragma unroll
+		for (int l = 0; l < kLoads; l++) {
+			const uint32_t p = base + l * kSortThreads + t;
+			if (p < hi) {
+				const uint32_t e = id[l] < experts ? id[l] : 0; // checked by the host
+				s.words[p] = e << kRankBits | atomicAdd(&hist[e], 1u);
+				s.weights_to[p] = w[l];
+			}
+		}
+	}
+	__syncthreads();
+	for (uint32_t e = t; e < experts; e += kSortThreads)
+		if (hist[e])
+			s.block_counts[(size_t)blockIdx.x * experts + e] = atomicAdd(&expert_pairs[e], hist[e]);
+	__threadfence();
+	__syncthreads();
+	__shared__ bool last;
+	if (t == 0)
+		last = atomicAdd(&a.counters[MOE_GPU_COUNTER_SORTED], 1u) == s.blocks - 1;
+	__syncthreads();
+	if (!last)
 		return;
-	const uint32_t pos = atomicAdd(next + ids[p], 1u);
-	pair_of[pos] = p;
-	pos_of[p] = pos;
+	__threadfence(); // the other blocks' counts, for this block's reads
+	// Thread t owns `per` experts from t * per on: their counts (zeroed for the next job),
+	// their tiles.
+	const uint32_t per = (experts + kSortThreads - 1) / kSortThreads;
+	uint32_t count[kSortMaxExpertsAThread], tiles[kSortMaxExpertsAThread];
+	uint32_t mine[3] = { 0, 0, 0 }; // pairs, tiles in order, odd experts (paired)
+	for (uint32_t j = 0; j < kSortMaxExpertsAThread; j++) {
+		const uint32_t e = t * per + j;
+		count[j] = j < per && e < experts ? atomicExch(&expert_pairs[e], 0u) : 0;
+		tiles[j] = (count[j] + s.tile - 1) / s.tile;
+		mine[0] += count[j];
+		mine[1] += s.paired ? tiles[j] & ~1u : tiles[j];
+		mine[2] += s.paired ? tiles[j] & 1u : 0;
+	}
+	uint32_t total[3];
+	block_exclusive_scan3(mine, total, scan);
+	uint32_t start = mine[0], at = mine[1], odd_rank = mine[2];
+	const uint32_t in_order_total = total[1], odd_total = total[2];
+	// Paired: odd experts (an odd number of tiles) pair their last tiles in turn, each
+	// pair placed after the second's own tiles (which tells the first, through hist,
+	// indexed by the first's odd rank), and a last odd expert's at the end.
+	const uint32_t cap = a.tiles;
+	for (uint32_t j = 0; j < per; j++) {
+		const uint32_t e = t * per + j;
+		if (e >= experts)
+			break;
+		s.starts[e] = start;
+		const uint32_t in_order = s.paired ? tiles[j] & ~1u : tiles[j];
+		const uint32_t before = at + (s.paired ? 2 * (odd_rank / 2) : 0);
+		for (uint32_t i = 0; i < in_order; i++)
+			put_tile(s, cap, before + i, start, count[j], e, i);
+		if (in_order != tiles[j]) {
+			if (odd_rank & 1u) {
+				hist[odd_rank - 1] = before + in_order;
+				put_tile(s, cap, before + in_order + 1, start, count[j], e, tiles[j] - 1);
+			} else if (odd_rank + 1 == odd_total) {
+				put_tile(s, cap, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1);
+			}
+			odd_rank++;
+		}
+		at += in_order;
+		start += count[j];
+	}
+	__syncthreads();
+	start = mine[0], odd_rank = mine[2];
+	for (uint32_t j = 0; j < per; j++) {
+		const uint32_t e = t * per + j;
+		if (e >= experts)
+			break;
+		if (tiles[j] & 1u && s.paired) {
+			if (!(odd_rank & 1u) && odd_rank + 1 < odd_total)
+				put_tile(s, cap, hist[odd_rank], start, count[j], e, tiles[j] - 1);
+			odd_rank++;
+		}
+		start += count[j];
+	}
+	if (t == 0) {
+		*s.tile_total = in_order_total + odd_total;
+		a.counters[MOE_GPU_COUNTER_SORTED] = 0; // for the next job
+	}
+}
+
+// A thread a pair: its place, from its expert's first position, its block's first rank
+// in that expert and its own rank in the block.
+__global__ void sort_place_kernel(const struct moe_gpu_args a)
+{
+	const struct moe_gpu_sort &s = a.sort;
+	const uint32_t p = blockIdx.x * blockDim.x + threadIdx.x;
+	if (p >= a.tokens * a.topk)
+		return;
+	const uint32_t word = s.words[p], e = word >> kRankBits;
+	const uint32_t pos = s.starts[e] + s.block_counts[(size_t)(p / s.chunk) * a.experts + e] +
+			     (word & ((1u << kRankBits) - 1));
+	a.pair_of[pos] = p;
+	a.pos_of[p] = pos;
 }
 
 void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
@@ -456,14 +635,23 @@ void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 
 } // namespace
 
-extern "C" int moe_gpu_place_pairs(const struct moe_gpu_args *a, void *stream)
+extern "C" int moe_gpu_sort_pairs(const struct moe_gpu_args *a, void *stream)
 {
 	const uint32_t pairs = a->tokens * a->topk;
-	if (pairs)
-		hipLaunchKernelGGL(place_pairs_kernel, dim3((pairs + 255) / 256), dim3(256), 0,
-				   (hipStream_t)stream, a->place_ids, a->place_next, a->pair_of, a->pos_of,
-				   pairs);
+	if (!pairs)
+		return 0;
+	if (!a->counters || a->experts > MOE_ROUTE_DEVICE_MAX_EXPERTS || !a->sort.blocks ||
+	    (size_t)a->sort.blocks * a->sort.chunk < pairs)
+		return (int)hipErrorInvalidValue;
+	const size_t smem = ((size_t)a->experts + 3 * kSortThreads) * sizeof(uint32_t);
+	hipLaunchKernelGGL(sort_count_kernel, dim3(a->sort.blocks), dim3(kSortThreads), smem, (hipStream_t)stream, *a);
+	hipLaunchKernelGGL(sort_place_kernel, dim3((pairs + 255) / 256), dim3(256), 0, (hipStream_t)stream, *a);
 	return (int)hipGetLastError();
+}
+
+extern "C" int moe_gpu_sorts_on_device(enum moe_gpu_kernel kernel)
+{
+	return kernel != MOE_GPU_WARP && kernel != MOE_GPU_MMA16 && kernel != MOE_GPU_MFMA64;
 }
 
 extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
@@ -478,14 +666,14 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 	 * first. */
 	const bool fetchable = ((uintptr_t)a.fetch_from | (uintptr_t)a.fetch_to) % 16 == 0 &&
 			       a.fetch_bytes % 4 == 0;
-	if (a.fetch_bytes && (a.place_ids || !fetchable || !moe_gpu_decode_in_one_kernel(&a))) {
+	if (a.fetch_bytes && (a.sort.ids || !fetchable || !moe_gpu_decode_in_one_kernel(&a))) {
 		const hipError_t e = hipMemcpyAsync(a.fetch_to, a.fetch_from, a.fetch_bytes, hipMemcpyHostToDevice, s);
 		if (e != hipSuccess)
 			return (int)e;
 		a.fetch_bytes = 0;
 	}
-	if (a.place_ids) {
-		const int e = moe_gpu_place_pairs(&a, stream);
+	if (a.sort.ids) {
+		const int e = moe_gpu_sort_pairs(&a, stream);
 		if (e)
 			return e;
 	}

@@ -741,6 +741,13 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
 }
 
+// The job's tiles: the device sort's count where it sorted (written before this grid, or
+// its prerequisite, began), else the launch's.
+__device__ __forceinline__ uint32_t tile_count_of(const struct moe_gpu_args &a)
+{
+	return a.tile_total ? *a.tile_total : a.tiles;
+}
+
 // One block a (tile, column block[, part of K]) of one GEMM; the down grid is the gate/up
 // grid's programmatic dependent where dependent_launch().
 template <class S, bool kGateUp, bool kBf16>
@@ -751,8 +758,10 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	block_work(a.tile_group, tile, column_block);
 	if constexpr (kGateUp)
 		let_dependents_launch();
-	gemm_block<S, kGateUp, kBf16>(a, smem_address(smem), tile, column_block, gridDim.y, blockIdx.z,
-				      gridDim.z, [] { wait_for_prerequisite_grid(); }, [] {});
+	// The grid is sized for the most tiles there can be where the device sorted.
+	if (tile < tile_count_of(a))
+		gemm_block<S, kGateUp, kBf16>(a, smem_address(smem), tile, column_block, gridDim.y, blockIdx.z,
+					      gridDim.z, [] { wait_for_prerequisite_grid(); }, [] {});
 	if constexpr (kGateUp) {
 		// The down GEMM adds its sums into y: zeroed here, each block a share. The down
 		// grid reads y only after this grid has finished (griddepcontrol.wait or stream
@@ -1249,15 +1258,20 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	const uint32_t N = kGateUp ? a.inter : a.hidden;
 	const bool gated = kGateUp && a.gated;
 	const uint32_t cols = block_columns<S, kGateUp>(a), column_blocks = column_blocks_of<S, kGateUp>(a);
-	const uint32_t group_units = (a.tiles + kBlocks - 1) / kBlocks; // tiles, or pairs of them
+	// The device sort's count where it sorted (the grid and `items` are then sized for
+	// the most tiles there can be).
+	const uint32_t tiles = tile_count_of(a);
+	const uint32_t group_units = (tiles + kBlocks - 1) / kBlocks; // tiles, or pairs of them
+	if (a.tile_total)
+		items = items < group_units * column_blocks ? items : group_units * column_blocks;
 	const uint32_t group = kPair ? (a.tile_group + 1) / 2 : a.tile_group;
 	const uint32_t walker = kPair ? blockIdx.x / 2 : blockIdx.x, walkers = gridDim.x / kBlocks;
-	// This block's tile of item `item`, or a.tiles where a pair's second has none.
+	// This block's tile of item `item`, or `tiles` where a pair's second has none.
 	auto item_tile = [&](uint32_t item, uint32_t &tile, uint32_t &column_block) {
 		work_item(item, group_units, column_blocks, group, tile, column_block);
 		tile = tile * kBlocks + rank;
-		if (tile >= a.tiles)
-			tile = a.tiles;
+		if (tile >= tiles)
+			tile = tiles;
 	};
 	// Use g (counted over all of this block's k-tiles) of stage g % kStages is the
 	// barriers' phase g / kStages: the loaders wait for the previous phase's release.
@@ -1274,7 +1288,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		for (uint32_t item = walker; (kGateUp || tid == 0) && item < items; item += walkers) {
 			uint32_t tile, column_block;
 			item_tile(item, tile, column_block);
-			const bool real = tile < a.tiles;
+			const bool real = tile < tiles;
 			const uint32_t first = real ? a.tile_first[tile] : 0, e = real ? a.tile_expert[tile] : 0;
 			const uint32_t n0 = column_block * cols;
 			// The weight boxes' first rows in the [experts * rows, K] tensor.
@@ -1285,7 +1299,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			bool shared = false;
 			if constexpr (kPair) {
 				const uint32_t other = tile - rank + peer;
-				shared = real && other < a.tiles && a.tile_expert[other] == e;
+				shared = real && other < tiles && a.tile_expert[other] == e;
 			}
 			if constexpr (kGateUp)
 				gather.init(a, e, n0, tid), gather.init_a(a, first, real ? a.tile_count[tile] : 0);
@@ -1380,7 +1394,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			for (uint32_t j = wg, item = walker + wg * walkers; item < items; j += 2, item += 2 * walkers) {
 				uint32_t tile, column_block;
 				item_tile(item, tile, column_block);
-				const uint32_t count = tile < a.tiles ? a.tile_count[tile] : 0;
+				const uint32_t count = tile < tiles ? a.tile_count[tile] : 0;
 				if (j > 0)
 					mbar_wait(turn + 8 * wg, (j - 1) / 2 & 1);
 				auto hand_over = [&] {
@@ -1409,7 +1423,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			for (uint32_t item = walker; item < items; item += walkers, g += ktiles) {
 				uint32_t tile, column_block;
 				item_tile(item, tile, column_block);
-				const uint32_t count = tile < a.tiles ? a.tile_count[tile] : 0;
+				const uint32_t count = tile < tiles ? a.tile_count[tile] : 0;
 				// None of this warpgroup's 64 rows is in the tile (an expert's short last
 				// tile, or no tile): it only passes the stages on, and the other
 				// warpgroup's math has the matrix units to itself.
@@ -1755,11 +1769,10 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 
 extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *a)
 {
-	// mma64 only where the host placed the pairs, and the one kernel saves the launch a
-	// copy of the routing. Where the device places them, the copy comes first anyway,
-	// and one kernel was no faster (bench/RESULTS.md, version 19: DeepSeek-V3 M = 1024).
-	const bool host_placed = !moe_route_on_device((size_t)a->tokens * a->topk);
-	return (a->kernel == MOE_GPU_MMA16 || (a->kernel == MOE_GPU_MMA64 && host_placed)) && !a->separate_decode &&
+	// Where the host sorted the pairs: the kernel's items come from the tile count at
+	// launch. (mma64 jobs placed by the device after a copy were no faster as one kernel,
+	// bench/RESULTS.md, version 19: DeepSeek-V3 M = 1024.)
+	return (a->kernel == MOE_GPU_MMA16 || a->kernel == MOE_GPU_MMA64) && !a->tile_total && !a->separate_decode &&
 	       a->counters && a->tiles <= MOE_GPU_FUSED_MAX_TILES;
 }
 

@@ -104,10 +104,8 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 	r->ntiles = t.n;
 	r->max_tile = t.max_tile;
 
-	/* counts[e] is now expert e's first position: the device's cursors, or the host's. */
-	r->on_device = moe_route_on_device(r->pairs);
-	if (r->on_device)
-		return 0;
+	/* counts[e] is now expert e's first position: the cursors of the stable placing. */
+	r->on_device = 0;
 	for (size_t p = 0; p < r->pairs; p++) {
 		const uint32_t pos = r->counts[r->ids[p]]++;
 		r->pair_of[pos] = (uint32_t)p;
@@ -116,31 +114,88 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 	return 0;
 }
 
-size_t moe_route_packed_bytes(const struct moe_routing *r)
+int moe_route_check(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
+		    uint32_t *copy, size_t *bad)
 {
-	const size_t placing = r->on_device ? r->pairs + r->experts : 0;
-	return (3 * r->pairs + 3 * (size_t)r->ntiles + placing) * sizeof(uint32_t);
+	if (experts + 1 > r->experts_cap) {
+		if (grow(&r->counts, experts + 1))
+			return -ENOMEM;
+		r->experts_cap = experts + 1;
+	}
+	/* Read once (another process may be writing them), then checked in the copy, 16 at
+	 * a time with no branch (the compiler's vector code: one id at a time took as long
+	 * as the host's count). */
+	memcpy(copy, ids, pairs * sizeof(uint32_t));
+	uint32_t out_of_range = 0;
+	size_t p = 0;
+	for (; p + 16 <= pairs; p += 16) {
+		uint32_t lanes = 0;
+		for (int j = 0; j < 16; j++)
+			lanes |= copy[p + j] >= experts;
+		out_of_range |= lanes;
+	}
+	for (; p < pairs; p++)
+		out_of_range |= copy[p] >= experts;
+	if (out_of_range) {
+		for (p = 0; copy[p] < experts; p++)
+			;
+		*bad = p;
+		return -EINVAL;
+	}
+	/* The sample: whole tokens (each slot's experts differ: the first slot is the
+	 * router's favourite) evenly spread, each standing for `stride` tokens. */
+	const size_t tokens = topk ? pairs / topk : 0;
+	size_t stride = topk ? (size_t)MOE_ROUTE_SAMPLE_PAIRS / topk : 0;
+	stride = stride && tokens > stride ? tokens / stride : 1;
+	memset(r->counts, 0, ((size_t)experts + 1) * sizeof(uint32_t));
+	size_t sampled = 0;
+	for (size_t t = 0; t < tokens; t += stride, sampled += topk)
+		for (uint32_t k = 0; k < topk; k++)
+			r->counts[copy[t * topk + k]]++;
+	uint32_t used = 0, most = 0, over_16 = 0;
+	for (uint32_t e = 0; e < experts; e++) {
+		const uint32_t n = sampled ? (uint32_t)(((uint64_t)r->counts[e] * pairs + sampled - 1) / sampled) : 0;
+		used += n > 0;
+		over_16 += n > 16;
+		most = n > most ? n : most;
+	}
+	r->used_experts = used;
+	r->most_pairs = most;
+	r->over_16 = over_16;
+	r->ids = (const int32_t *)copy;
+	r->pairs = pairs;
+	r->experts = experts;
+	return 0;
 }
 
-size_t moe_route_upload_from(const struct moe_routing *r)
+void moe_route_defer(struct moe_routing *r, uint32_t tile, int paired)
 {
-	return r->on_device ? 2 * r->pairs * sizeof(uint32_t) : 0;
+	/* Each expert's tiles are ceil(n_e / tile): at most (pairs + used * (tile - 1)) / tile
+	 * over the used experts, at most min(experts, pairs) of them. */
+	const size_t used = r->experts < r->pairs ? r->experts : r->pairs;
+	r->on_device = 1;
+	r->tile = tile ? tile : 1;
+	r->paired = paired;
+	r->ntiles = (uint32_t)((r->pairs + used * (r->tile - 1)) / r->tile);
+	r->max_tile = r->tile;
+}
+
+size_t moe_route_packed_bytes(const struct moe_routing *r)
+{
+	const size_t sorting = r->on_device ? 1 + r->experts + r->pairs +
+						      (size_t)moe_route_sort_blocks(r->pairs) * r->experts
+					    : 0;
+	return (3 * r->pairs + 3 * (size_t)r->ntiles + sorting) * sizeof(uint32_t);
 }
 
 void moe_route_pack(const struct moe_routing *r, const float *topk_weights, void *dst)
 {
 	unsigned char *d = (unsigned char *)dst;
 	const size_t p = r->pairs * sizeof(uint32_t), t = 3 * (size_t)r->ntiles * sizeof(uint32_t);
-	if (!r->on_device) {
-		memcpy(d, r->pair_of, p);
-		memcpy(d + p, r->pos_of, p);
-	}
+	memcpy(d, r->pair_of, p);
+	memcpy(d + p, r->pos_of, p);
 	memcpy(d + 2 * p, topk_weights, p);
 	memcpy(d + 3 * p, r->tiles, t);
-	if (r->on_device) { /* the ids were checked by moe_route_count() */
-		memcpy(d + 3 * p + t, r->ids, p);
-		memcpy(d + 4 * p + t, r->counts, r->experts * sizeof(uint32_t));
-	}
 }
 
 void moe_route_args(const struct moe_routing *r, void *dev, struct moe_gpu_args *a)
@@ -153,8 +208,21 @@ void moe_route_args(const struct moe_routing *r, void *dev, struct moe_gpu_args 
 	a->tile_first = MOE_ROUTE_TILES(dev, r);
 	a->tile_count = a->tile_first + r->ntiles;
 	a->tile_expert = a->tile_count + r->ntiles;
-	a->place_ids = r->on_device ? MOE_ROUTE_IDS(dev, r) : NULL;
-	a->place_next = r->on_device ? MOE_ROUTE_STARTS(dev, r) : NULL;
+	memset(&a->sort, 0, sizeof(a->sort));
+	a->tile_total = NULL;
+	if (!r->on_device)
+		return;
+	a->tile_total = MOE_ROUTE_TILE_TOTAL(dev, r);
+	a->sort.weights_to = MOE_ROUTE_WEIGHTS(dev, r);
+	a->sort.tile_table = MOE_ROUTE_TILES(dev, r);
+	a->sort.tile_total = MOE_ROUTE_TILE_TOTAL(dev, r);
+	a->sort.starts = MOE_ROUTE_STARTS(dev, r);
+	a->sort.words = MOE_ROUTE_WORDS(dev, r);
+	a->sort.block_counts = MOE_ROUTE_BLOCK_COUNTS(dev, r);
+	a->sort.tile = r->tile;
+	a->sort.paired = r->paired;
+	a->sort.chunk = moe_route_sort_chunk(r->pairs);
+	a->sort.blocks = moe_route_sort_blocks(r->pairs);
 }
 
 void moe_routing_free(struct moe_routing *r)

@@ -2,13 +2,17 @@
 /*
  * Token sorting for the GPU kernels: (token, slot) pairs grouped by expert (a counting
  * sort), each expert's range cut into tiles of at most the kernel's tile size. Shared by
- * the backend and the GPU benchmark. Two steps, since the kernel (and so the tile) is
- * chosen from the counts: moe_route_count(), then moe_route_cut(). The host counts and
- * cuts: the kernel's choice and its grid must be known when it is launched. Placing each
- * pair (pair_of, pos_of) is the host's for small jobs (stable: a pair's place in its
- * expert's range follows its index) and the device's from MOE_ROUTE_DEVICE_PAIRS pairs
- * on (the launch's first kernel, in the order its atomics come in: every pair's result
- * is the same wherever it is placed, each row of a tile being computed on its own).
+ * the backend and the GPU benchmark. Two ways:
+ * - The host sorts (moe_route_count, then moe_route_cut: the kernel, and so the tile, is
+ *   chosen from the counts), placing each pair stably (a pair's place in its expert's
+ *   range follows its index) and copying the result up.
+ * - The device sorts a large job (moe_route_on_device, moe_route_check, then
+ *   moe_route_defer): the host only checks the ids as it copies them where the device
+ *   reads them and chooses the kernel from a sample of the tokens; the launch's first two
+ *   kernels count, cut into the same table as the host's cut would, and place (in the
+ *   order its atomics come in: every pair's result is the same wherever it is placed,
+ *   each row of a tile being computed on its own). The grids are sized for the most tiles
+ *   the pairs can make; the kernels read the real count from the device.
  */
 #ifndef MOED_HIP_MOE_ROUTING_H
 #define MOED_HIP_MOE_ROUTING_H
@@ -20,28 +24,59 @@
 extern "C" {
 #endif
 
-/* From this many pairs the device places them: at 32768 the host's scatter and the copy
- * of the two [pairs] arrays it fills cost tens of µs more than the kernel (bench/RESULTS.md,
- * version 9); below a few thousand, less than a kernel's launch. The bound between is
- * chosen, not measured. */
+/* From this many pairs the device sorts them, where the job's kernel reads its tile count
+ * from the device (moe_gpu_sorts_on_device). At 32768 pairs the host's count, cut and
+ * pack took 40-78 µs on the GPU machine's processor, its check and sample 20-24, and
+ * the device's sort about as long as the copy and placing it replaced (bench/RESULTS.md,
+ * version 20); below a few thousand pairs the host's sorting costs less than a kernel's
+ * launch. The bound between is chosen, not measured. */
 #define MOE_ROUTE_DEVICE_PAIRS 4096
+/* The device's sort keeps an expert id (12 bits) and a rank among one block's pairs of
+ * that expert (20 bits) in one word: at most this many experts, and pairs enough for
+ * MOE_ROUTE_SORT_BLOCKS blocks of at most 2^20 pairs. */
+#define MOE_ROUTE_DEVICE_MAX_EXPERTS 4096u
+#define MOE_ROUTE_SORT_BLOCKS 128u
+#define MOE_ROUTE_SORT_THREADS 1024u
+#define MOE_ROUTE_DEVICE_MAX_PAIRS ((size_t)MOE_ROUTE_SORT_BLOCKS << 20)
+/* The kernel for a device-sorted job is chosen from the pairs of about this many pairs'
+ * worth of whole tokens, spread over the job. */
+#define MOE_ROUTE_SAMPLE_PAIRS 4096
 
-/* Whether a job of `pairs` pairs has them placed by the device (moe_route_cut). */
-static inline int moe_route_on_device(size_t pairs)
+/* Whether a job of `pairs` pairs over `experts` experts may be sorted by the device. */
+static inline int moe_route_on_device(size_t pairs, uint32_t experts)
 {
-	return pairs >= MOE_ROUTE_DEVICE_PAIRS;
+	return pairs >= MOE_ROUTE_DEVICE_PAIRS && pairs <= MOE_ROUTE_DEVICE_MAX_PAIRS &&
+	       experts <= MOE_ROUTE_DEVICE_MAX_EXPERTS;
+}
+
+/* The device sort's pairs a block (a multiple of its threads) and blocks. */
+static inline uint32_t moe_route_sort_chunk(size_t pairs)
+{
+	const size_t per_thread = (pairs + (size_t)MOE_ROUTE_SORT_BLOCKS * MOE_ROUTE_SORT_THREADS - 1) /
+				  ((size_t)MOE_ROUTE_SORT_BLOCKS * MOE_ROUTE_SORT_THREADS);
+	return (uint32_t)((per_thread ? per_thread : 1) * MOE_ROUTE_SORT_THREADS);
+}
+
+static inline uint32_t moe_route_sort_blocks(size_t pairs)
+{
+	const uint32_t chunk = moe_route_sort_chunk(pairs);
+	return (uint32_t)((pairs + chunk - 1) / chunk);
 }
 
 struct moe_routing {
 	uint32_t *pair_of;   /* [pairs] sorted position -> pair (m * K + k), unless on_device */
 	uint32_t *pos_of;    /* [pairs] pair -> sorted position, unless on_device */
-	int on_device;       /* moe_route_cut() left the placing to the device */
-	uint32_t *tiles;     /* [3 * ntiles]: first positions, then counts, then experts */
+	int on_device;       /* moe_route_defer(): the device sorts */
+	uint32_t *tiles;     /* [3 * ntiles]: first positions, then counts, then experts;
+				on_device, the device's (ntiles is then the most there can be) */
 	uint32_t ntiles;
-	uint32_t max_tile; /* the most pairs in one tile */
+	uint32_t max_tile; /* the most pairs in one tile (on_device: the tile size) */
+	/* From moe_route_count(), or estimated by moe_route_check() from its sample: */
 	uint32_t used_experts;
 	uint32_t most_pairs; /* the most pairs of any one expert */
 	uint32_t over_16;    /* the experts with more than 16 pairs (moe_gpu_plan) */
+	uint32_t tile;       /* on_device: the tile size, and whether paired (moe_route_cut) */
+	int paired;
 	/* capacities, private */
 	size_t pairs_cap, experts_cap;
 	uint32_t *counts;
@@ -60,8 +95,8 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 		    size_t *bad);
 
 /* Cut each expert's range of the counted pairs into tiles of `tile`, and place the
- * pairs, unless there are MOE_ROUTE_DEVICE_PAIRS or more (on_device). The tile table
- * lists an expert's tiles in order, expert by expert; `paired` (wgmma128c, whose
+ * pairs. The tile table lists an expert's tiles in order, expert by expert; `paired`
+ * (wgmma128c, whose
  * clusters take tiles 2u and 2u + 1 together and share their weight tiles where both are
  * one expert's) lists them so that as many such pairs as can be are one expert's: each
  * expert's tiles two by two, and an odd expert's last tile paired with the next odd
@@ -70,26 +105,46 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired);
 
 /*
+ * For a job the device may sort (moe_route_on_device): copy the `pairs` expert ids of
+ * `topk` a token to `copy` (memory the device reads: a client cannot change them there
+ * once checked), checking each lies in [0, experts), and estimate most_pairs,
+ * used_experts and over_16 from the tokens of a sample of about MOE_ROUTE_SAMPLE_PAIRS
+ * pairs spread over the job, for moe_gpu_plan(). Then moe_route_defer() where the plan's
+ * kernel reads its tile count from the device (moe_gpu_sorts_on_device); else
+ * moe_route_count() on the copy and moe_route_cut(). Returns 0, -EINVAL with the first
+ * offending position in *bad, or -ENOMEM.
+ */
+int moe_route_check(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
+		    uint32_t *copy, size_t *bad);
+
+/* Leave the sorting to the device, into tiles of `tile` (paired as moe_route_cut's):
+ * ntiles becomes the most tiles the pairs can make. */
+void moe_route_defer(struct moe_routing *r, uint32_t tile, int paired);
+
+/*
  * Everything the kernels read about a job's routing, in one buffer on the device:
  * pair_of, pos_of and the topk weights ([pairs] each), the tile table (first, count,
- * expert: [ntiles] each), and where the device places the pairs, the expert ids
- * ([pairs]) and each expert's first position ([experts], consumed by the placing).
- * moe_route_pack() fills a host copy of it (pinned memory: one asynchronous DMA) from
- * byte moe_route_upload_from() on, all that the copy to the device must carry.
+ * expert: [ntiles] each), and where the device sorts, the tile count it found, each
+ * expert's first position ([experts]), each pair's expert and rank ([pairs]) and each
+ * sort block's first rank in each expert ([blocks * experts]). Where the host sorts,
+ * moe_route_pack() fills a host copy of it (pinned memory: one asynchronous DMA); where
+ * the device does, the launch fills it from the checked ids and the weights.
  */
 size_t moe_route_packed_bytes(const struct moe_routing *r);
-size_t moe_route_upload_from(const struct moe_routing *r);
 void moe_route_pack(const struct moe_routing *r, const float *topk_weights, void *dst);
 
 /* The pointers into a packed copy at `dev` (see moe_route_pack). */
 #define MOE_ROUTE_PAIR_OF(dev, r) ((uint32_t *)(dev))
 #define MOE_ROUTE_POS_OF(dev, r) ((uint32_t *)(dev) + (r)->pairs)
-#define MOE_ROUTE_WEIGHTS(dev, r) ((const float *)(dev) + 2 * (r)->pairs)
-#define MOE_ROUTE_TILES(dev, r) ((const uint32_t *)(dev) + 3 * (r)->pairs)
-#define MOE_ROUTE_IDS(dev, r) ((const uint32_t *)(dev) + 3 * (r)->pairs + 3 * (size_t)(r)->ntiles)
-#define MOE_ROUTE_STARTS(dev, r) ((uint32_t *)(dev) + 4 * (r)->pairs + 3 * (size_t)(r)->ntiles)
+#define MOE_ROUTE_WEIGHTS(dev, r) ((float *)(dev) + 2 * (r)->pairs)
+#define MOE_ROUTE_TILES(dev, r) ((uint32_t *)(dev) + 3 * (r)->pairs)
+#define MOE_ROUTE_TILE_TOTAL(dev, r) (MOE_ROUTE_TILES(dev, r) + 3 * (size_t)(r)->ntiles)
+#define MOE_ROUTE_STARTS(dev, r) (MOE_ROUTE_TILE_TOTAL(dev, r) + 1)
+#define MOE_ROUTE_WORDS(dev, r) (MOE_ROUTE_STARTS(dev, r) + (r)->experts)
+#define MOE_ROUTE_BLOCK_COUNTS(dev, r) (MOE_ROUTE_WORDS(dev, r) + (r)->pairs)
 
-/* The routing's fields of the kernels' arguments, for a packed copy at `dev` on the device. */
+/* The routing's fields of the kernels' arguments, for a packed copy at `dev` on the
+ * device; where the device sorts, all but the sort's ids and weights (the caller's). */
 struct moe_gpu_args;
 void moe_route_args(const struct moe_routing *r, void *dev, struct moe_gpu_args *a);
 
