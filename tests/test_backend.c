@@ -182,6 +182,35 @@ START_TEST(expert_ids_out_of_range)
 }
 END_TEST
 
+/* Many experts, eight of them hot (as a skewed router makes): a large job whose experts
+ * hold from one pair to several tiles. The GPU backend sorts it on the device, each
+ * thread of the sort's last block owning two or four experts (there are more than 1024),
+ * and the tile table paired where wgmma128c runs. */
+START_TEST(many_experts)
+{
+	static const uint32_t experts[] = { 1500, 4096 };
+	uint64_t rng = test_seed() + (uint64_t)_i;
+	struct ref_problem p = { .e = experts[_i], .m = 700, .k = 8, .h = 32, .i = 16, .gated = true,
+				 .io_dtype = MOED_DTYPE_BF16, .w_dtype = MOED_DTYPE_BF16, .scale = 1.0f };
+	ref_problem_fill(&p, &rng);
+	/* Slots 0-3 from the hot experts, 4-7 from the rest, distinct within a token. */
+	for (uint32_t m = 0; m < p.m; m++)
+		for (uint32_t k = 0; k < p.k; k++) {
+			int32_t id;
+			int taken;
+			do {
+				id = (int32_t)(k < 4 ? test_rand_range(&rng, 0, 7) : test_rand_range(&rng, 8, p.e - 1));
+				taken = 0;
+				for (uint32_t j = 0; j < k; j++)
+					taken |= p.ids[m * p.k + j] == id;
+			} while (taken);
+			p.ids[m * p.k + k] = id;
+		}
+	check_whole(&p, 1, ", eight hot experts");
+	ref_problem_free(&p);
+}
+END_TEST
+
 START_TEST(admission_checks)
 {
 	uint64_t rng = test_seed();
@@ -534,6 +563,7 @@ int main(void)
 	tcase_add_loop_test(tc, matches_reference, 0, 3);
 	tcase_add_loop_test(tc, clients_submit_and_poll, 0, 2);
 	tcase_add_test(tc, expert_ids_out_of_range);
+	tcase_add_loop_test(tc, many_experts, 0, 2);
 	tcase_add_test(tc, admission_checks);
 #ifdef TEST_GPU
 	tcase_add_loop_test(tc, every_m_and_topk, 0, 3);
