@@ -30,7 +30,7 @@ static int by_first(const void *a, const void *b)
 }
 
 /* Every property the kernels rely on, checked against the ids themselves; pair_of and
- * pos_of as given (the routing's, or placed from the packed copy). */
+ * pos_of as given (the routing's, or read back from the packed copy). */
 static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, const uint32_t *pos_of,
 			 const int32_t *ids, size_t pairs, uint32_t experts, uint32_t tile, int paired)
 {
@@ -47,7 +47,7 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	ck_assert_uint_eq(r->over_16, over_16);
 
 	/* pair_of is a permutation grouped by expert in ascending order, stable within an
-	 * expert where the host placed the pairs, and pos_of its inverse. */
+	 * expert, and pos_of its inverse. */
 	unsigned char *seen = calloc(pairs + 1, 1);
 	for (size_t q = 0; q < pairs; q++) {
 		const uint32_t p = pair_of[q];
@@ -57,7 +57,7 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 		ck_assert_uint_eq(pos_of[p], q);
 		if (q) {
 			const uint32_t prev = pair_of[q - 1];
-			ck_assert(ids[prev] < ids[p] || (ids[prev] == ids[p] && (r->on_device || prev < p)));
+			ck_assert(ids[prev] < ids[p] || (ids[prev] == ids[p] && prev < p));
 		}
 	}
 
