@@ -208,11 +208,8 @@ START_TEST(device_sort_host_part)
 		struct moe_gpu_args a;
 		memset(&a, 0, sizeof(a));
 		moe_route_args(&r, dev, &a);
-		ck_assert_ptr_eq(a.sort.weights_to, a.topk_weights);
-		ck_assert_ptr_eq(a.sort.tile_table, a.tile_first);
 		ck_assert_ptr_eq(a.tile_total, a.tile_first + 3 * (size_t)r.ntiles);
-		ck_assert_ptr_eq(a.sort.tile_total, a.tile_total);
-		ck_assert_ptr_eq(a.sort.starts, a.sort.tile_total + 1);
+		ck_assert_ptr_eq(a.sort.starts, a.tile_total + 1);
 		ck_assert_ptr_eq(a.sort.words, a.sort.starts + experts);
 		ck_assert_ptr_eq(a.sort.block_counts, a.sort.words + pairs);
 		ck_assert((unsigned char *)(a.sort.block_counts + (size_t)blocks * experts) == dev + bytes);

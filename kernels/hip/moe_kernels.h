@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include "moe_routing.h" /* MOE_ROUTE_DEVICE_MAX_EXPERTS */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -118,18 +120,16 @@ enum {
 #define MOE_GPU_FUSED_MAX_TILES 1024u
 /* Then the device sort's count of each expert's pairs (MOE_ROUTE_DEVICE_MAX_EXPERTS). */
 #define MOE_GPU_COUNTER_SORT_EXPERTS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
-#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_SORT_EXPERTS + 4096u)
+#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_SORT_EXPERTS + MOE_ROUTE_DEVICE_MAX_EXPERTS)
 
 /* Where ids is set, the launch first sorts the pairs on the device (moe_routing.h),
- * filling pair_of, pos_of, topk_weights and the tile table; the rest is scratch. It
- * counts its blocks done on counters[MOE_GPU_COUNTER_SORTED] and each expert's pairs on
+ * filling moe_gpu_args' pair_of, pos_of, topk_weights, the tile table (tiles places of
+ * each array) and *tile_total; the rest is scratch. It counts its blocks done on
+ * counters[MOE_GPU_COUNTER_SORTED] and each expert's pairs on
  * counters[MOE_GPU_COUNTER_SORT_EXPERTS + e]. */
 struct moe_gpu_sort {
 	const uint32_t *ids;    /* [pairs] checked expert ids, where the device reads them */
 	const float *weights;   /* [pairs] the router's weights, likewise */
-	float *weights_to;      /* topk_weights */
-	uint32_t *tile_table;   /* tile_first: [3 * tiles] */
-	uint32_t *tile_total;   /* the tiles it made */
 	uint32_t *starts;       /* [experts] each expert's first position */
 	uint32_t *words;        /* [pairs] each pair's expert and rank in its block */
 	uint32_t *block_counts; /* [blocks * experts] each block's first rank in each expert */
@@ -210,8 +210,8 @@ int moe_gpu_inject_fault(void *stream);
  * args->zero_y, args->fold and args->prefetch_down, and args->tile_group where it is 0. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
-/* Whether moe_gpu_launch_mma runs this job (an mma16 one, or an mma64 one of fewer than
- * MOE_ROUTE_DEVICE_PAIRS pairs) as one decode kernel. */
+/* Whether moe_gpu_launch_mma runs this job (an mma16 or mma64 one whose pairs the host
+ * sorted) as one decode kernel. */
 int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *args);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */

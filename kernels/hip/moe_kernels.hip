@@ -456,8 +456,6 @@ namespace {
 constexpr uint32_t kSortThreads = MOE_ROUTE_SORT_THREADS;
 constexpr uint32_t kSortMaxExpertsAThread = MOE_ROUTE_DEVICE_MAX_EXPERTS / kSortThreads;
 constexpr uint32_t kRankBits = 20;
-static_assert(MOE_GPU_COUNTERS - MOE_GPU_COUNTER_SORT_EXPERTS == MOE_ROUTE_DEVICE_MAX_EXPERTS,
-	      "a count for each expert the device sorts");
 static_assert(MOE_ROUTE_DEVICE_MAX_PAIRS / MOE_ROUTE_SORT_BLOCKS <= 1u << kRankBits, "ranks fit their bits");
 
 // The exclusive prefix sums of v[0..2] over the block's threads (in thread order), and
@@ -484,14 +482,16 @@ __device__ void block_exclusive_scan3(uint32_t v[3], uint32_t total[3], uint32_t
 	__syncthreads(); // buf is free again
 }
 
-// Tile j of an expert whose range is [start, start + count), at place `at` of the table.
-__device__ __forceinline__ void put_tile(const struct moe_gpu_sort &s, uint32_t tiles_cap, uint32_t at,
-					 uint32_t start, uint32_t count, uint32_t expert, uint32_t j)
+// Tile j of an expert whose range is [start, start + count), at place `at` of the table
+// (the sort fills what the other kernels read as const).
+__device__ __forceinline__ void put_tile(const struct moe_gpu_args &a, uint32_t at, uint32_t start,
+					 uint32_t count, uint32_t expert, uint32_t j)
 {
-	const uint32_t left = count - j * s.tile;
-	s.tile_table[at] = start + j * s.tile;
-	s.tile_table[tiles_cap + at] = left < s.tile ? left : s.tile;
-	s.tile_table[2 * tiles_cap + at] = expert;
+	const uint32_t tile = a.sort.tile, left = count - j * tile;
+	uint32_t *table = (uint32_t *)a.tile_first;
+	table[at] = start + j * tile;
+	table[a.tiles + at] = left < tile ? left : tile;
+	table[2 * a.tiles + at] = expert;
 }
 
 __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct moe_gpu_args a)
@@ -521,7 +521,7 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 			if (p < hi) {
 				const uint32_t e = id[l] < experts ? id[l] : 0; // checked by the host
 				s.words[p] = e << kRankBits | atomicAdd(&hist[e], 1u);
-				s.weights_to[p] = w[l];
+				((float *)a.topk_weights)[p] = w[l];
 			}
 		}
 	}
@@ -558,7 +558,6 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 	// Paired: odd experts (an odd number of tiles) pair their last tiles in turn, each
 	// pair placed after the second's own tiles (which tells the first, through hist,
 	// indexed by the first's odd rank), and a last odd expert's at the end.
-	const uint32_t cap = a.tiles;
 	for (uint32_t j = 0; j < per; j++) {
 		const uint32_t e = t * per + j;
 		if (e >= experts)
@@ -567,13 +566,13 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 		const uint32_t in_order = s.paired ? tiles[j] & ~1u : tiles[j];
 		const uint32_t before = at + (s.paired ? 2 * (odd_rank / 2) : 0);
 		for (uint32_t i = 0; i < in_order; i++)
-			put_tile(s, cap, before + i, start, count[j], e, i);
+			put_tile(a, before + i, start, count[j], e, i);
 		if (in_order != tiles[j]) {
 			if (odd_rank & 1u) {
 				hist[odd_rank - 1] = before + in_order;
-				put_tile(s, cap, before + in_order + 1, start, count[j], e, tiles[j] - 1);
+				put_tile(a, before + in_order + 1, start, count[j], e, tiles[j] - 1);
 			} else if (odd_rank + 1 == odd_total) {
-				put_tile(s, cap, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1);
+				put_tile(a, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1);
 			}
 			odd_rank++;
 		}
@@ -588,13 +587,13 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 			break;
 		if (tiles[j] & 1u && s.paired) {
 			if (!(odd_rank & 1u) && odd_rank + 1 < odd_total)
-				put_tile(s, cap, hist[odd_rank], start, count[j], e, tiles[j] - 1);
+				put_tile(a, hist[odd_rank], start, count[j], e, tiles[j] - 1);
 			odd_rank++;
 		}
 		start += count[j];
 	}
 	if (t == 0) {
-		*s.tile_total = in_order_total + odd_total;
+		*(uint32_t *)a.tile_total = in_order_total + odd_total;
 		a.counters[MOE_GPU_COUNTER_SORTED] = 0; // for the next job
 	}
 }

@@ -28,7 +28,6 @@
 #include <string.h>
 
 #include "moe_device.h"
-#include "moe_routing.h"
 
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 
@@ -1262,8 +1261,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	// the most tiles there can be).
 	const uint32_t tiles = tile_count_of(a);
 	const uint32_t group_units = (tiles + kBlocks - 1) / kBlocks; // tiles, or pairs of them
-	if (a.tile_total)
-		items = items < group_units * column_blocks ? items : group_units * column_blocks;
+	items = items < group_units * column_blocks ? items : group_units * column_blocks;
 	const uint32_t group = kPair ? (a.tile_group + 1) / 2 : a.tile_group;
 	const uint32_t walker = kPair ? blockIdx.x / 2 : blockIdx.x, walkers = gridDim.x / kBlocks;
 	// This block's tile of item `item`, or `tiles` where a pair's second has none.

@@ -213,9 +213,6 @@ void moe_route_args(const struct moe_routing *r, void *dev, struct moe_gpu_args 
 	if (!r->on_device)
 		return;
 	a->tile_total = MOE_ROUTE_TILE_TOTAL(dev, r);
-	a->sort.weights_to = MOE_ROUTE_WEIGHTS(dev, r);
-	a->sort.tile_table = MOE_ROUTE_TILES(dev, r);
-	a->sort.tile_total = MOE_ROUTE_TILE_TOTAL(dev, r);
 	a->sort.starts = MOE_ROUTE_STARTS(dev, r);
 	a->sort.words = MOE_ROUTE_WORDS(dev, r);
 	a->sort.block_counts = MOE_ROUTE_BLOCK_COUNTS(dev, r);
