@@ -135,11 +135,13 @@ static int row_wanted(const char *model, uint32_t m)
 	return 0;
 }
 
-/* The device's sort of a row's pairs against the host's: the same tile table, and every
- * pair placed once, in a tile of its expert. Rows whose sort was checked so far. */
+/* The device's sort of a row's pairs against the host's: the same tile table, every
+ * pair placed once, in a tile of its expert, and no id reported out of range. Rows whose
+ * sort was checked so far. */
 static int sorts_checked;
-static void check_device_sort(const struct moe_routing *dev_rt, void *routing, const int32_t *ids, size_t pairs,
-			      const char *model, uint32_t m, hipStream_t st)
+static void check_device_sort(const struct moe_routing *dev_rt, void *routing, const int32_t *ids,
+			      const unsigned long long *report, size_t pairs, const char *model, uint32_t m,
+			      hipStream_t st)
 {
 	struct moe_routing ref;
 	memset(&ref, 0, sizeof(ref));
@@ -153,7 +155,7 @@ static void check_device_sort(const struct moe_routing *dev_rt, void *routing, c
 	CHECK(hipMemcpy(table, MOE_ROUTE_TILES(routing, dev_rt), (3 * cap + 1) * 4, hipMemcpyDeviceToHost));
 	CHECK(hipMemcpy(pair_of, MOE_ROUTE_PAIR_OF(routing, dev_rt), 2 * pairs * 4, hipMemcpyDeviceToHost));
 	const uint32_t total = table[3 * cap];
-	int wrong = total != ref.ntiles;
+	int wrong = total != ref.ntiles || *report; /* every id is in range */
 	for (uint32_t t = 0; !wrong && t < total; t++) {
 		const uint32_t first = table[t], count = table[cap + t], e = table[2 * cap + t];
 		wrong = first != ref.tiles[t] || count != ref.tiles[ref.ntiles + t] || e != ref.tiles[2 * ref.ntiles + t];
@@ -389,9 +391,14 @@ int main(int argc, char **argv)
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w13, w13n, 3ull, 1.7f / sqrtf(md.h));
 		hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w2, w2n, 4ull, 1.7f / sqrtf(md.i));
 		hipLaunchKernelGGL(fill_bf16, dim3(1024), dim3(256), 0, st, x, (size_t)mmax * md.h, 5ull, 1.7f);
-		int32_t *ids = (int32_t *)malloc(pmax * 4);
-		float *tw; /* pinned, as the backend's client arena: the device's sort reads it */
+		/* Pinned, as the backend's client arena: the device's sort reads them. */
+		int32_t *ids;
+		float *tw;
+		unsigned long long *report; /* the device's sort's, of an id out of range */
+		CHECK(hipHostMalloc((void **)&ids, pmax * 4, hipHostMallocDefault));
 		CHECK(hipHostMalloc((void **)&tw, pmax * 4, hipHostMallocDefault));
+		CHECK(hipHostMalloc((void **)&report, sizeof(*report), hipHostMallocDefault));
+		*report = 0;
 		struct moe_routing rt;
 		memset(&rt, 0, sizeof(rt));
 		double last_us = 0;
@@ -406,8 +413,8 @@ int main(int argc, char **argv)
 			}
 			route(m, md.e, md.k, ids, tw);
 			/* Token sorting as the backend does it, timed warm (median of reps): count,
-			 * plan, cut, pack into pinned memory, or for a large job check the ids into
-			 * it and plan from a sample (t_host), then one copy, or the device's sort,
+			 * plan, cut, pack into pinned memory, or for a large job plan from a sample
+			 * (t_host), then one copy, or the device's sort (which reads the ids itself),
 			 * waited for (t_sort, the measure of versions up to 16). The kernels are
 			 * then timed without it. */
 			struct moe_gpu_plan plan;
@@ -418,16 +425,17 @@ int main(int argc, char **argv)
 			float *ts = (float *)malloc(2 * (reps + 1) * sizeof(float)), *th = ts + reps + 1;
 			for (int r = 0; r <= reps; r++) {
 				size_t bad;
+				int32_t bad_id;
 				const double t0 = now_us();
 				CHECK((hipError_t)moe_gpu_route(&rt, ids, pairs, md.k, md.e, (uint32_t *)stage,
 								 MOED_GPU_BF16, MOED_GPU_BF16, md.h, md.i, forced,
-								 &plan, &bad));
+								 &plan, &bad, &bad_id));
 				if (!rt.on_device)
 					moe_route_pack(&rt, tw, stage);
 				th[r] = (float)(now_us() - t0);
 				moe_route_args(&rt, routing, &a);
 				if (rt.on_device) {
-					a.sort.ids = (const uint32_t *)stage, a.sort.weights = tw;
+					a.sort.ids = (const uint32_t *)ids, a.sort.weights = tw, a.sort.report = report;
 					CHECK((hipError_t)moe_gpu_sort_pairs(&a, st));
 				} else {
 					CHECK(hipMemcpyAsync(routing, stage, moe_route_packed_bytes(&rt),
@@ -437,7 +445,7 @@ int main(int argc, char **argv)
 				ts[r] = (float)(now_us() - t0);
 			}
 			if (rt.on_device)
-				check_device_sort(&rt, routing, ids, pairs, md.name, m, st);
+				check_device_sort(&rt, routing, ids, report, pairs, md.name, m, st);
 			qsort(ts + 1, reps, sizeof(float), cmp_f); /* the first, cold, is left out */
 			qsort(th + 1, reps, sizeof(float), cmp_f);
 			const double t_sort = ts[1 + reps / 2], t_host = th[1 + reps / 2];
@@ -513,8 +521,9 @@ int main(int argc, char **argv)
 			target_means_add(&cold_means, m, fmax(bytes / bw, flops / rate) * 1e6 / kern);
 		}
 		moe_routing_free(&rt);
-		free(ids);
+		CHECK(hipHostFree(ids));
 		CHECK(hipHostFree(tw));
+		CHECK(hipHostFree(report));
 		void *bufs[] = { w13, w2, x, out, act, y, routing, counters };
 		for (void *p : bufs)
 			CHECK(hipFree(p));

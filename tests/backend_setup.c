@@ -4,8 +4,10 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend_setup.h"
+#include "helpers.h"
 
 const struct moed_backend_ops *ops;
 
@@ -76,6 +78,23 @@ int run(struct setup *s, const struct moed_kwargs *kw, struct moed_error *err)
 {
 	int r = moed_backend_admit(ops, s->b, &s->job, &s->w.shape, err);
 	return r ? r : ops->run(s->b, &s->job, &s->w, kw, &s->arena, err);
+}
+
+int run_as_client(struct setup *s, const struct moed_kwargs *kw, struct moed_error *err)
+{
+	void *ctx;
+	int r = moed_backend_admit(ops, s->b, &s->job, &s->w.shape, err);
+	if (r)
+		return r;
+	ck_assert_msg(ops->client_open(s->b, &s->arena, &ctx, err) == 0, "client_open: %s", err->msg);
+	r = ops->submit(s->b, ctx, &s->job, &s->w, kw, &s->arena, err);
+	const double t0 = now_s();
+	while (r == 0 && (r = ops->poll(s->b, ctx, err)) == 0) {
+		ck_assert_msg(now_s() - t0 < 60, "job not done after a minute");
+		usleep(50); /* leave the cores to the job */
+	}
+	ops->client_close(s->b, ctx);
+	return r < 0 ? r : 0;
 }
 
 void small_problem(struct ref_problem *p, uint64_t *rng)

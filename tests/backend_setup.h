@@ -27,6 +27,9 @@ void setup_make_on(struct setup *s, struct moed_backend *b, const struct ref_pro
 void setup_free(struct setup *s);
 /* Admission checks, then the backend's run(). */
 int run(struct setup *s, const struct moed_kwargs *kw, struct moed_error *err);
+/* The same as the daemon runs it: admission, then a client context on the setup's arena
+ * (pinned by the GPU backend), submit and poll until done; 0 or the job's error. */
+int run_as_client(struct setup *s, const struct moed_kwargs *kw, struct moed_error *err);
 /* A small fixed problem (fresh random tensors) for the error cases. */
 void small_problem(struct ref_problem *p, uint64_t *rng);
 

@@ -173,13 +173,12 @@ START_TEST(device_sort_host_part)
 		const int paired = round % 3 == 0;
 		const uint32_t hot = (uint32_t)test_rand_range(&rng, 1, experts < 4 ? experts : 4);
 		int32_t *ids = malloc(pairs * sizeof(int32_t));
-		uint32_t *copy = malloc(pairs * sizeof(uint32_t));
 		for (size_t p = 0; p < pairs; p++)
 			ids[p] = (int32_t)(test_rand(&rng) & 1 ? test_rand_range(&rng, 0, hot - 1)
 							       : test_rand_range(&rng, 0, experts - 1));
 		size_t bad = 0;
-		ck_assert_int_eq(moe_route_check(&r, ids, pairs, topk, experts, copy, &bad), 0);
-		ck_assert_mem_eq(copy, ids, pairs * 4);
+		int32_t bad_id = 0;
+		ck_assert_int_eq(moe_route_sample(&r, ids, pairs, topk, experts, &bad, &bad_id), 0);
 		ck_assert_int_eq(moe_route_count(&ref, ids, pairs, experts, &bad), 0);
 		if (pairs <= MOE_ROUTE_SAMPLE_PAIRS) { /* the sample is the whole job */
 			ck_assert_uint_eq(r.most_pairs, ref.most_pairs);
@@ -219,7 +218,6 @@ START_TEST(device_sort_host_part)
 		ck_assert_int_eq(a.sort.paired, paired);
 		ck_assert(!a.sort.ids); /* the caller's */
 		free(dev);
-		free(copy);
 		free(ids);
 	}
 	moe_routing_free(&r);
@@ -252,14 +250,42 @@ START_TEST(ids_out_of_range)
 	ck_assert_uint_eq(bad, 1);
 	ck_assert_int_eq(moe_route_count(&r, ids, 5, 5, &bad), 0);
 	ck_assert_int_eq(moe_route_cut(&r, 0, 0), -EINVAL);
-	/* Copied and checked for the device: the first one out of range, wherever it is. */
-	uint32_t copy[5];
+	/* Sampled for the device's sort: the sample's first one out of range, with its id;
+	 * a small job is sampled whole. */
+	int32_t bad_id = 0;
 	bad = 99;
-	ck_assert_int_eq(moe_route_check(&r, ids, 5, 1, 4, copy, &bad), -EINVAL);
+	ck_assert_int_eq(moe_route_sample(&r, ids, 5, 1, 4, &bad, &bad_id), -EINVAL);
 	ck_assert_uint_eq(bad, 3);
-	ck_assert_int_eq(moe_route_check(&r, negative, 2, 2, 4, copy, &bad), -EINVAL);
+	ck_assert_int_eq(bad_id, 4);
+	ck_assert_int_eq(moe_route_sample(&r, negative, 2, 2, 4, &bad, &bad_id), -EINVAL);
 	ck_assert_uint_eq(bad, 1);
-	ck_assert_int_eq(moe_route_check(&r, ids, 5, 5, 5, copy, &bad), 0);
+	ck_assert_int_eq(bad_id, -1);
+	ck_assert_int_eq(moe_route_sample(&r, ids, 5, 5, 5, &bad, &bad_id), 0);
+	/* A larger job is sampled one token in `stride`: a bad id elsewhere is the device's
+	 * to find. */
+	const size_t tokens = 8 * MOE_ROUTE_SAMPLE_PAIRS, stride = 8;
+	int32_t *many = calloc(tokens, sizeof(int32_t));
+	many[100 * stride + 3] = 7;
+	ck_assert_int_eq(moe_route_sample(&r, many, tokens, 1, 4, &bad, &bad_id), 0);
+	many[100 * stride] = -5;
+	ck_assert_int_eq(moe_route_sample(&r, many, tokens, 1, 4, &bad, &bad_id), -EINVAL);
+	ck_assert_uint_eq(bad, 100 * stride);
+	ck_assert_int_eq(bad_id, -5);
+	free(many);
+	/* The device's report of the first pair out of range, read back; 0 reports none. */
+	size_t pair = 0;
+	int32_t id = 0;
+	ck_assert(!moe_gpu_sort_report(0, &pair, &id));
+	ck_assert(moe_gpu_sort_report((unsigned long long)(UINT32_MAX - 123456u) << 32 | (uint32_t)-7, &pair, &id));
+	ck_assert_uint_eq(pair, 123456);
+	ck_assert_int_eq(id, -7);
+	ck_assert(moe_gpu_sort_report((unsigned long long)(UINT32_MAX - 0u) << 32 | 4096u, &pair, &id));
+	ck_assert_uint_eq(pair, 0);
+	ck_assert_int_eq(id, 4096);
+	/* Its word on the device: 8-byte aligned, after the experts' counts. */
+	ck_assert_uint_eq(MOE_GPU_COUNTER_SORT_BAD % 2, 0);
+	ck_assert_uint_ge(MOE_GPU_COUNTER_SORT_BAD, MOE_GPU_COUNTER_SORT_EXPERTS + MOE_ROUTE_DEVICE_MAX_EXPERTS);
+	ck_assert_uint_le(MOE_GPU_COUNTER_SORT_BAD + 2, MOE_GPU_COUNTERS);
 	moe_routing_free(&r);
 }
 END_TEST

@@ -64,6 +64,11 @@ struct hip_client {
 	const unsigned char *pinned_dev; /* where the device reads it, or NULL */
 	dbuf x, routing, act, y, out;
 	uint32_t *counters;         /* moe_gpu_args.counters: zeroed once, then by the kernels */
+	/* Pinned: where the device's sort reports an id out of range (moe_gpu_sort.report),
+	 * for poll() to read once the job is done; the job's topk and experts for its message */
+	unsigned long long *report;
+	bool report_armed;
+	uint32_t report_topk, report_experts;
 	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
 	 * buffer the sorted routing is packed into for one asynchronous copy */
 	int32_t *ids;
@@ -97,6 +102,13 @@ namespace {
 int gpu_error(struct moed_error *err, hipError_t e, const char *what)
 {
 	return moed_error_set(err, -EIO, "GPU %s failed: %s", what, hipGetErrorString(e));
+}
+
+/* The job's error for pair `bad`, whose id was `id`, whether the host or the device saw it. */
+int ids_out_of_range(struct moed_error *err, size_t bad, int32_t id, uint32_t topk, uint32_t experts)
+{
+	return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)", bad / topk, bad % topk,
+			      id, experts);
 }
 
 void release(dbuf *b)
@@ -252,6 +264,8 @@ void client_free(struct hip_client *c)
 		release(d);
 	if (c->counters)
 		(void)hipFree(c->counters);
+	if (c->report)
+		(void)hipHostFree(c->report);
 	if (c->pinned)
 		(void)hipHostUnregister(c->pinned);
 	if (c->done)
@@ -287,6 +301,8 @@ int client_make(struct moed_backend *b, const struct moed_arena *arena, struct h
 		e = hipMalloc(&c->counters, MOE_GPU_COUNTERS * sizeof(*c->counters));
 	if (e == hipSuccess)
 		e = hipMemsetAsync(c->counters, 0, MOE_GPU_COUNTERS * sizeof(*c->counters), c->stream);
+	if (e == hipSuccess)
+		e = hipHostMalloc((void **)&c->report, sizeof(*c->report), hipHostMallocDefault);
 	if (e != hipSuccess) {
 		client_free(c);
 		return gpu_error(err, e, "stream set-up");
@@ -297,7 +313,7 @@ int client_make(struct moed_backend *b, const struct moed_arena *arena, struct h
 		e = hipHostRegister(arena->base, arena->size, hipHostRegisterDefault);
 		if (e == hipSuccess) {
 			c->pinned = arena->base;
-			void *dev = NULL; /* for the device's sort, which reads the router's weights */
+			void *dev = NULL; /* for the device's sort, which reads the ids and weights */
 			if (hipHostGetDevicePointer(&dev, arena->base, 0) == hipSuccess)
 				c->pinned_dev = (const unsigned char *)dev;
 			else
@@ -396,17 +412,16 @@ void hip_weights_free(struct moed_backend *, struct moed_weights *w)
 	w->w13 = w->w2 = NULL;
 }
 
-/* Read the routing once (it lives in shared memory), check it, pick the kernels from the
- * most pairs any expert has, group the pairs by expert into the kernels' tiles. A small
- * job's ids are read once into a private copy; a large one's into the stage, checked,
- * where the device may sort them (moe_gpu_route). */
+/* Pick the kernels from the most pairs any expert has, and group the pairs by expert
+ * into the kernels' tiles (moe_gpu_route). The routing lives in shared memory: a small
+ * job's ids are read once into a private copy; a large one's are sampled, then read by
+ * the device where it sorts them, else copied into the stage first. */
 int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct moed_weights *w,
 	       const struct moed_arena *arena, struct moe_gpu_plan *plan, struct moed_error *err)
 {
 	const uint32_t experts = w->shape.num_experts;
 	const size_t pairs = (size_t)job->num_tokens * job->topk;
 	const int32_t *ids = (const int32_t *)(arena->base + job->topk_ids.offset);
-	uint32_t *copy = (uint32_t *)c->stage.p; /* enqueue() made room */
 	if (!moe_route_on_device(pairs, experts)) {
 		if (pairs > c->host_pairs) {
 			if (!grow(&c->ids, pairs))
@@ -417,12 +432,12 @@ int sort_pairs(struct hip_client *c, const struct moed_job *job, const struct mo
 		ids = c->ids;
 	}
 	size_t bad = 0;
-	const int r = moe_gpu_route(&c->route, ids, pairs, job->topk, experts, copy, job->dtype, w->shape.dtype,
-				    job->hidden_size, w->shape.inter_size, c->backend->forced, plan, &bad);
-	if (r == -EINVAL) /* the copy holds what was checked */
-		return moed_error_set(err, -EINVAL, "topk_ids[%zu][%zu] = %d is outside [0, %u)",
-				      bad / job->topk, bad % job->topk,
-				      moe_route_on_device(pairs, experts) ? (int32_t)copy[bad] : ids[bad], experts);
+	int32_t bad_id = 0;
+	const int r = moe_gpu_route(&c->route, ids, pairs, job->topk, experts, (uint32_t *)c->stage.p, job->dtype,
+				    w->shape.dtype, job->hidden_size, w->shape.inter_size, c->backend->forced, plan,
+				    &bad, &bad_id);
+	if (r == -EINVAL)
+		return ids_out_of_range(err, bad, bad_id, job->topk, experts);
 	return r < 0 ? moed_error_set(err, r, "out of memory") : 0;
 }
 
@@ -434,6 +449,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	const size_t h = job->hidden_size, i = w->shape.inter_size;
 	const size_t ds = job->dtype == MOED_DTYPE_F32 ? 4 : 2;
 	int r;
+	c->report_armed = false;
 	if (m == 0) { /* nothing to do: the event fires at once */
 		const hipError_t e = hipEventRecord(c->done, c->stream);
 		return e == hipSuccess ? 0 : gpu_error(err, e, "job");
@@ -456,8 +472,8 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 				   c->stream);
 	if (e != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
-	/* The stage's room for any sorting (a large job's checked ids go there first): the
-	 * host's packed copy with the most tiles there can be, or the ids and the weights. */
+	/* The stage's room for any sorting: the host's packed copy with the most tiles there
+	 * can be (a large job's ids first copied there), or the ids and the weights. */
 	const size_t stage_most = (6 * pairs + 3 * (size_t)w->shape.num_experts + 3) * sizeof(uint32_t) + 256 +
 				  (stage_x ? x_bytes : 0);
 	if ((r = ensure(&c->stage, stage_most, err)))
@@ -475,20 +491,24 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 		return r;
 	/* The stage is free: the previous job's copy finished before that job completed.
 	 * Where the host sorted, it holds the routing's packed copy (then a staged x), as laid
-	 * out on the device; where the device sorts, the checked ids, the weights where the
-	 * device cannot read the arena, then a staged x. */
+	 * out on the device; where the device sorts, the ids and the weights where the device
+	 * cannot read the arena, then a staged x. */
 	unsigned char *stage = (unsigned char *)c->stage.p;
 	const float *weights = (const float *)(arena->base + job->topk_weights.offset);
+	const uint32_t *sort_ids = NULL;
 	const float *sort_weights = NULL;
 	size_t stage_x_at = x_at, fetch_from = 0, fetch_to = 0, fetch_bytes = stage_x ? x_at + x_bytes : routing_bytes;
 	if (rt->on_device) {
-		size_t used = pairs * sizeof(uint32_t);
+		size_t used = 0;
 		if (c->pinned_dev) {
+			sort_ids = (const uint32_t *)(c->pinned_dev + job->topk_ids.offset);
 			sort_weights = (const float *)(c->pinned_dev + job->topk_weights.offset);
 		} else {
-			memcpy(stage + used, weights, pairs * sizeof(float));
-			sort_weights = (const float *)(stage + used);
-			used += pairs * sizeof(float);
+			memcpy(stage, arena->base + job->topk_ids.offset, pairs * sizeof(uint32_t));
+			memcpy(stage + pairs * sizeof(uint32_t), weights, pairs * sizeof(float));
+			sort_ids = (const uint32_t *)stage;
+			sort_weights = (const float *)(stage + pairs * sizeof(uint32_t));
+			used = 2 * pairs * sizeof(uint32_t);
 		}
 		stage_x_at = (used + 255) & ~(size_t)255;
 		fetch_from = stage_x_at, fetch_to = x_at, fetch_bytes = stage_x ? x_bytes : 0;
@@ -532,8 +552,11 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.serial_launch = c->backend->serial_launch;
 	a.no_prefetch = c->backend->no_prefetch;
 	a.separate_decode = c->backend->separate_decode;
-	if (rt->on_device)
-		a.sort.ids = (const uint32_t *)stage, a.sort.weights = sort_weights;
+	if (rt->on_device) {
+		a.sort.ids = sort_ids, a.sort.weights = sort_weights, a.sort.report = c->report;
+		__atomic_store_n(c->report, 0ull, __ATOMIC_RELAXED); /* the device writes it only on an error */
+		c->report_armed = true, c->report_topk = (uint32_t)k, c->report_experts = a.experts;
+	}
 	a.fetch_from = stage + fetch_from;
 	a.fetch_to = (unsigned char *)c->routing.p + fetch_to;
 	a.fetch_bytes = fetch_bytes;
@@ -675,6 +698,14 @@ int hip_poll(struct moed_backend *b, void *ctx, struct moed_error *err)
 	const hipError_t e = hipEventQuery(c->done);
 	if (e == hipSuccess) {
 		report_trace(&c->trace);
+		size_t bad;
+		int32_t id;
+		if (c->report_armed &&
+		    moe_gpu_sort_report(__atomic_load_n(c->report, __ATOMIC_RELAXED), &bad, &id)) {
+			c->report_armed = false;
+			return ids_out_of_range(err, bad, id, c->report_topk, c->report_experts);
+		}
+		c->report_armed = false;
 		return 1;
 	}
 	if (e == hipErrorNotReady)

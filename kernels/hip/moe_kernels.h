@@ -66,15 +66,17 @@ struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_experts, uin
 /*
  * Sort a job's `pairs` expert ids (`topk` a token) for the kernels, as the backend does
  * (moe_routing.h), and pick its kernel (*plan, as moe_gpu_plan() with the same shapes and
- * `forced`). Where the device may sort (moe_route_on_device), the ids are copied, checked,
- * to `copy` ([pairs] words where the device reads them), and the device sorts where the
- * plan's kernel allows (r->on_device); else the host sorts from `ids`, which must not
- * change meanwhile. Returns 0, -EINVAL with the first id out of range at *bad, or -ENOMEM.
+ * `forced`). Where the device may sort (moe_route_on_device), the kernel is chosen from a
+ * sample of `ids`, and where it lets the device sort (r->on_device), the launch reads
+ * and checks `ids` itself (moe_gpu_sort.ids); else they are first copied to `copy`
+ * ([pairs] words) and the host sorts from the copy. Elsewhere the host sorts from `ids`,
+ * which must not change meanwhile. Returns 0, -EINVAL with the first id out of range
+ * that the host saw at *bad and its value in *bad_id, or -ENOMEM.
  */
 struct moe_routing;
 int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
 		  uint32_t *copy, int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter, int forced,
-		  struct moe_gpu_plan *plan, size_t *bad);
+		  struct moe_gpu_plan *plan, size_t *bad, int32_t *bad_id);
 
 /* How many tiles the matrix-unit kernels' blocks take in a group (all column blocks of
  * a group before the next group, for L2 reuse): MOED_GPU_TILE_GROUP, 1 to 65536, for
@@ -118,9 +120,12 @@ enum {
 	MOE_GPU_COUNTER_TILES,
 };
 #define MOE_GPU_FUSED_MAX_TILES 1024u
-/* Then the device sort's count of each expert's pairs (MOE_ROUTE_DEVICE_MAX_EXPERTS). */
+/* Then the device sort's count of each expert's pairs (MOE_ROUTE_DEVICE_MAX_EXPERTS),
+ * then, two words at an even place, its first pair with an id out of range
+ * (moe_gpu_sort.report's form). */
 #define MOE_GPU_COUNTER_SORT_EXPERTS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
-#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_SORT_EXPERTS + MOE_ROUTE_DEVICE_MAX_EXPERTS)
+#define MOE_GPU_COUNTER_SORT_BAD ((MOE_GPU_COUNTER_SORT_EXPERTS + MOE_ROUTE_DEVICE_MAX_EXPERTS + 1) & ~1u)
+#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_SORT_BAD + 2)
 
 /* Where ids is set, the launch first sorts the pairs on the device (moe_routing.h),
  * filling moe_gpu_args' pair_of, pos_of, topk_weights, the tile table (tiles places of
@@ -128,8 +133,13 @@ enum {
  * counters[MOE_GPU_COUNTER_SORTED] and each expert's pairs on
  * counters[MOE_GPU_COUNTER_SORT_EXPERTS + e]. */
 struct moe_gpu_sort {
-	const uint32_t *ids;    /* [pairs] checked expert ids, where the device reads them */
+	const uint32_t *ids;    /* [pairs] the client's expert ids, where the device reads them */
 	const float *weights;   /* [pairs] the router's weights, likewise */
+	/* Host memory the device writes, where an id is out of range (the sort counts that
+	 * pair as expert 0's): the first such pair p and its id, as
+	 * (uint64_t)(UINT32_MAX - p) << 32 | id (moe_gpu_sort_report). Left as it is where
+	 * every id is in range: the caller zeroes it before the launch. */
+	unsigned long long *report;
 	uint32_t *starts;       /* [experts] each expert's first position */
 	uint32_t *words;        /* [pairs] each pair's expert and rank in its block */
 	uint32_t *block_counts; /* [blocks * experts] each block's first rank in each expert */
@@ -196,6 +206,17 @@ int moe_gpu_launch(const struct moe_gpu_args *args, void *stream);
 /* Queue the device's sort of the pairs (args->sort): once a job (the benchmark then
  * replays the rest with sort.ids NULL). */
 int moe_gpu_sort_pairs(const struct moe_gpu_args *args, void *stream);
+
+/* Read a finished sort's report (moe_gpu_sort.report): whether it names a pair whose id
+ * is out of range, and if so which (*pair) and its id. */
+static inline int moe_gpu_sort_report(unsigned long long report, size_t *pair, int32_t *id)
+{
+	if (!report)
+		return 0;
+	*pair = UINT32_MAX - (uint32_t)(report >> 32);
+	*id = (int32_t)(uint32_t)report;
+	return 1;
+}
 
 /* Whether `kernel` reads its tile count from the device (moe_gpu_args.tile_total), and
  * so may run on pairs the device sorts: the matrix-unit kernels' two-kernel and

@@ -12,6 +12,7 @@
 // Loads along H and I are coalesced across the warp (16 bytes a lane where rows allow);
 // accumulation is f32 throughout. These serve few pairs per expert (decode: the weights
 // are streamed once, the rest is free) and every case the matrix units cannot take.
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,11 +351,11 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_e
 
 extern "C" int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk,
 			     uint32_t experts, uint32_t *copy, int io_dtype, int w_dtype, uint32_t hidden,
-			     uint32_t inter, int forced, struct moe_gpu_plan *plan, size_t *bad)
+			     uint32_t inter, int forced, struct moe_gpu_plan *plan, size_t *bad, int32_t *bad_id)
 {
 	int e;
 	if (moe_route_on_device(pairs, experts)) {
-		if ((e = moe_route_check(r, ids, pairs, topk, experts, copy, bad)))
+		if ((e = moe_route_sample(r, ids, pairs, topk, experts, bad, bad_id)))
 			return e;
 		*plan = moe_gpu_plan(r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter,
 				     forced);
@@ -362,10 +363,14 @@ extern "C" int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t p
 			moe_route_defer(r, plan->tile, plan->paired);
 			return 0;
 		}
-		ids = (const int32_t *)copy; // checked, and the host sorts from it
+		memcpy(copy, ids, pairs * sizeof(*copy)); // read once: the host sorts from the copy
+		ids = (const int32_t *)copy;
 	}
-	if ((e = moe_route_count(r, ids, pairs, experts, bad)))
+	if ((e = moe_route_count(r, ids, pairs, experts, bad))) {
+		if (e == -EINVAL)
+			*bad_id = ids[*bad];
 		return e;
+	}
 	*plan = moe_gpu_plan(r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter, forced);
 	return moe_route_cut(r, plan->tile, plan->paired);
 }
@@ -450,9 +455,9 @@ namespace {
 // among the chunk's pairs of that expert as one word and copying its weight, then takes
 // its first rank in each expert from the expert's count over all blocks (atomics: the
 // blocks' order within an expert is the order they come in); the last block to finish
-// cuts the tile table as moe_route_cut() does from those counts. sort_place_kernel:
-// each pair's place. Both read what lies in host memory (the ids, the weights) once,
-// over the bus.
+// cuts the tile table as moe_route_cut() does from those counts, and reports the first
+// id out of range. sort_place_kernel: each pair's place. The first reads what lies in
+// host memory (the ids, the weights) once, over the bus.
 constexpr uint32_t kSortThreads = MOE_ROUTE_SORT_THREADS;
 constexpr uint32_t kSortMaxExpertsAThread = MOE_ROUTE_DEVICE_MAX_EXPERTS / kSortThreads;
 constexpr uint32_t kRankBits = 20;
@@ -494,6 +499,15 @@ __device__ __forceinline__ void put_tile(const struct moe_gpu_args &a, uint32_t 
 	table[2 * a.tiles + at] = expert;
 }
 
+// The first pair whose id is out of range wins (moe_gpu_sort.report's form: the largest
+// word); the pair is then counted as expert 0's.
+__device__ __noinline__ uint32_t out_of_range(const struct moe_gpu_args &a, uint32_t pair, uint32_t id)
+{
+	atomicMax((unsigned long long *)(a.counters + MOE_GPU_COUNTER_SORT_BAD),
+		  (unsigned long long)(UINT32_MAX - pair) << 32 | id);
+	return 0;
+}
+
 __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct moe_gpu_args a)
 {
 	extern __shared__ uint32_t sort_smem[]; // [experts], then [3 * kSortThreads]
@@ -505,6 +519,9 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 		hist[e] = 0;
 	__syncthreads();
 	const uint32_t lo = blockIdx.x * s.chunk, hi = lo + s.chunk < pairs ? lo + s.chunk : pairs;
+	// Each id is loaded once (volatile: not again where it is used, as the client may be
+	// writing it), then checked.
+	const volatile uint32_t *ids = s.ids;
 	constexpr int kLoads = 4; // in flight at once: each crosses the bus
 	for (uint32_t base = lo; base < hi; base += kLoads * kSortThreads) {
 		uint32_t id[kLoads];
@@ -513,13 +530,13 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 		for (int l = 0; l < kLoads; l++) {
 			const uint32_t p = base + l * kSortThreads + t;
 			if (p < hi)
-				id[l] = s.ids[p], w[l] = s.weights[p];
+				id[l] = ids[p], w[l] = s.weights[p];
 		}
 #pragma unroll
 		for (int l = 0; l < kLoads; l++) {
 			const uint32_t p = base + l * kSortThreads + t;
 			if (p < hi) {
-				const uint32_t e = id[l] < experts ? id[l] : 0; // checked by the host
+				const uint32_t e = id[l] < experts ? id[l] : out_of_range(a, p, id[l]);
 				s.words[p] = e << kRankBits | atomicAdd(&hist[e], 1u);
 				((float *)a.topk_weights)[p] = w[l];
 			}
@@ -595,6 +612,9 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 	if (t == 0) {
 		*(uint32_t *)a.tile_total = in_order_total + odd_total;
 		a.counters[MOE_GPU_COUNTER_SORTED] = 0; // for the next job
+		const unsigned long long bad = atomicExch((unsigned long long *)(a.counters + MOE_GPU_COUNTER_SORT_BAD), 0ull);
+		if (bad)
+			*s.report = bad;
 	}
 }
 
@@ -639,7 +659,7 @@ extern "C" int moe_gpu_sort_pairs(const struct moe_gpu_args *a, void *stream)
 	const uint32_t pairs = a->tokens * a->topk;
 	if (!pairs)
 		return 0;
-	if (!a->counters || a->experts > MOE_ROUTE_DEVICE_MAX_EXPERTS || !a->sort.blocks ||
+	if (!a->counters || !a->sort.report || a->experts > MOE_ROUTE_DEVICE_MAX_EXPERTS || !a->sort.blocks ||
 	    (size_t)a->sort.blocks * a->sort.chunk < pairs)
 		return (int)hipErrorInvalidValue;
 	const size_t smem = ((size_t)a->experts + 3 * kSortThreads) * sizeof(uint32_t);

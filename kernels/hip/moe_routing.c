@@ -114,44 +114,31 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 	return 0;
 }
 
-int moe_route_check(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
-		    uint32_t *copy, size_t *bad)
+int moe_route_sample(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
+		     size_t *bad, int32_t *bad_id)
 {
 	if (experts + 1 > r->experts_cap) {
 		if (grow(&r->counts, experts + 1))
 			return -ENOMEM;
 		r->experts_cap = experts + 1;
 	}
-	/* Read once (another process may be writing them), then checked in the copy, 16 at
-	 * a time with no branch (the compiler's vector code: one id at a time took as long
-	 * as the host's count). */
-	memcpy(copy, ids, pairs * sizeof(uint32_t));
-	uint32_t out_of_range = 0;
-	size_t p = 0;
-	for (; p + 16 <= pairs; p += 16) {
-		uint32_t lanes = 0;
-		for (int j = 0; j < 16; j++)
-			lanes |= copy[p + j] >= experts;
-		out_of_range |= lanes;
-	}
-	for (; p < pairs; p++)
-		out_of_range |= copy[p] >= experts;
-	if (out_of_range) {
-		for (p = 0; copy[p] < experts; p++)
-			;
-		*bad = p;
-		return -EINVAL;
-	}
-	/* The sample: whole tokens (each slot's experts differ: the first slot is the
-	 * router's favourite) evenly spread, each standing for `stride` tokens. */
+	/* Whole tokens (each slot's experts differ: the first slot is the router's
+	 * favourite) evenly spread, each standing for `stride` tokens. */
 	const size_t tokens = topk ? pairs / topk : 0;
 	size_t stride = topk ? (size_t)MOE_ROUTE_SAMPLE_PAIRS / topk : 0;
 	stride = stride && tokens > stride ? tokens / stride : 1;
 	memset(r->counts, 0, ((size_t)experts + 1) * sizeof(uint32_t));
 	size_t sampled = 0;
 	for (size_t t = 0; t < tokens; t += stride, sampled += topk)
-		for (uint32_t k = 0; k < topk; k++)
-			r->counts[copy[t * topk + k]]++;
+		for (uint32_t k = 0; k < topk; k++) {
+			/* One load, which the compiler may not repeat: the id indexes counts. */
+			const int32_t id = __atomic_load_n(&ids[t * topk + k], __ATOMIC_RELAXED);
+			if (id < 0 || (uint32_t)id >= experts) {
+				*bad = t * topk + k, *bad_id = id;
+				return -EINVAL;
+			}
+			r->counts[id]++;
+		}
 	uint32_t used = 0, most = 0, over_16 = 0;
 	for (uint32_t e = 0; e < experts; e++) {
 		const uint32_t n = sampled ? (uint32_t)(((uint64_t)r->counts[e] * pairs + sampled - 1) / sampled) : 0;
@@ -162,7 +149,7 @@ int moe_route_check(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 	r->used_experts = used;
 	r->most_pairs = most;
 	r->over_16 = over_16;
-	r->ids = (const int32_t *)copy;
+	r->ids = NULL; /* the device reads them */
 	r->pairs = pairs;
 	r->experts = experts;
 	return 0;

@@ -6,13 +6,16 @@
  * - The host sorts (moe_route_count, then moe_route_cut: the kernel, and so the tile, is
  *   chosen from the counts), placing each pair stably (a pair's place in its expert's
  *   range follows its index) and copying the result up.
- * - The device sorts a large job (moe_route_on_device, moe_route_check, then
- *   moe_route_defer): the host only checks the ids as it copies them where the device
- *   reads them and chooses the kernel from a sample of the tokens; the launch's first two
- *   kernels count, cut into the same table as the host's cut would, and place (in the
- *   order its atomics come in: every pair's result is the same wherever it is placed,
- *   each row of a tile being computed on its own). The grids are sized for the most tiles
- *   the pairs can make; the kernels read the real count from the device.
+ * - The device sorts a large job (moe_route_on_device, moe_route_sample, then
+ *   moe_route_defer): the host only chooses the kernel from a sample of the tokens; the
+ *   launch's first two kernels read the ids where the client wrote them (once each:
+ *   another process may be writing them), check them, count, cut into the same table as
+ *   the host's cut would, and place (in the order its atomics come in: every pair's
+ *   result is the same wherever it is placed, each row of a tile being computed on its
+ *   own). The grids are sized for the most tiles the pairs can make; the kernels read
+ *   the real count from the device. An id out of range is counted as expert 0's, so
+ *   that nothing reads outside the weights, and the first such pair is reported to the
+ *   host (moe_gpu_sort.report), which fails the job once it is done.
  */
 #ifndef MOED_HIP_MOE_ROUTING_H
 #define MOED_HIP_MOE_ROUTING_H
@@ -71,7 +74,7 @@ struct moe_routing {
 				on_device, the device's (ntiles is then the most there can be) */
 	uint32_t ntiles;
 	uint32_t max_tile; /* the most pairs in one tile (on_device: the tile size) */
-	/* From moe_route_count(), or estimated by moe_route_check() from its sample: */
+	/* From moe_route_count(), or estimated by moe_route_sample(): */
 	uint32_t used_experts;
 	uint32_t most_pairs; /* the most pairs of any one expert */
 	uint32_t over_16;    /* the experts with more than 16 pairs (moe_gpu_plan) */
@@ -105,17 +108,17 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired);
 
 /*
- * For a job the device may sort (moe_route_on_device): copy the `pairs` expert ids of
- * `topk` a token to `copy` (memory the device reads: a client cannot change them there
- * once checked), checking each lies in [0, experts), and estimate most_pairs,
- * used_experts and over_16 from the tokens of a sample of about MOE_ROUTE_SAMPLE_PAIRS
- * pairs spread over the job, for moe_gpu_plan(). Then moe_route_defer() where the plan's
- * kernel reads its tile count from the device (moe_gpu_sorts_on_device); else
- * moe_route_count() on the copy and moe_route_cut(). Returns 0, -EINVAL with the first
- * offending position in *bad, or -ENOMEM.
+ * For a job the device may sort (moe_route_on_device): estimate most_pairs, used_experts
+ * and over_16 for moe_gpu_plan() from the tokens of a sample of about
+ * MOE_ROUTE_SAMPLE_PAIRS pairs spread over the job, `topk` a token, reading each sampled
+ * id once (another process may be writing them). Then moe_route_defer() where the plan's
+ * kernel sorts on the device (moe_gpu_sorts_on_device); else the ids are copied and go
+ * through moe_route_count() and moe_route_cut(). Returns 0, or -EINVAL with the first
+ * sampled pair whose id is out of range in *bad and that id in *bad_id (the device finds
+ * any others), or -ENOMEM.
  */
-int moe_route_check(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
-		    uint32_t *copy, size_t *bad);
+int moe_route_sample(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t topk, uint32_t experts,
+		     size_t *bad, int32_t *bad_id);
 
 /* Leave the sorting to the device, into tiles of `tile` (paired as moe_route_cut's):
  * ntiles becomes the most tiles the pairs can make. */
@@ -128,7 +131,7 @@ void moe_route_defer(struct moe_routing *r, uint32_t tile, int paired);
  * expert's first position ([experts]), each pair's expert and rank ([pairs]) and each
  * sort block's first rank in each expert ([blocks * experts]). Where the host sorts,
  * moe_route_pack() fills a host copy of it (pinned memory: one asynchronous DMA); where
- * the device does, the launch fills it from the checked ids and the weights.
+ * the device does, the launch fills it from the client's ids and weights.
  */
 size_t moe_route_packed_bytes(const struct moe_routing *r);
 void moe_route_pack(const struct moe_routing *r, const float *topk_weights, void *dst);
