@@ -29,10 +29,11 @@ extern "C" {
 
 /* From this many pairs the device sorts them, where the job's kernel reads its tile count
  * from the device (moe_gpu_sorts_on_device). At 32768 pairs the host's count, cut and
- * pack took 40-78 µs on the GPU machine's processor, its check and sample 20-24, and
- * the device's sort about as long as the copy and placing it replaced (bench/RESULTS.md,
- * version 20); below a few thousand pairs the host's sorting costs less than a kernel's
- * launch. The bound between is chosen, not measured. */
+ * pack took 40-78 µs on the GPU machine's processor, its sample 6-8, and the device's
+ * sort about as long as the copy and placing it replaced (bench/RESULTS.md, versions 20
+ * and 21); the device's counting kernel takes 9-10 µs even at 8192 pairs, while below a
+ * few thousand pairs the host's sorting costs less. The bound between is chosen, not
+ * measured. */
 #define MOE_ROUTE_DEVICE_PAIRS 4096
 /* The device's sort keeps an expert id (12 bits) and a rank among one block's pairs of
  * that expert (20 bits) in one word: at most this many experts, and pairs enough for
