@@ -495,7 +495,7 @@ static uint32_t most_pairs_per_expert(const struct ref_problem *p)
 
 /*
  * The matrix-unit kernels (NVIDIA) take 16-bit I/O with hidden and intermediate sizes
- * that are multiples of 8, in tiles of 16, 64 or 128 pairs picked by the most pairs any
+ * that are multiples of 8, in tiles of 16, 32, 64 or 128 pairs picked by the most pairs any
  * expert has (and K split for small down GEMMs). Each round draws sizes that are
  * multiples of 8 but of no tile (64 k-values, 64 or 128 columns), and an M for each band,
  * with few experts so that experts hold several tiles. Compared whole where the f64

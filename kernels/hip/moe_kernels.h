@@ -19,6 +19,7 @@ enum moe_gpu_kernel {
 	MOE_GPU_WARP,   /* a warp per (tile, weight row), CUDA cores: f32, rows that are not
 			   multiples of 8, and AMD builds unless MFMA is forced */
 	MOE_GPU_MMA16,  /* matrix units (NVIDIA mma.sync), tiles of 16 pairs: weight streaming */
+	MOE_GPU_MMA32,  /* matrix units, tiles of 32 pairs */
 	MOE_GPU_MMA64,  /* matrix units, tiles of 64 pairs */
 	MOE_GPU_MMA128, /* matrix units, tiles of 128 pairs: prefill */
 	MOE_GPU_WGMMA128,  /* Hopper's wgmma (sm_90a builds on an sm_90 card), tiles of 128
@@ -40,7 +41,7 @@ enum moe_gpu_kernel {
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };
-#define MOE_GPU_KERNELS 12
+#define MOE_GPU_KERNELS 13
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
@@ -231,8 +232,8 @@ int moe_gpu_inject_fault(void *stream);
  * args->zero_y, args->fold and args->prefetch_down, and args->tile_group where it is 0. */
 int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 
-/* Whether moe_gpu_launch_mma runs this job (an mma16 or mma64 one whose pairs the host
- * sorted) as one decode kernel. */
+/* Whether moe_gpu_launch_mma runs this job (an mma16, mma32 or mma64 one whose pairs the
+ * host sorted) as one decode kernel. */
 int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *args);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */

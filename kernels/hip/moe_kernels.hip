@@ -306,7 +306,7 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_e
 					     int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter,
 					     int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 64, 128, 128, 128, 128, 128, 128, 128, 128, 64 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 32, 64, 128, 128, 128, 128, 128, 128, 128, 128, 64 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE, 0 };
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
@@ -330,6 +330,12 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_e
 	 * M = 64, about 2 in 5: 319 against 309-312, 733-734 against 674-675). */
 	else if (most_pairs <= 32 && 8 * over_16 <= used_experts)
 		p.kernel = MOE_GPU_MMA16;
+	/* Where many do, one tile of 32 an expert: mma64's tiles, three quarters padding,
+	 * cost their math (bench/RESULTS.md, version 21, three passes: Mixtral-8x7B M = 64
+	 * 702-712 -> 680-682 us, Qwen3-30B-A3B M = 256 314-317 -> 301-302). Not beyond 32:
+	 * at DeepSeek-V3 M = 1024, about 48 pairs at most, 5918-5929 -> 6318-6369 forced. */
+	else if (most_pairs <= 32)
+		p.kernel = MOE_GPU_MMA32;
 	else if (most_pairs <= 64)
 		p.kernel = MOE_GPU_MMA64;
 	else if (!wgmma_runs())
@@ -434,6 +440,7 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	switch (k) {
 	case MOE_GPU_WARP: return "warp";
 	case MOE_GPU_MMA16: return "mma16";
+	case MOE_GPU_MMA32: return "mma32";
 	case MOE_GPU_MMA64: return "mma64";
 	case MOE_GPU_MMA128: return "mma128";
 	case MOE_GPU_WGMMA128: return "wgmma128";

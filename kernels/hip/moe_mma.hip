@@ -79,6 +79,7 @@ struct Shape {
 // Few pairs (weight streaming): more stages, more bytes in flight per block. Many pairs:
 // 64 x 64 warp tiles, which read half the shared memory per mma of 64 x 32 ones.
 using Shape16 = Shape<16, 128, 1, 4, 5>;
+using Shape32 = Shape<32, 128, 1, 4, 5>; // where an expert's pairs are at most 32
 using Shape64 = Shape<64, 128, 2, 2, 4>;
 using Shape128 = Shape<128, 128, 2, 2, 3>;
 // Hopper: two warpgroups, each wgmma m64nBNk16 on 64 rows; B and A tiles in shared
@@ -830,7 +831,7 @@ struct InlineFetch {
 	uint32_t data[kInlineFetchBytes / 4];
 };
 
-// A decode job in one kernel (Shape16, or Shape64 where the host placed the pairs; at
+// A decode job in one kernel (Shape16, or Shape32 or 64 where the host placed the pairs; at
 // most MOE_GPU_FUSED_MAX_TILES tiles): the blocks take work items in turn, first all of
 // the gate/up GEMM's (tile, column block) items, then all of the down GEMM's (tile,
 // column block, part of K), and a down item waits only for its own tile's gate/up
@@ -1634,7 +1635,8 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch && down_weights_fit_l2(a);
 	if constexpr (std::is_same<SG, SD>::value &&
-		      (std::is_same<SG, Shape16>::value || std::is_same<SG, Shape64>::value)) {
+		      (std::is_same<SG, Shape16>::value || std::is_same<SG, Shape32>::value ||
+		       std::is_same<SG, Shape64>::value)) {
 		// Every decode job: even where all tiles' gate/up items end together (a tile
 		// group or fewer), one kernel saves a launch and the down grid's ramp
 		// (bench/RESULTS.md, version 15: Mixtral M = 1, 4, 16 1-3% faster than two
@@ -1750,6 +1752,7 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 {
 	switch (a.kernel) {
 	case MOE_GPU_MMA16: return launch<Shape16, Shape16, kBf16>(a, stream);
+	case MOE_GPU_MMA32: return launch<Shape32, Shape32, kBf16>(a, stream);
 	case MOE_GPU_MMA64: return launch<Shape64, Shape64, kBf16>(a, stream);
 	case MOE_GPU_MMA128: return launch<Shape128, Shape128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128: return launch<ShapeWg128, ShapeWg128, kBf16>(a, stream);
@@ -1770,7 +1773,8 @@ extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *a)
 	// Where the host sorted the pairs: the kernel's items come from the tile count at
 	// launch. (mma64 jobs placed by the device after a copy were no faster as one kernel,
 	// bench/RESULTS.md, version 19: DeepSeek-V3 M = 1024.)
-	return (a->kernel == MOE_GPU_MMA16 || a->kernel == MOE_GPU_MMA64) && !a->tile_total && !a->separate_decode &&
+	return (a->kernel == MOE_GPU_MMA16 || a->kernel == MOE_GPU_MMA32 || a->kernel == MOE_GPU_MMA64) &&
+	       !a->tile_total && !a->separate_decode &&
 	       a->counters && a->tiles <= MOE_GPU_FUSED_MAX_TILES;
 }
 
