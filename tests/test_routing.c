@@ -101,6 +101,18 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	free(count);
 }
 
+/* `pairs` expert ids below `experts`, skewed: half the pairs on a few hot experts, as
+ * real routers do. */
+static int32_t *skewed_ids(uint64_t *rng, size_t pairs, uint32_t experts)
+{
+	const uint32_t hot = (uint32_t)test_rand_range(rng, 1, experts < 4 ? experts : 4);
+	int32_t *ids = malloc(pairs * sizeof(int32_t));
+	for (size_t p = 0; p < pairs; p++)
+		ids[p] = (int32_t)(test_rand(rng) & 1 ? test_rand_range(rng, 0, hot - 1)
+						      : test_rand_range(rng, 0, experts - 1));
+	return ids;
+}
+
 START_TEST(random_routings)
 {
 	uint64_t rng = test_seed() + (uint64_t)_i;
@@ -110,12 +122,7 @@ START_TEST(random_routings)
 		const uint32_t experts = (uint32_t)test_rand_range(&rng, 1, 300);
 		const size_t pairs = (size_t)test_rand_range(&rng, 1, round % 10 ? 500 : 40000);
 		const uint32_t tile = (uint32_t)test_rand_range(&rng, 1, 140);
-		/* Skewed: half the pairs on a few hot experts, as real routers do. */
-		const uint32_t hot = (uint32_t)test_rand_range(&rng, 1, experts < 4 ? experts : 4);
-		int32_t *ids = malloc(pairs * sizeof(int32_t));
-		for (size_t p = 0; p < pairs; p++)
-			ids[p] = (int32_t)(test_rand(&rng) & 1 ? test_rand_range(&rng, 0, hot - 1)
-							       : test_rand_range(&rng, 0, experts - 1));
+		int32_t *ids = skewed_ids(&rng, pairs, experts);
 		size_t bad = 0;
 		ck_assert_int_eq(moe_route_count(&r, ids, pairs, experts, &bad), 0);
 		const int paired = round % 3 == 0;
@@ -171,11 +178,7 @@ START_TEST(device_sort_host_part)
 		const size_t pairs = tokens * topk;
 		const uint32_t tile = (uint32_t)test_rand_range(&rng, 1, 140);
 		const int paired = round % 3 == 0;
-		const uint32_t hot = (uint32_t)test_rand_range(&rng, 1, experts < 4 ? experts : 4);
-		int32_t *ids = malloc(pairs * sizeof(int32_t));
-		for (size_t p = 0; p < pairs; p++)
-			ids[p] = (int32_t)(test_rand(&rng) & 1 ? test_rand_range(&rng, 0, hot - 1)
-							       : test_rand_range(&rng, 0, experts - 1));
+		int32_t *ids = skewed_ids(&rng, pairs, experts);
 		size_t bad = 0;
 		int32_t bad_id = 0;
 		ck_assert_int_eq(moe_route_sample(&r, ids, pairs, topk, experts, &bad, &bad_id), 0);

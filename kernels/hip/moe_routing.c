@@ -15,6 +15,27 @@ static int grow(uint32_t **p, size_t n)
 	return 0;
 }
 
+/* The plan's figures (moe_gpu_plan) from each expert's count among `sampled` of the job's
+ * `pairs` pairs, scaled up to the whole job (rounded up: an expert seen stays used). */
+static void plan_figures(struct moe_routing *r, const uint32_t *counts, uint32_t experts, size_t pairs,
+			 size_t sampled)
+{
+	uint32_t used = 0, most = 0, over_16 = 0;
+	for (uint32_t e = 0; e < experts; e++) {
+		const uint32_t n = sampled == pairs ? counts[e]
+				   : sampled ? (uint32_t)(((uint64_t)counts[e] * pairs + sampled - 1) / sampled)
+					     : 0;
+		used += n > 0;
+		over_16 += n > 16;
+		most = n > most ? n : most;
+	}
+	r->used_experts = used;
+	r->most_pairs = most;
+	r->over_16 = over_16;
+	r->pairs = pairs;
+	r->experts = experts;
+}
+
 int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uint32_t experts,
 		    size_t *bad)
 {
@@ -35,18 +56,8 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
 		}
 		r->counts[ids[p] + 1]++;
 	}
-	uint32_t used = 0, most = 0, over_16 = 0;
-	for (uint32_t e = 0; e < experts; e++) {
-		used += r->counts[e + 1] > 0;
-		over_16 += r->counts[e + 1] > 16;
-		most = r->counts[e + 1] > most ? r->counts[e + 1] : most;
-	}
-	r->used_experts = used;
-	r->most_pairs = most;
-	r->over_16 = over_16;
+	plan_figures(r, r->counts + 1, experts, pairs, pairs);
 	r->ids = ids;
-	r->pairs = pairs;
-	r->experts = experts;
 	return 0;
 }
 
@@ -139,19 +150,8 @@ int moe_route_sample(struct moe_routing *r, const int32_t *ids, size_t pairs, ui
 			}
 			r->counts[id]++;
 		}
-	uint32_t used = 0, most = 0, over_16 = 0;
-	for (uint32_t e = 0; e < experts; e++) {
-		const uint32_t n = sampled ? (uint32_t)(((uint64_t)r->counts[e] * pairs + sampled - 1) / sampled) : 0;
-		used += n > 0;
-		over_16 += n > 16;
-		most = n > most ? n : most;
-	}
-	r->used_experts = used;
-	r->most_pairs = most;
-	r->over_16 = over_16;
+	plan_figures(r, r->counts, experts, pairs, sampled);
 	r->ids = NULL; /* the device reads them */
-	r->pairs = pairs;
-	r->experts = experts;
 	return 0;
 }
 
