@@ -23,7 +23,9 @@
 // and the kernels, replayed in turn with the kernels' graph. Versions up to 16 added
 // instead the host's sorting with its copy queued and waited for (the runtime's call and
 // the wait counted); those means are printed as well.
-// MOED_BENCH_ONLY="Qwen3-30B-A3B:1,Mixtral-8x7B:4096" times only those rows (for profilers).
+// MOED_BENCH_ONLY="Qwen3-30B-A3B:1,Mixtral-8x7B:4096" times only those rows (for profilers);
+// each row draws its routing from its own seed (row_seed), the same in any subset of rows,
+// and MOED_BENCH_SEED=n draws another routing for every row.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +87,7 @@ __global__ void fill_bf16(uint16_t *p, size_t n, uint64_t seed, float scale)
 	}
 }
 
-static uint64_t rng_state = 0x1234567;
+static uint64_t rng_state;
 static double gaussian(void)
 {
 	rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
@@ -95,9 +97,23 @@ static double gaussian(void)
 	return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-/* Softmax of Gaussian logits, top-k, renormalised (TARGETS.md's routing). */
-static void route(uint32_t m, uint32_t e, uint32_t k, int32_t *ids, float *tw)
+/* A row's routing comes from a stream of its own, seeded from the model's name and M
+ * (and MOED_BENCH_SEED where set), so that a row draws the same routing in a full run
+ * and in a run of some rows (MOED_BENCH_ONLY). */
+static uint64_t row_seed(const char *model, uint32_t m)
 {
+	const char *env = getenv("MOED_BENCH_SEED");
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the name, then M and the seed */
+	for (const char *c = model; *c; c++)
+		h = (h ^ (unsigned char)*c) * 0x100000001b3ull;
+	h = (h ^ m) * 0x100000001b3ull;
+	return (h ^ (env ? strtoull(env, NULL, 0) : 0)) * 0x100000001b3ull;
+}
+
+/* Softmax of Gaussian logits, top-k, renormalised (TARGETS.md's routing). */
+static void route(const char *model, uint32_t m, uint32_t e, uint32_t k, int32_t *ids, float *tw)
+{
+	rng_state = row_seed(model, m);
 	double *l = (double *)malloc(e * sizeof(double));
 	for (uint32_t t = 0; t < m; t++) {
 		double mx = -1e300, sum = 0;
@@ -411,7 +427,7 @@ int main(int argc, char **argv)
 				       md.name, m, "", last_us / 1e3);
 				continue;
 			}
-			route(m, md.e, md.k, ids, tw);
+			route(md.name, m, md.e, md.k, ids, tw);
 			/* Token sorting as the backend does it, timed warm (median of reps): count,
 			 * plan, cut, pack into pinned memory, or for a large job plan from a sample
 			 * (t_host), then one copy, or the device's sort (which reads the ids itself),
