@@ -105,6 +105,12 @@ int main()
 	cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
 	for (int stages : { 4, 8, 16, 32, 64, 128 })
 		measure<true>("contiguous stages", w, bytes, sink, 2 * sms, (size_t)stages * 128, stages);
+	// The same reads 128 B a row, rows apart as the prefill GEMMs' weight rows are
+	// (Qwen3-30B-A3B's gate/up K = 2048, DeepSeek-V3's 7168): whether reads scattered
+	// over rows cost bandwidth once the whole card streams.
+	measure<false>("rows 4096 B apart", w, bytes, sink, 2 * sms, 4096, 32);
+	measure<false>("rows 14336 B apart", w, bytes, sink, 2 * sms, 14336, 112);
+	measure<true>("contiguous stages", w, bytes, sink, 2 * sms, 14336, 112);
 	const cudaError_t e = cudaDeviceSynchronize();
 	if (e != cudaSuccess) {
 		fprintf(stderr, "read-probe: %s\n", cudaGetErrorString(e));

@@ -497,19 +497,21 @@ static uint32_t most_pairs_per_expert(const struct ref_problem *p)
  * The matrix-unit kernels (NVIDIA) take 16-bit I/O with hidden and intermediate sizes
  * that are multiples of 8, in tiles of 16, 32, 64 or 128 pairs picked by the most pairs any
  * expert has (and K split for small down GEMMs). Each round draws sizes that are
- * multiples of 8 but of no tile (64 k-values, 64 or 128 columns), and an M for each band,
- * with few experts so that experts hold several tiles. Compared whole where the f64
- * reference is cheap, else on sampled tokens.
+ * multiples of 8 but of no tile (64 k-values, 64 or 128 columns), then for each band an M
+ * that gives the experts that many pairs on average (a few more for the busiest): the
+ * plan's bands are 16, 32, 64, 128 and beyond (where experts hold several tiles), and a
+ * job of two tokens. Few experts, so that each holds many pairs. Compared whole where the
+ * f64 reference is cheap, else on sampled tokens.
  */
 START_TEST(matrix_unit_tiles)
 {
-	static const uint32_t ms[] = { 2, 9, 30, 120, 700 };
+	static const uint32_t mean_pairs[] = { 0 /* M = 2 */, 6, 21, 42, 84, 300 };
 	static const uint32_t topks[] = { 1, 2, 8 };
 	uint64_t rng = test_seed() + (uint64_t)_i * 104729;
-	for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
+	for (size_t mi = 0; mi < sizeof(mean_pairs) / sizeof(mean_pairs[0]); mi++) {
 		const uint8_t dtype = (mi + (size_t)_i) % 2 ? MOED_DTYPE_BF16 : MOED_DTYPE_F16;
 		struct ref_problem p = {
-			.e = (uint32_t)test_rand_range(&rng, 2, 9), .m = ms[mi],
+			.e = (uint32_t)test_rand_range(&rng, 2, 9),
 			.h = 8 * (uint32_t)test_rand_range(&rng, 5, 70),
 			.i = 8 * (uint32_t)test_rand_range(&rng, 3, 96),
 			.k = topks[test_rand_range(&rng, 0, 2)], .gated = test_rand(&rng) % 4 != 0,
@@ -519,6 +521,7 @@ START_TEST(matrix_unit_tiles)
 		};
 		if (p.k > p.e)
 			p.k = p.e;
+		p.m = mean_pairs[mi] ? (mean_pairs[mi] * p.e + p.k - 1) / p.k : 2;
 		p.router_weight_on_input = p.k == 1 && (test_rand(&rng) & 1);
 		ref_problem_fill(&p, &rng);
 		const uint32_t most = most_pairs_per_expert(&p);
