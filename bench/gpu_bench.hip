@@ -316,6 +316,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: no kernel called \"%s\"\n", argv[0], argv[2]);
 		return usage(argv[0]);
 	}
+	if (forced >= 0 && moe_gpu_kernel_withdrawn((enum moe_gpu_kernel)forced)) {
+		fprintf(stderr, "%s is withdrawn: %s\n", argv[2],
+			moe_gpu_kernel_withdrawn((enum moe_gpu_kernel)forced));
+		return 2;
+	}
 	if (forced >= 0 && !moe_gpu_kernel_usable((enum moe_gpu_kernel)forced)) {
 		fprintf(stderr, "%s: not in this build or not for this card (wgmma needs sm_90a)\n", argv[2]);
 		return 2;

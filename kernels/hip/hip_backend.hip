@@ -191,6 +191,9 @@ int forced_kernel(int *out, struct moed_error *err)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_KERNEL=%s names no GPU kernel (%s)", name,
 				      names);
 	}
+	const char *withdrawn = moe_gpu_kernel_withdrawn((enum moe_gpu_kernel)k);
+	if (withdrawn)
+		return moed_error_set(err, -EINVAL, "MOED_GPU_KERNEL=%s is withdrawn: %s", name, withdrawn);
 	if (!moe_gpu_kernel_usable((enum moe_gpu_kernel)k))
 		return moed_error_set(err, -EINVAL,
 				      "MOED_GPU_KERNEL=%s: not in this build or not for this card (the wgmma "

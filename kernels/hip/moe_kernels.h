@@ -37,7 +37,9 @@ enum moe_gpu_kernel {
 			      by 128 weight rows in turns (ping-pong), one's epilogue during
 			      the other's math (forced only: faster where tiles are part
 			      full, slower where they are full, bench/RESULTS.md version 13) */
-	MOE_GPU_WGMMA128D, /* wgmma128s in clusters of two blocks, as wgmma128c (forced only) */
+	MOE_GPU_WGMMA128D, /* wgmma128s in clusters of two blocks, as wgmma128c: withdrawn
+			      (moe_gpu_kernel_withdrawn), kept so that the names and
+			      numbers of the others stay */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
 };
@@ -100,6 +102,10 @@ int moe_gpu_kernel_by_name(const char *name);
 /* Whether this build has the kernel and device 0 can run it: the wgmma ones need code
  * for sm_90a and a card of compute capability 9.0; mfma64 is AMD's, the others NVIDIA's. */
 int moe_gpu_kernel_usable(enum moe_gpu_kernel k);
+
+/* Why kernel k may not be forced (a fault found and not yet mended), or NULL. Callers
+ * that take a forced kernel refuse it with this reason; moe_gpu_plan() never picks it. */
+const char *moe_gpu_kernel_withdrawn(enum moe_gpu_kernel k);
 
 /* The largest hidden or intermediate size the kernels take (grids span rows in their
  * second dimension, at most 65535 blocks of 8 rows). */
