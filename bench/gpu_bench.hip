@@ -26,6 +26,7 @@
 // MOED_BENCH_ONLY="Qwen3-30B-A3B:1,Mixtral-8x7B:4096" times only those rows (for profilers);
 // each row draws its routing from its own seed (row_seed), the same in any subset of rows,
 // and MOED_BENCH_SEED=n draws another routing for every row.
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,17 +98,19 @@ static double gaussian(void)
 	return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
+/* MOED_BENCH_SEED, read once by main(): 0 where unset. */
+static uint64_t bench_seed;
+
 /* A row's routing comes from a stream of its own, seeded from the model's name and M
- * (and MOED_BENCH_SEED where set), so that a row draws the same routing in a full run
- * and in a run of some rows (MOED_BENCH_ONLY). */
+ * (and bench_seed), so that a row draws the same routing in a full run and in a run of
+ * some rows (MOED_BENCH_ONLY). */
 static uint64_t row_seed(const char *model, uint32_t m)
 {
-	const char *env = getenv("MOED_BENCH_SEED");
 	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the name, then M and the seed */
 	for (const char *c = model; *c; c++)
 		h = (h ^ (unsigned char)*c) * 0x100000001b3ull;
 	h = (h ^ m) * 0x100000001b3ull;
-	return (h ^ (env ? strtoull(env, NULL, 0) : 0)) * 0x100000001b3ull;
+	return (h ^ bench_seed) * 0x100000001b3ull;
 }
 
 /* Softmax of Gaussian logits, top-k, renormalised (TARGETS.md's routing). */
@@ -330,6 +333,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 to 65536\n",
 			getenv("MOED_GPU_TILE_GROUP"));
 		return 2;
+	}
+	const char *seed = getenv("MOED_BENCH_SEED");
+	if (seed && *seed) {
+		char *seed_end = NULL;
+		errno = 0;
+		bench_seed = strtoull(seed, &seed_end, 0);
+		if (errno || *seed_end || *seed == '-') {
+			fprintf(stderr, "MOED_BENCH_SEED=%s: wants a number from 0 to 2^64 - 1\n", seed);
+			return 2;
+		}
 	}
 	int dependent, prefetch, fused;
 	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", &dependent) < 0 ||
