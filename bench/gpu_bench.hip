@@ -339,7 +339,7 @@ int main(int argc, char **argv)
 		char *seed_end = NULL;
 		errno = 0;
 		bench_seed = strtoull(seed, &seed_end, 0);
-		if (errno || *seed_end || *seed == '-') {
+		if (errno || *seed_end || *seed < '0' || *seed > '9') { /* strtoull takes " -1" */
 			fprintf(stderr, "MOED_BENCH_SEED=%s: wants a number from 0 to 2^64 - 1\n", seed);
 			return 2;
 		}
