@@ -334,6 +334,11 @@ int main(int argc, char **argv)
 			getenv("MOED_GPU_TILE_GROUP"));
 		return 2;
 	}
+	const int tail_split = moe_gpu_tail_split(); /* likewise */
+	if (tail_split < 0) {
+		fprintf(stderr, "MOED_GPU_TAIL_SPLIT=%s: " MOE_GPU_TAIL_SPLIT_WANTS "\n", getenv("MOED_GPU_TAIL_SPLIT"));
+		return 2;
+	}
 	const char *seed = getenv("MOED_BENCH_SEED");
 	if (seed && *seed) {
 		char *seed_end = NULL;
@@ -489,7 +494,7 @@ int main(int argc, char **argv)
 			a.x = x;
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.counters = counters;
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
-			a.no_prefetch = !prefetch, a.separate_decode = !fused;
+			a.no_prefetch = !prefetch, a.separate_decode = !fused, a.tail_split = tail_split;
 			/* The full path's launch brings the routing from the stage (as the backend's
 			 * does), or sorts a large job's pairs again. */
 			struct moe_gpu_args full = a;

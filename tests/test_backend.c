@@ -429,15 +429,16 @@ START_TEST(unknown_forced_kernel_refused)
 }
 END_TEST
 
-/* The measurement settings: a tile group that is not a number from 1 to 65536, or a
- * dependent-launch, prefetch, trace or fault-injection switch that is not 0 or 1, stops
+/* The measurement settings: a tile group that is not a number from 1 to 65536, a tail
+ * split that is not 0, 1 or all, or a dependent-launch, prefetch, trace or
+ * fault-injection switch that is not 0 or 1, stops
  * the backend with its reason; valid values are taken (tools/gpu-round runs the whole GPU
  * test under other tile groups). */
 START_TEST(bad_measurement_settings_refused)
 {
 	char *group = env_save("MOED_GPU_TILE_GROUP"), *dependent = env_save("MOED_GPU_DEPENDENT_LAUNCH");
 	char *trace = env_save("MOED_HIP_TRACE"), *prefetch = env_save("MOED_GPU_L2_PREFETCH");
-	char *fused = env_save("MOED_GPU_FUSED_DECODE");
+	char *fused = env_save("MOED_GPU_FUSED_DECODE"), *tail = env_save("MOED_GPU_TAIL_SPLIT");
 	const char *bad[] = { "0", "65537", "8x", "-3" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char want[96];
@@ -453,6 +454,9 @@ START_TEST(bad_measurement_settings_refused)
 	unsetenv("MOED_GPU_L2_PREFETCH");
 	expect_create_refused("MOED_GPU_FUSED_DECODE", "one", "MOED_GPU_FUSED_DECODE=one: wants 0 (off) or 1 (on)");
 	unsetenv("MOED_GPU_FUSED_DECODE");
+	expect_create_refused("MOED_GPU_TAIL_SPLIT", "2",
+			      "MOED_GPU_TAIL_SPLIT=2: wants 0 (never), 1 (where the last round is at most half full) or all");
+	unsetenv("MOED_GPU_TAIL_SPLIT");
 	expect_create_refused("MOED_HIP_TRACE", "yes", "MOED_HIP_TRACE=yes: wants 0 (off) or 1 (on)");
 	unsetenv("MOED_HIP_TRACE");
 	char *inject = env_save("MOED_HIP_INJECT_FAULT");
@@ -463,9 +467,11 @@ START_TEST(bad_measurement_settings_refused)
 	setenv("MOED_HIP_TRACE", "0", 1);
 	setenv("MOED_GPU_L2_PREFETCH", "0", 1);
 	setenv("MOED_GPU_FUSED_DECODE", "0", 1);
+	setenv("MOED_GPU_TAIL_SPLIT", "all", 1);
 	ck_assert_int_eq(create_with("MOED_GPU_DEPENDENT_LAUNCH", "0", &err), 0);
 	env_restore("MOED_GPU_L2_PREFETCH", prefetch);
 	env_restore("MOED_GPU_FUSED_DECODE", fused);
+	env_restore("MOED_GPU_TAIL_SPLIT", tail);
 	env_restore("MOED_HIP_TRACE", trace);
 	env_restore("MOED_GPU_TILE_GROUP", group);
 	env_restore("MOED_GPU_DEPENDENT_LAUNCH", dependent);

@@ -89,6 +89,7 @@ struct moed_backend {
 	bool serial_launch;  /* MOED_GPU_DEPENDENT_LAUNCH=0 */
 	bool no_prefetch;    /* MOED_GPU_L2_PREFETCH=0 */
 	bool separate_decode; /* MOED_GPU_FUSED_DECODE=0 */
+	int tail_split;       /* MOED_GPU_TAIL_SPLIT's (moe_gpu_tail_split) */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
 	struct hip_client *own; /* run()'s context, made at its first job */
@@ -225,6 +226,10 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	if (tile_group < 0)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_TILE_GROUP=%s: wants a number of tiles from 1 "
 				      "to 65536", getenv("MOED_GPU_TILE_GROUP"));
+	const int tail_split = moe_gpu_tail_split();
+	if (tail_split < 0)
+		return moed_error_set(err, -EINVAL, "MOED_GPU_TAIL_SPLIT=%s: " MOE_GPU_TAIL_SPLIT_WANTS,
+				      getenv("MOED_GPU_TAIL_SPLIT"));
 	bool dependent, prefetch, fused, trace, inject;
 	if ((r = env_switch("MOED_GPU_DEPENDENT_LAUNCH", true, &dependent, err)) < 0 ||
 	    (r = env_switch("MOED_GPU_L2_PREFETCH", true, &prefetch, err)) < 0 ||
@@ -249,6 +254,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->serial_launch = !dependent;
 	b->no_prefetch = !prefetch;
 	b->separate_decode = !fused;
+	b->tail_split = tail_split;
 	pthread_mutex_init(&b->notify_lock, NULL);
 	b->inject_fault = inject;
 	b->trace = trace;
@@ -555,6 +561,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.serial_launch = c->backend->serial_launch;
 	a.no_prefetch = c->backend->no_prefetch;
 	a.separate_decode = c->backend->separate_decode;
+	a.tail_split = c->backend->tail_split;
 	if (rt->on_device) {
 		a.sort.ids = sort_ids, a.sort.weights = sort_weights, a.sort.report = c->report;
 		__atomic_store_n(c->report, 0ull, __ATOMIC_RELAXED); /* the device writes it only on an error */

@@ -392,6 +392,14 @@ extern "C" int moe_gpu_tile_group(void)
 	return *end || n < 1 || n > 65536 ? -1 : (int)n;
 }
 
+extern "C" int moe_gpu_tail_split(void)
+{
+	const char *v = getenv("MOED_GPU_TAIL_SPLIT");
+	if (!v || !*v)
+		return 1;
+	return !strcmp(v, "0") ? 0 : !strcmp(v, "1") ? 1 : !strcmp(v, "all") ? 2 : -1;
+}
+
 extern "C" int moe_gpu_env_switch(const char *name, int unset)
 {
 	const char *v = getenv(name);

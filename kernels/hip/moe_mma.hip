@@ -441,12 +441,13 @@ __device__ __forceinline__ void store_rows(uint16_t *out, uint32_t N, uint32_t c
 // columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down. The job's
 // choices (activation, router weight on the input) are taken once, outside the loops over
 // the fragments.
-template <class S, bool kGateUp, bool kBf16, class Rows>
+template <class S, bool kGateUp, bool kBf16, int kCols = S::BN, class Rows>
 __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
 					    uint32_t first, uint32_t n0, int warp_n, Rows rows)
 {
+	static_assert(kCols == S::BN || (!kGateUp && S::WN == 1), "narrower items: the down GEMM's, a warp's rows whole");
 	if constexpr (!kGateUp) {
-		rows(std::integral_constant<int, S::kNT>(), (uint16_t *)a.y, a.hidden, n0 + warp_n * S::kWarpCols,
+		rows(std::integral_constant<int, kCols / S::WN / 8>(), (uint16_t *)a.y, a.hidden, n0 + warp_n * S::kWarpCols,
 		     [](uint32_t) { return 1.0f; }, [&](int mt, int nt, int e, float) { return acc[mt][nt][e]; });
 		return;
 	}
@@ -477,7 +478,7 @@ __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const 
 // The epilogue of a warp's accumulators, kept in registers, written by the warp itself:
 // tile_values' values, or where the down GEMM's K is split, its partial sums added into
 // a zeroed f32 y.
-template <class S, bool kGateUp, bool kBf16>
+template <class S, bool kGateUp, bool kBf16, int kCols = S::BN>
 __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
 					   uint32_t first, uint32_t count, uint32_t n0, int warp_m, int warp_n,
 					   int lane)
@@ -504,7 +505,7 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 						coef = (a.router_weight_on_input ? 1.0f : a.topk_weights[pair]) * a.scale;
 					}
 #pragma unroll
-					for (int nt = 0; nt < S::kNT; nt++) {
+					for (int nt = 0; nt < kCols / S::WN / 8; nt++) {
 						const uint32_t col = col0 + nt * 8 + frag_col;
 						if (col >= N)
 							continue;
@@ -517,7 +518,7 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 			return;
 		}
 	}
-	tile_values<S, kGateUp, kBf16>(a, acc, first, n0, warp_n,
+	tile_values<S, kGateUp, kBf16, kCols>(a, acc, first, n0, warp_n,
 				       [&](auto frags, uint16_t *out, uint32_t N, uint32_t col0, auto row_scale, auto value) {
 					       store_rows<S, decltype(frags)::value, kBf16>(out, N, col0, first, count, warp_m,
 											    lane, row_scale, value);
@@ -1170,7 +1171,10 @@ __device__ __forceinline__ void stage_rows(const CUtensorMap &map, uint32_t buff
 // the matrix units wait meanwhile: for a warpgroup whose 64 rows are all in the tile, only
 // while it converts them into its shared-memory buffer, whose stores the TMA then makes
 // during the next item's math (stage_rows; measured, bench/RESULTS.md version 15: the
-// prefill rows 0-8% faster than the warps' own stores).
+// prefill rows 0-8% faster than the warps' own stores). The down GEMM's last round of
+// items, where it would leave more than half of the blocks idle, runs as twice as many
+// items of 128 weight rows (one weight box, never shared in a pair; m64n128 wgmma):
+// Mixtral-8x7B M = 1024's down GEMM, 160 items for 66 pairs, 487 -> 449 µs (version 24).
 //
 // Ping-pong (kPingpong true: wgmma128s): items of 128 pairs by 128 weight rows,
 // each warpgroup computing every other item whole (two m64n128 wgmma a k-step), in turns:
@@ -1266,6 +1270,27 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	items = items < group_units * column_blocks ? items : group_units * column_blocks;
 	const uint32_t group = kPair ? (a.tile_group + 1) / 2 : a.tile_group;
 	const uint32_t walker = kPair ? blockIdx.x / 2 : blockIdx.x, walkers = gridDim.x / kBlocks;
+	// A last round of the down GEMM's items that leaves more than half of the walkers idle
+	// runs as twice as many items of half the weight rows (moe_gpu_args.tail_split): walk
+	// number w < whole_items is item w, and from there on each item is two walks, its
+	// first BN / 2 weight rows and its last.
+	uint32_t whole_items = items, walks = items;
+	if constexpr (!kGateUp && !kPingpong) {
+		const uint32_t rest = items % walkers;
+		if (a.tail_split == 2 || (a.tail_split == 1 && rest && 2 * rest <= walkers)) {
+			whole_items = a.tail_split == 2 ? 0 : items - rest;
+			walks = whole_items + 2 * (items - whole_items);
+		}
+	}
+	// Walk w's item and its half of the weight rows (-1: all of them).
+	auto walk_item = [&](uint32_t w, uint32_t &item, int &half) {
+		if (w < whole_items) {
+			item = w, half = -1;
+		} else {
+			item = whole_items + (w - whole_items) / 2;
+			half = (int)((w - whole_items) % 2);
+		}
+	};
 	// This block's tile of item `item`, or `tiles` where a pair's second has none.
 	auto item_tile = [&](uint32_t item, uint32_t &tile, uint32_t &column_block) {
 		work_item(item, group_units, column_blocks, group, tile, column_block);
@@ -1285,8 +1310,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			wait_for_prerequisite_grid();
 		TileLoader<S, kWsLoaders, true> gather; // the gate/up GEMM's A rows
 		uint32_t g = 0;
-		for (uint32_t item = walker; (kGateUp || tid == 0) && item < items; item += walkers) {
-			uint32_t tile, column_block;
+		for (uint32_t w = walker; (kGateUp || tid == 0) && w < walks; w += walkers) {
+			uint32_t item, tile, column_block;
+			int half;
+			walk_item(w, item, half);
 			item_tile(item, tile, column_block);
 			const bool real = tile < tiles;
 			const uint32_t first = real ? a.tile_first[tile] : 0, e = real ? a.tile_expert[tile] : 0;
@@ -1295,11 +1322,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			const uint32_t w_rows = gated ? 2 * a.inter : N;
 			const uint32_t row_lo = e * w_rows + n0;
 			const uint32_t row_hi = gated ? row_lo + a.inter : row_lo + kBoxRows;
-			// Both tiles one expert's: this block fetches box `rank` for both.
+			// Both tiles one expert's: this block fetches box `rank` for both (whole
+			// items only).
 			bool shared = false;
 			if constexpr (kPair) {
 				const uint32_t other = tile - rank + peer;
-				shared = real && other < tiles && a.tile_expert[other] == e;
+				shared = real && half < 0 && other < tiles && a.tile_expert[other] == e;
 			}
 			if constexpr (kGateUp)
 				gather.init(a, e, n0, tid), gather.init_a(a, first, real ? a.tile_count[tile] : 0);
@@ -1309,10 +1337,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
 				if (tid == 0) {
 					const uint32_t bar = full + 8 * s, b = stage + S::kABytes;
-					mbar_arrive_expect(bar, 2 * kBoxBytes + (kGateUp ? 0 : S::kABytes));
+					mbar_arrive_expect(bar, (half < 0 ? 2 : 1) * kBoxBytes + (kGateUp ? 0 : S::kABytes));
 					if constexpr (!kGateUp)
 						tma_load(stage, map_a, k0, first, bar);
-					if (shared) {
+					if (half >= 0) {
+						tma_load(b, map_w, k0, half ? row_hi : row_lo, bar);
+					} else if (shared) {
 						tma_load_both(b + rank * kBoxBytes, map_w, k0, rank ? row_hi : row_lo, bar);
 					} else {
 						tma_load(b, map_w, k0, row_lo, bar);
@@ -1351,9 +1381,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		// The item's math into acc from ring position g: the first `wgmmas` of the kMT m64
 		// wgmma a k-step (those whose 64 rows hold pairs of the tile). A constant, so that
 		// no wgmma is issued on a path ptxas sees as divergent (it would serialise them
-		// all: warning C7520). `issued` runs once the last k-tile's math is issued.
+		// all: warning C7520). `issued` runs once the last k-tile's math is issued. `width`:
+		// the weight rows multiplied, BN or (a half item) BN / 2, in acc's first columns.
 		float acc[S::kMT][S::kNT][4];
-		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued) {
+		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued, auto width) {
 #pragma unroll
 			for (int mt = 0; mt < S::kMT; mt++)
 #pragma unroll
@@ -1372,7 +1403,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					const uint64_t da = wgmma_desc(as + (row0 + 64 * mt) * 128);
 #pragma unroll
 					for (int kk = 0; kk < kBK / 16; kk++)
-						wgmma_m64k16<S::BN, kBf16>(&acc[mt][0][0], da + 2 * kk, db + 2 * kk);
+						wgmma_m64k16<decltype(width)::value, kBf16>(&acc[mt][0][0], da + 2 * kk,
+											     db + 2 * kk);
 				}
 				wgmma_commit();
 				wgmma_wait<1>(); // the math of k-tile g - 1 is done: its stage is free
@@ -1406,10 +1438,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					pass_on(j * ktiles);
 					continue;
 				}
+				using Whole = std::integral_constant<int, S::BN>;
 				if (count > 64)
-					compute(j * ktiles, row0, std::integral_constant<int, 2>(), hand_over);
+					compute(j * ktiles, row0, std::integral_constant<int, 2>(), hand_over, Whole());
 				else
-					compute(j * ktiles, row0, std::integral_constant<int, 1>(), hand_over);
+					compute(j * ktiles, row0, std::integral_constant<int, 1>(), hand_over, Whole());
 				store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols,
 							      warp % 4, 0, lane);
 			}
@@ -1420,8 +1453,32 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			const bool issuer = ctid % 128 == 0;
 			const uint32_t buffer = epilogue + wg * kEpilogueBytes;
 			uint32_t g = 0;
-			for (uint32_t item = walker; item < items; item += walkers, g += ktiles) {
-				uint32_t tile, column_block;
+			// The epilogue of an item whose math is in acc: `width` weight rows from
+			// column n0.
+			auto finish = [&](uint32_t tile, uint32_t count, uint32_t n0, auto width) {
+				constexpr int kCols = decltype(width)::value;
+				const uint32_t first = a.tile_first[tile];
+				// A part-full tile stores row by row. (The launch sets y_io, so the
+				// second test cannot hold today: it keeps the TMA's 16-bit stores out
+				// of an f32 y, should a split of the down GEMM come back.)
+				if (wg * 64 + 64 > count || (!kGateUp && !a.y_io)) {
+					store_tile<S, kGateUp, kBf16, kCols>(a, acc, first, count, n0, warp, 0, lane);
+					return;
+				}
+				tile_values<S, kGateUp, kBf16, kCols>(
+					a, acc, first, n0, 0,
+					[&](auto frags, uint16_t *, uint32_t N, uint32_t col0, auto row_scale, auto value) {
+						stage_rows<decltype(frags)::value, kBf16>(map_out, buffer, col0, N, first + wg * 64,
+											  wg * 64, warp % 4, lane, issuer, 1 + wg,
+											  row_scale, value);
+					});
+			};
+			using Whole = std::integral_constant<int, S::BN>;
+			using Half = std::integral_constant<int, S::BN / 2>;
+			for (uint32_t w = walker; w < walks; w += walkers, g += ktiles) {
+				uint32_t item, tile, column_block;
+				int half;
+				walk_item(w, item, half);
 				item_tile(item, tile, column_block);
 				const uint32_t count = tile < tiles ? a.tile_count[tile] : 0;
 				// None of this warpgroup's 64 rows is in the tile (an expert's short last
@@ -1431,22 +1488,16 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					pass_on(g);
 					continue;
 				}
-				compute(g, wg * 64, std::integral_constant<int, 1>(), [] {});
-				const uint32_t first = a.tile_first[tile], n0 = column_block * cols;
-				// A part-full tile stores row by row. (The launch sets y_io, so the
-				// second test cannot hold today: it keeps the TMA's 16-bit stores out
-				// of an f32 y, should a split of the down GEMM come back.)
-				if (wg * 64 + 64 > count || (!kGateUp && !a.y_io)) {
-					store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp, 0, lane);
-					continue;
+				const uint32_t n0 = column_block * cols;
+				if constexpr (!kGateUp && !kPingpong) {
+					if (half >= 0) {
+						compute(g, wg * 64, std::integral_constant<int, 1>(), [] {}, Half());
+						finish(tile, count, n0 + (uint32_t)half * (S::BN / 2), Half());
+						continue;
+					}
 				}
-				tile_values<S, kGateUp, kBf16>(
-					a, acc, first, n0, 0,
-					[&](auto frags, uint16_t *, uint32_t N, uint32_t col0, auto row_scale, auto value) {
-						stage_rows<decltype(frags)::value, kBf16>(map_out, buffer, col0, N, first + wg * 64,
-											  wg * 64, warp % 4, lane, issuer, 1 + wg,
-											  row_scale, value);
-					});
+				compute(g, wg * 64, std::integral_constant<int, 1>(), [] {}, Whole());
+				finish(tile, count, n0, Whole());
 			}
 			if (issuer)
 				tma_stores_done(); // before the block's shared memory goes, and its grid ends
