@@ -98,7 +98,8 @@ __device__ __forceinline__ float activate(int act, float g)
 		return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
 	// The hardware's exp2 and reciprocal (relative error about 1e-6, far inside the
 	// tolerances): the prefill GEMMs apply this in their epilogue while the matrix units
-	// wait; without it Qwen3 M = 4096 ran about 10% faster (bench/RESULTS.md, version 12).
+	// wait (bench/RESULTS.md, version 24: with the identity or tanh.approx in its place,
+	// the prefill rows no faster).
 	// A large -g gives exp = inf and g / inf = -0.
 	return __fdividef(g, 1.0f + __expf(-g));
 }

@@ -1108,9 +1108,10 @@ __device__ __forceinline__ void st_shared32(uint32_t address, uint32_t value)
 // The warpgroup converts its fragments into `buffer`, 64 rows by 128 columns as two TMA
 // boxes of 64 x 64 (kEpilogueBytes), and its first thread has the TMA write them: the
 // matrix units wait only for the conversion, not for the stores, which run on during the
-// next item's math (bench/RESULTS.md, version 13: the stores from registers cost the
-// prefill rows 13-25%). Coalesced, too: whole 128-byte rows instead of 16 bytes a row a
-// store. A buffer is written again only when the TMA has read it. Fragments kFrags
+// next item's math (bench/RESULTS.md, version 15: the prefill rows 0-8% faster than
+// the stores from registers; version 24: the gate/up GEMM no faster without its stores,
+// its epilogue about 1% of it). Coalesced, too: whole 128-byte rows instead of 16 bytes a
+// row a store. A buffer is written again only when the TMA has read it. Fragments kFrags
 // (a multiple of 16) from column col0, 128 columns a pass.
 constexpr uint32_t kEpilogueBoxBytes = 64 * 128, kEpilogueBytes = 2 * kEpilogueBoxBytes;
 template <int kFrags, bool kBf16, class RowScale, class Value>
@@ -1181,9 +1182,11 @@ __device__ __forceinline__ void stage_rows(const CUtensorMap &map, uint32_t buff
 // a warpgroup starts its math when the other has issued all of its item's, so that one's
 // epilogue runs during the other's math. Half the accumulator columns an item, so the
 // A tiles are read twice as often, and an m64n128 wgmma reads more shared memory per
-// multiply-add than an m64n256. Measured (bench/RESULTS.md, version 13): the epilogue
-// costs wgmma128c's prefill rows 13-25%, yet ping-pong was slower where tiles are full,
-// faster only where they are part full: forced only.
+// multiply-add than an m64n256. Measured (bench/RESULTS.md, version 13): slower where
+// tiles are full, faster only where they are part full: forced only. (Version 13's
+// reason for it, the epilogue's 13-25% with the matrix units waiting, was mostly power:
+// the build without an epilogue fed the down GEMM an act never written, and the card,
+// held at its power limit, clocked higher; version 24.)
 // The stages are used in order of items, all of an item's k-tiles together: item j of
 // the block (counted from 0) uses ring positions j * ktiles onwards, whichever warpgroup
 // computes it.
