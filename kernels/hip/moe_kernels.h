@@ -88,11 +88,16 @@ int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint3
 #define MOE_GPU_TILE_GROUP 8
 int moe_gpu_tile_group(void);
 
-/* Whether the persistent down GEMM runs a last round of items that leaves more than half
- * of its blocks idle as twice as many items of half the weight rows
- * (moe_gpu_args.tail_split): MOED_GPU_TAIL_SPLIT, 1 (or unset) so, 0 never, "all" every
- * item so (for the tests); -1 when the variable says something else, whose message
- * ends in MOE_GPU_TAIL_SPLIT_WANTS. Callers read it once. */
+/* Which of the persistent down GEMM's items run as two items of half the weight rows
+ * (moe_gpu_args.tail_split). */
+enum moe_gpu_tail_split {
+	MOE_GPU_TAIL_SPLIT_NEVER, /* MOED_GPU_TAIL_SPLIT=0, for measurements */
+	MOE_GPU_TAIL_SPLIT_SHORT, /* a last round that leaves more than half of the blocks
+				     idle (unset, or 1) */
+	MOE_GPU_TAIL_SPLIT_ALL,   /* every item (all), for the tests */
+};
+/* MOED_GPU_TAIL_SPLIT as an enum moe_gpu_tail_split; -1 when the variable says something
+ * else, whose message ends in MOE_GPU_TAIL_SPLIT_WANTS. Callers read it once. */
 #define MOE_GPU_TAIL_SPLIT_WANTS "wants 0 (never), 1 (where the last round is at most half full) or all"
 int moe_gpu_tail_split(void);
 
@@ -199,10 +204,8 @@ struct moe_gpu_args {
 				      one kernel (below); NULL: neither */
 	int separate_decode;       /* 1: a decode job's GEMMs are two kernels, not one
 				      (MOED_GPU_FUSED_DECODE=0, read once by the caller) */
-	int tail_split;            /* the persistent down GEMM's last round of items, where it
-				      leaves more than half of its blocks idle, as twice as many
-				      items of half the weight rows: 1 so, 0 never, 2 every item
-				      so: moe_gpu_tail_split(), read once by the caller */
+	int tail_split;            /* enum moe_gpu_tail_split: moe_gpu_tail_split(), read once
+				      by the caller (0: never) */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */
 	/* What the kernels read that still lies in pinned host memory the device can address
 	 * (the routing's packed copy, a staged x behind it): the launch brings fetch_bytes

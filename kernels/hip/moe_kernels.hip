@@ -395,9 +395,9 @@ extern "C" int moe_gpu_tile_group(void)
 extern "C" int moe_gpu_tail_split(void)
 {
 	const char *v = getenv("MOED_GPU_TAIL_SPLIT");
-	if (!v || !*v)
-		return 1;
-	return !strcmp(v, "0") ? 0 : !strcmp(v, "1") ? 1 : !strcmp(v, "all") ? 2 : -1;
+	if (!v || !*v || !strcmp(v, "1"))
+		return MOE_GPU_TAIL_SPLIT_SHORT;
+	return !strcmp(v, "0") ? MOE_GPU_TAIL_SPLIT_NEVER : !strcmp(v, "all") ? MOE_GPU_TAIL_SPLIT_ALL : -1;
 }
 
 extern "C" int moe_gpu_env_switch(const char *name, int unset)

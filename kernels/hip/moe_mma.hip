@@ -1280,8 +1280,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	uint32_t whole_items = items, walks = items;
 	if constexpr (!kGateUp && !kPingpong) {
 		const uint32_t rest = items % walkers;
-		if (a.tail_split == 2 || (a.tail_split == 1 && rest && 2 * rest <= walkers)) {
-			whole_items = a.tail_split == 2 ? 0 : items - rest;
+		if (a.tail_split == MOE_GPU_TAIL_SPLIT_ALL ||
+		    (a.tail_split == MOE_GPU_TAIL_SPLIT_SHORT && rest && 2 * rest <= walkers)) {
+			whole_items = a.tail_split == MOE_GPU_TAIL_SPLIT_ALL ? 0 : items - rest;
 			walks = whole_items + 2 * (items - whole_items);
 		}
 	}
