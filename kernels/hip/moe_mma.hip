@@ -839,6 +839,12 @@ struct InlineFetch {
 // items. With two grids the down GEMM waits for the whole gate/up grid: a ramp and a
 // tail of the card's bandwidth idle between them (Qwen3-30B-A3B M = 4: 384 gate/up
 // blocks for 264 places, then 512 down blocks).
+// With Shape16 the items go tile by tile (all column blocks of a tile before the next
+// tile's), not in tile groups: the tiles' gate/up items then end one tile after another,
+// and the first down items find their tiles done while the last tile's weights still
+// stream, where in groups every tile's last gate/up item came in the last round (Mixtral
+// M = 4 429 -> 420 µs, M = 1 and 16 1-2 µs faster, no decode row slower; Shape32's
+// Mixtral M = 64 was slower tile by tile, 703 -> 728: bench/RESULTS.md, version 25).
 // Where the launch has the kernel fetch its inputs (moe_gpu_args.fetch_bytes), the first
 // items copy them, and a block waits for all of those before its first other item; or
 // their head comes in `head` (InlineFetch), the first items copy the rest, and a block
@@ -866,6 +872,7 @@ __global__ void __launch_bounds__(S::kThreads)
 	const uint32_t up_items = a.tiles * up_blocks, down_part_items = a.tiles * down_blocks;
 	const uint32_t fetch_items = fetch_items_of<S>(a);
 	const uint32_t items = fetch_items + up_items + parts * down_part_items;
+	const uint32_t group = S::BM == Shape16::BM ? 1 : a.tile_group;
 	auto claim = [&] { return atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED, 1u); };
 	if (threadIdx.x == 0)
 		claimed[0] = claim();
@@ -906,7 +913,7 @@ __global__ void __launch_bounds__(S::kThreads)
 		const uint32_t item = claimed_item - fetch_items;
 		uint32_t tile, column_block;
 		if (item < up_items) {
-			work_item(item, a.tiles, up_blocks, a.tile_group, tile, column_block);
+			work_item(item, a.tiles, up_blocks, group, tile, column_block);
 			if (a.zero_y) { // before the item's GEMM, so that the down items soon find y zeroed
 				zero_y_share(a, item, up_items);
 				__threadfence();
@@ -922,7 +929,7 @@ __global__ void __launch_bounds__(S::kThreads)
 				atomicAdd(tile_done + tile, 1u);
 		} else {
 			const uint32_t d = item - up_items, part = d / down_part_items;
-			work_item(d - part * down_part_items, a.tiles, down_blocks, a.tile_group, tile, column_block);
+			work_item(d - part * down_part_items, a.tiles, down_blocks, group, tile, column_block);
 			gemm_block<S, false, kBf16>(a, base, tile, column_block, down_blocks, part, parts, [&] {
 				if (threadIdx.x == 0) {
 					wait_for_count(tile_done + tile, up_blocks);
