@@ -843,7 +843,7 @@ struct InlineFetch {
 // tile's), not in tile groups: the tiles' gate/up items then end one tile after another,
 // and the first down items find their tiles done while the last tile's weights still
 // stream, where in groups every tile's last gate/up item came in the last round (Mixtral
-// M = 4 429 -> 420 µs, M = 1 and 16 1-2 µs faster, no decode row slower; Shape32's
+// M = 4 429 -> 420 µs, M = 1 and 16 1-3 µs faster, no decode row slower; Shape32's
 // Mixtral M = 64 was slower tile by tile, 703 -> 728: bench/RESULTS.md, version 25).
 // Where the launch has the kernel fetch its inputs (moe_gpu_args.fetch_bytes), the first
 // items copy them, and a block waits for all of those before its first other item; or
