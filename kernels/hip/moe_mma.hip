@@ -1500,7 +1500,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					continue;
 				}
 				const uint32_t n0 = column_block * cols;
-				if constexpr (!kGateUp && !kPingpong) {
+				if constexpr (!kGateUp) {
 					if (half >= 0) {
 						compute(g, wg * 64, std::integral_constant<int, 1>(), [] {}, Half());
 						finish(tile, count, n0 + (uint32_t)half * (S::BN / 2), Half());
