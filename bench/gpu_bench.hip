@@ -29,6 +29,8 @@
 // instead the host's sorting with its copy queued and waited for (the runtime's call and
 // the wait counted); those means are printed as well.
 // MOED_BENCH_ONLY="Qwen3-30B-A3B:1,Mixtral-8x7B:4096" times only those rows (for profilers);
+// an M that is not a row of TARGETS.md (1 to 4096) adds that row, out of the means and
+// without an anchor (to try the plan's choices on other sizes);
 // each row draws its routing from its own seed (row_seed), the same in any subset of rows,
 // and MOED_BENCH_SEED=n draws another routing for every row.
 #include <errno.h>
@@ -145,18 +147,93 @@ static void route(const char *model, uint32_t m, uint32_t e, uint32_t k, int32_t
 	free(l);
 }
 
-/* Whether MOED_BENCH_ONLY (a list of model:M) leaves the row in; unset, every row. */
-static int row_wanted(const char *model, uint32_t m)
+/* The most tokens a row may have: the buffers are sized for TARGETS.md's largest. */
+static const uint32_t kRowMaxM = target_ms[TARGET_ROWS - 1];
+
+/* MOED_BENCH_ONLY's entries, model:M each, comma-separated: a row of TARGETS.md, or any
+ * other M from 1 to kRowMaxM of one of its models (timed, but out of the means and
+ * without an anchor). Unset or empty, every row of TARGETS.md. */
+struct only_entry {
+	int model; /* index in target_models */
+	uint32_t m;
+};
+static struct only_entry *only_list;
+static int only_count = -1; /* -1: every row */
+
+/* Parses MOED_BENCH_ONLY into only_list; 0, or -1 with the reason printed. */
+static int read_only_rows(void)
 {
 	const char *only = getenv("MOED_BENCH_ONLY");
-	char want[96];
 	if (!only || !*only)
-		return 1;
-	snprintf(want, sizeof(want), "%s:%u", model, m);
-	for (const char *p = only; (p = strstr(p, want)); p += strlen(want))
-		if ((p == only || p[-1] == ',') && (p[strlen(want)] == ',' || !p[strlen(want)]))
-			return 1;
+		return 0;
+	only_count = 0;
+	only_list = (struct only_entry *)calloc(strlen(only) / 2 + 1, sizeof(*only_list));
+	if (!only_list)
+		abort();
+	for (const char *p = only; *p;) {
+		const char *end = strchr(p, ',');
+		const size_t len = end ? (size_t)(end - p) : strlen(p);
+		const char *colon = (const char *)memchr(p, ':', len);
+		int model = -1;
+		for (int i = 0; colon && i < 3; i++)
+			if (strlen(target_models[i].name) == (size_t)(colon - p) &&
+			    !strncmp(p, target_models[i].name, colon - p))
+				model = i;
+		char digits[16] = "";
+		const size_t nd = colon ? len - (size_t)(colon + 1 - p) : 0;
+		if (nd && nd < sizeof(digits))
+			memcpy(digits, colon + 1, nd);
+		char *stop = NULL;
+		const unsigned long m = strtoul(digits, &stop, 10);
+		if (model < 0 || !nd || nd >= sizeof(digits) || *stop || digits[0] < '0' || digits[0] > '9' ||
+		    m < 1 || m > kRowMaxM) {
+			fprintf(stderr, "MOED_BENCH_ONLY: \"%.*s\": wants model:M, the model one of %s, %s, %s and M "
+					"from 1 to %u\n",
+				(int)len, p, target_models[0].name, target_models[1].name, target_models[2].name,
+				kRowMaxM);
+			return -1;
+		}
+		only_list[only_count].model = model, only_list[only_count++].m = (uint32_t)m;
+		p += len + (end ? 1 : 0);
+	}
 	return 0;
+}
+
+/* A row to time: M tokens, and its column in TARGETS.md (-1: not one of its rows). */
+struct bench_row {
+	uint32_t m;
+	int target;
+};
+
+/* The rows of model `model` to time, by M; how many. */
+static int rows_of(int model, struct bench_row *rows, int cap)
+{
+	int n = 0;
+	for (int i = 0; i < TARGET_ROWS; i++)
+		rows[n].m = target_ms[i], rows[n++].target = i;
+	if (only_count >= 0) {
+		n = 0;
+		for (int j = 0; j < only_count; j++) {
+			if (only_list[j].model != model)
+				continue;
+			int seen = 0;
+			for (int r = 0; r < n; r++)
+				seen |= rows[r].m == only_list[j].m;
+			if (seen || n == cap)
+				continue;
+			rows[n].m = only_list[j].m, rows[n].target = -1;
+			for (int i = 0; i < TARGET_ROWS; i++)
+				if (target_ms[i] == only_list[j].m)
+					rows[n].target = i;
+			n++;
+		}
+	}
+	for (int a = 1; a < n; a++) /* by M */
+		for (int b = a; b > 0 && rows[b].m < rows[b - 1].m; b--) {
+			const struct bench_row t = rows[b];
+			rows[b] = rows[b - 1], rows[b - 1] = t;
+		}
+	return n;
 }
 
 /* The device's sort of a row's pairs against the host's: the same tile table, every
@@ -377,7 +454,7 @@ int main(int argc, char **argv)
 	int dependent, prefetch, fused;
 	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", &dependent) < 0 ||
 	    measurement_switch("MOED_GPU_L2_PREFETCH", &prefetch) < 0 ||
-	    measurement_switch("MOED_GPU_FUSED_DECODE", &fused) < 0)
+	    measurement_switch("MOED_GPU_FUSED_DECODE", &fused) < 0 || read_only_rows() < 0)
 		return 2;
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
@@ -431,6 +508,7 @@ int main(int argc, char **argv)
 	struct target_means sorted_means = {}, waited_means = {};
 	struct target_means cold_means = {}; /* against the cold matmul rate */
 	struct target_means single_means = {}; /* one job a graph, as through version 24 */
+	int rows_timed = 0;
 	for (const struct target_model &md : target_models) {
 		const size_t w13n = (size_t)md.e * 2 * md.i * md.h, w2n = (size_t)md.e * md.h * md.i;
 		uint16_t *w13, *w2, *x, *out;
@@ -467,10 +545,11 @@ int main(int argc, char **argv)
 		struct moe_routing rt;
 		memset(&rt, 0, sizeof(rt));
 		double last_us = 0;
-		for (int mi = 0; mi < TARGET_ROWS; mi++) {
-			const uint32_t m = target_ms[mi], pairs = m * md.k;
-			if (!row_wanted(md.name, m))
-				continue;
+		struct bench_row rows[TARGET_ROWS + 32];
+		const int nrows = rows_of((int)(&md - target_models), rows, TARGET_ROWS + 32);
+		for (int ri = 0; ri < nrows; ri++) {
+			const uint32_t m = rows[ri].m, pairs = m * md.k;
+			const int mi = rows[ri].target; /* -1: not a row of TARGETS.md */
 			/* Over two minutes a row (the timings in turn take 2 + 2 kGraphCalls
 			 * times the job's time a repetition): skip. */
 			if (last_us * (2 + 2 * kGraphCalls) * (reps + 3) > 120e6) {
@@ -563,17 +642,25 @@ int main(int argc, char **argv)
 				flops / rate >= 0.5 * bytes / bw ? matmul_rate(&mm, st, e0, e1, 1, reps) : rate;
 			last_us = kern;
 			const double floor_us = fmax(bytes / bw, flops / row_rate) * 1e6;
-			const double ratio = floor_us / kern, anchor = md.anchor_us[mi];
-			const double torch = torch_us[&md - target_models][mi];
-			char versus_torch[32]; /* dashes where bench/torch_moe.py gave no time */
+			const double ratio = floor_us / kern;
+			const double anchor = mi >= 0 ? md.anchor_us[mi] : 0;
+			const double torch = mi >= 0 ? torch_us[&md - target_models][mi] : 0;
+			char versus_anchor[32], versus_torch[32]; /* dashes where there is no figure */
+			if (anchor > 0)
+				snprintf(versus_anchor, sizeof(versus_anchor), "%9.0f %7.2fx", anchor, anchor / kern);
+			else
+				snprintf(versus_anchor, sizeof(versus_anchor), "%9s %8s", "-", "-");
 			if (torch > 0)
 				snprintf(versus_torch, sizeof(versus_torch), "%9.0f %7.1fx", torch, torch / with_sort);
 			else
 				snprintf(versus_torch, sizeof(versus_torch), "%9s %8s", "-", "-");
 			/* What sorting adds: the host's part, and the full graph's beyond the kernels'. */
-			printf("%-14s %5u %9.0f %6.0f %9.0f %10.0f %9.0f %9.0f %7.2f %9.0f %7.2fx %s %-10s %.1f + %.1f\n",
-			       md.name, m, floor_us, row_rate / 1e12, kern, kern1, launched, with_sort, ratio, anchor,
-			       anchor / kern, versus_torch, moe_gpu_kernel_name(plan.kernel), t_host, full_us - kern);
+			printf("%-14s %5u %9.0f %6.0f %9.0f %10.0f %9.0f %9.0f %7.2f %s %s %-10s %.1f + %.1f\n", md.name,
+			       m, floor_us, row_rate / 1e12, kern, kern1, launched, with_sort, ratio, versus_anchor,
+			       versus_torch, moe_gpu_kernel_name(plan.kernel), t_host, full_us - kern);
+			rows_timed++;
+			if (mi < 0)
+				continue; /* the means are TARGETS.md's rows' */
 			target_means_add(&means, m, ratio);
 			target_means_add(&sorted_means, m, floor_us / with_sort);
 			target_means_add(&waited_means, m, floor_us / (kern + t_sort));
@@ -589,9 +676,8 @@ int main(int argc, char **argv)
 			CHECK(hipFree(p));
 		CHECK(hipHostFree(stage));
 	}
-	if (!means.all) {
-		fprintf(stderr, "MOED_BENCH_ONLY=%s names no row timed (model:M, e.g. Qwen3-30B-A3B:1)\n",
-			getenv("MOED_BENCH_ONLY") ? getenv("MOED_BENCH_ONLY") : "");
+	if (!rows_timed) { /* every row asked for was skipped as too long */
+		fprintf(stderr, "no row timed\n");
 		return 2;
 	}
 	target_means_print(&means, "", "floor/time");
