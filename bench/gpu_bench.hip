@@ -205,35 +205,35 @@ struct bench_row {
 	int target;
 };
 
-/* The rows of model `model` to time, by M; how many. */
-static int rows_of(int model, struct bench_row *rows, int cap)
+/* The rows of model `model` to time, by M, in a new array (free() it); how many in *n. */
+static struct bench_row *rows_of(int model, int *n)
 {
-	int n = 0;
-	for (int i = 0; i < TARGET_ROWS; i++)
-		rows[n].m = target_ms[i], rows[n++].target = i;
-	if (only_count >= 0) {
-		n = 0;
-		for (int j = 0; j < only_count; j++) {
-			if (only_list[j].model != model)
-				continue;
-			int seen = 0;
-			for (int r = 0; r < n; r++)
-				seen |= rows[r].m == only_list[j].m;
-			if (seen || n == cap)
-				continue;
-			rows[n].m = only_list[j].m, rows[n].target = -1;
-			for (int i = 0; i < TARGET_ROWS; i++)
-				if (target_ms[i] == only_list[j].m)
-					rows[n].target = i;
-			n++;
-		}
+	const int cap = TARGET_ROWS + (only_count > 0 ? only_count : 0);
+	struct bench_row *rows = (struct bench_row *)calloc(cap, sizeof(*rows));
+	if (!rows)
+		abort();
+	*n = 0;
+	if (only_count < 0)
+		for (int i = 0; i < TARGET_ROWS; i++)
+			rows[*n].m = target_ms[i], rows[(*n)++].target = i;
+	for (int j = 0; j < only_count; j++) {
+		int seen = only_list[j].model != model;
+		for (int r = 0; r < *n; r++)
+			seen |= rows[r].m == only_list[j].m;
+		if (seen)
+			continue;
+		rows[*n].m = only_list[j].m, rows[*n].target = -1;
+		for (int i = 0; i < TARGET_ROWS; i++)
+			if (target_ms[i] == only_list[j].m)
+				rows[*n].target = i;
+		(*n)++;
 	}
-	for (int a = 1; a < n; a++) /* by M */
+	for (int a = 1; a < *n; a++) /* by M */
 		for (int b = a; b > 0 && rows[b].m < rows[b - 1].m; b--) {
 			const struct bench_row t = rows[b];
 			rows[b] = rows[b - 1], rows[b - 1] = t;
 		}
-	return n;
+	return rows;
 }
 
 /* The device's sort of a row's pairs against the host's: the same tile table, every
@@ -510,6 +510,12 @@ int main(int argc, char **argv)
 	struct target_means single_means = {}; /* one job a graph, as through version 24 */
 	int rows_timed = 0;
 	for (const struct target_model &md : target_models) {
+		int nrows;
+		struct bench_row *rows = rows_of((int)(&md - target_models), &nrows);
+		if (!nrows) { /* none asked for: no weights drawn */
+			free(rows);
+			continue;
+		}
 		const size_t w13n = (size_t)md.e * 2 * md.i * md.h, w2n = (size_t)md.e * md.h * md.i;
 		uint16_t *w13, *w2, *x, *out;
 		float *y;
@@ -545,8 +551,6 @@ int main(int argc, char **argv)
 		struct moe_routing rt;
 		memset(&rt, 0, sizeof(rt));
 		double last_us = 0;
-		struct bench_row rows[TARGET_ROWS + 32];
-		const int nrows = rows_of((int)(&md - target_models), rows, TARGET_ROWS + 32);
 		for (int ri = 0; ri < nrows; ri++) {
 			const uint32_t m = rows[ri].m, pairs = m * md.k;
 			const int mi = rows[ri].target; /* -1: not a row of TARGETS.md */
@@ -667,6 +671,7 @@ int main(int argc, char **argv)
 			target_means_add(&cold_means, m, fmax(bytes / bw, flops / rate) * 1e6 / kern);
 			target_means_add(&single_means, m, floor_us / kern1);
 		}
+		free(rows);
 		moe_routing_free(&rt);
 		CHECK(hipHostFree(ids));
 		CHECK(hipHostFree(tw));
