@@ -451,10 +451,11 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	int dependent, prefetch, fused;
+	int dependent, prefetch, fused, spread;
 	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", &dependent) < 0 ||
 	    measurement_switch("MOED_GPU_L2_PREFETCH", &prefetch) < 0 ||
-	    measurement_switch("MOED_GPU_FUSED_DECODE", &fused) < 0 || read_only_rows() < 0)
+	    measurement_switch("MOED_GPU_FUSED_DECODE", &fused) < 0 ||
+	    measurement_switch("MOED_GPU_SPREAD", &spread) < 0 || read_only_rows() < 0)
 		return 2;
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
@@ -606,6 +607,7 @@ int main(int argc, char **argv)
 			a.w13 = w13, a.w2 = w2, a.act = act, a.y = y, a.out = out, a.counters = counters;
 			a.tile_group = (uint32_t)tile_group, a.serial_launch = !dependent;
 			a.no_prefetch = !prefetch, a.separate_decode = !fused, a.tail_split = tail_split;
+			a.no_spread = !spread;
 			/* The full path's launch brings the routing from the stage (as the backend's
 			 * does), or sorts a large job's pairs again. */
 			struct moe_gpu_args full = a;

@@ -439,6 +439,7 @@ START_TEST(bad_measurement_settings_refused)
 	char *group = env_save("MOED_GPU_TILE_GROUP"), *dependent = env_save("MOED_GPU_DEPENDENT_LAUNCH");
 	char *trace = env_save("MOED_HIP_TRACE"), *prefetch = env_save("MOED_GPU_L2_PREFETCH");
 	char *fused = env_save("MOED_GPU_FUSED_DECODE"), *tail = env_save("MOED_GPU_TAIL_SPLIT");
+	char *spread = env_save("MOED_GPU_SPREAD");
 	const char *bad[] = { "0", "65537", "8x", "-3" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char want[96];
@@ -454,6 +455,8 @@ START_TEST(bad_measurement_settings_refused)
 	unsetenv("MOED_GPU_L2_PREFETCH");
 	expect_create_refused("MOED_GPU_FUSED_DECODE", "one", "MOED_GPU_FUSED_DECODE=one: wants 0 (off) or 1 (on)");
 	unsetenv("MOED_GPU_FUSED_DECODE");
+	expect_create_refused("MOED_GPU_SPREAD", "first", "MOED_GPU_SPREAD=first: wants 0 (off) or 1 (on)");
+	unsetenv("MOED_GPU_SPREAD");
 	expect_create_refused("MOED_GPU_TAIL_SPLIT", "2",
 			      "MOED_GPU_TAIL_SPLIT=2: wants 0 (never), 1 (where the last round is at most half full) or all");
 	unsetenv("MOED_GPU_TAIL_SPLIT");
@@ -468,7 +471,9 @@ START_TEST(bad_measurement_settings_refused)
 	setenv("MOED_GPU_L2_PREFETCH", "0", 1);
 	setenv("MOED_GPU_FUSED_DECODE", "0", 1);
 	setenv("MOED_GPU_TAIL_SPLIT", "all", 1);
+	setenv("MOED_GPU_SPREAD", "0", 1);
 	ck_assert_int_eq(create_with("MOED_GPU_DEPENDENT_LAUNCH", "0", &err), 0);
+	env_restore("MOED_GPU_SPREAD", spread);
 	env_restore("MOED_GPU_L2_PREFETCH", prefetch);
 	env_restore("MOED_GPU_FUSED_DECODE", fused);
 	env_restore("MOED_GPU_TAIL_SPLIT", tail);

@@ -89,6 +89,7 @@ struct moed_backend {
 	bool serial_launch;  /* MOED_GPU_DEPENDENT_LAUNCH=0 */
 	bool no_prefetch;    /* MOED_GPU_L2_PREFETCH=0 */
 	bool separate_decode; /* MOED_GPU_FUSED_DECODE=0 */
+	bool no_spread;       /* MOED_GPU_SPREAD=0 */
 	int tail_split;       /* MOED_GPU_TAIL_SPLIT's (moe_gpu_tail_split) */
 	uint32_t caps;
 	struct moed_kwargs_schema schema;
@@ -230,10 +231,11 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	if (tail_split < 0)
 		return moed_error_set(err, -EINVAL, "MOED_GPU_TAIL_SPLIT=%s: " MOE_GPU_TAIL_SPLIT_WANTS,
 				      getenv("MOED_GPU_TAIL_SPLIT"));
-	bool dependent, prefetch, fused, trace, inject;
+	bool dependent, prefetch, fused, spread, trace, inject;
 	if ((r = env_switch("MOED_GPU_DEPENDENT_LAUNCH", true, &dependent, err)) < 0 ||
 	    (r = env_switch("MOED_GPU_L2_PREFETCH", true, &prefetch, err)) < 0 ||
 	    (r = env_switch("MOED_GPU_FUSED_DECODE", true, &fused, err)) < 0 ||
+	    (r = env_switch("MOED_GPU_SPREAD", true, &spread, err)) < 0 ||
 	    (r = env_switch("MOED_HIP_TRACE", false, &trace, err)) < 0 ||
 	    (r = env_switch("MOED_HIP_INJECT_FAULT", false, &inject, err)) < 0)
 		return r;
@@ -254,6 +256,7 @@ int hip_create(const struct moed_backend_config *cfg, struct moed_backend **out,
 	b->serial_launch = !dependent;
 	b->no_prefetch = !prefetch;
 	b->separate_decode = !fused;
+	b->no_spread = !spread;
 	b->tail_split = tail_split;
 	pthread_mutex_init(&b->notify_lock, NULL);
 	b->inject_fault = inject;
@@ -561,6 +564,7 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	a.serial_launch = c->backend->serial_launch;
 	a.no_prefetch = c->backend->no_prefetch;
 	a.separate_decode = c->backend->separate_decode;
+	a.no_spread = c->backend->no_spread;
 	a.tail_split = c->backend->tail_split;
 	if (rt->on_device) {
 		a.sort.ids = sort_ids, a.sort.weights = sort_weights, a.sort.report = c->report;

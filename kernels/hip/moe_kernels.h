@@ -128,12 +128,14 @@ const char *moe_gpu_kernel_withdrawn(enum moe_gpu_kernel k);
 const char *moe_gpu_kernel_name(enum moe_gpu_kernel k);
 
 /* moe_gpu_args.counters: the blocks that have finished (the folded combine's last block,
- * the one-kernel decode's); the one-kernel decode's next work item, its gate/up items
- * that have zeroed their share of y, and each tile's finished gate/up items (it runs
- * where the tiles are at most MOE_GPU_FUSED_MAX_TILES), and its fetch items done. */
+ * the one-kernel decode's); the one-kernel decode's next work item (of its fetch and
+ * gate/up items, and of its down items), its gate/up items that have zeroed their share
+ * of y, and each tile's finished gate/up items (it runs where the tiles are at most
+ * MOE_GPU_FUSED_MAX_TILES), and its fetch items done. */
 enum {
 	MOE_GPU_COUNTER_DONE,
 	MOE_GPU_COUNTER_CLAIMED,
+	MOE_GPU_COUNTER_CLAIMED_DOWN,
 	MOE_GPU_COUNTER_ZEROED,
 	MOE_GPU_COUNTER_FETCHED, /* the one-kernel decode's fetch items done (fetch_bytes) */
 	MOE_GPU_COUNTER_SORTED,  /* the device sort's counting blocks done */
@@ -145,7 +147,11 @@ enum {
  * (moe_gpu_sort.report's form). */
 #define MOE_GPU_COUNTER_SORT_EXPERTS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
 #define MOE_GPU_COUNTER_SORT_BAD ((MOE_GPU_COUNTER_SORT_EXPERTS + MOE_ROUTE_DEVICE_MAX_EXPERTS + 1) & ~1u)
-#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_SORT_BAD + 2)
+/* Then the one-kernel decode's blocks started on each SM (by its number, modulo
+ * MOE_GPU_SM_SLOTS), where its gate/up items are spread one an SM. */
+#define MOE_GPU_COUNTER_SM_SLOTS (MOE_GPU_COUNTER_SORT_BAD + 2)
+#define MOE_GPU_SM_SLOTS 256u
+#define MOE_GPU_COUNTERS (MOE_GPU_COUNTER_SM_SLOTS + MOE_GPU_SM_SLOTS)
 
 /* Where ids is set, the launch first sorts the pairs on the device (moe_routing.h),
  * filling moe_gpu_args' pair_of, pos_of, topk_weights, the tile table (tiles places of
@@ -204,6 +210,9 @@ struct moe_gpu_args {
 				      one kernel (below); NULL: neither */
 	int separate_decode;       /* 1: a decode job's GEMMs are two kernels, not one
 				      (MOED_GPU_FUSED_DECODE=0, read once by the caller) */
+	int no_spread;             /* 1: the one-kernel decode's gate/up items go to blocks in
+				      the order they ask, not one an SM first
+				      (MOED_GPU_SPREAD=0, read once by the caller) */
 	int tail_split;            /* enum moe_gpu_tail_split: moe_gpu_tail_split(), read once
 				      by the caller (0: never) */
 	void *out;                 /* [M, H] or [M, K, H] io_dtype */

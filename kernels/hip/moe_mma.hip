@@ -774,6 +774,14 @@ __global__ void __launch_bounds__(S::kThreads) mma_kernel(const struct moe_gpu_a
 	}
 }
 
+// The SM this block runs on.
+__device__ __forceinline__ uint32_t sm_id()
+{
+	uint32_t id;
+	asm volatile("mov.u32 %0, %%smid;\n" : "=r"(id));
+	return id;
+}
+
 // Until *counter reaches `value` (another block's count: read from L2 each time).
 __device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t value)
 {
@@ -857,11 +865,19 @@ struct InlineFetch {
 // of the card). A block claims its next item when only the present one's epilogue is
 // left: claimed sooner, it could wait behind a long item (or one that waits for its
 // tile) while other blocks have nothing left to do.
+// The fetch and gate/up items come from one counter, the down items from another, taken
+// in that order. With `spread` (no more fetch and gate/up items than the card has SMs)
+// a block that is not the first to start on its SM takes the down items first: two
+// gate/up items on one SM stream their weights more slowly than one (Qwen3-30B-A3B M =
+// 1: 512 KiB an item, about 14.5 µs alone, 17-23 µs two to an SM; bench/RESULTS.md,
+// version 27), and by arrival about 40 of its 96 gate/up items shared an SM while 36
+// SMs had none. No deadlock: a down item waits only for gate/up items, which a first
+// block of an SM takes before any down item and does without waiting for down items.
 // The counters (moe_gpu_args.counters) are zero at the start; the last block to finish
 // leaves them so, having written the folded combine's out where there is one.
 template <class S, bool kBf16>
 __global__ void __launch_bounds__(S::kThreads)
-	decode_kernel(const struct moe_gpu_args a, uint32_t parts, const __grid_constant__ InlineFetch head)
+	decode_kernel(const struct moe_gpu_args a, uint32_t parts, bool spread, const __grid_constant__ InlineFetch head)
 {
 	extern __shared__ __align__(1024) unsigned char smem[];
 	__shared__ uint32_t claimed[2]; // the items claimed, in turns, so that no thread
@@ -871,9 +887,26 @@ __global__ void __launch_bounds__(S::kThreads)
 	const uint32_t up_blocks = column_blocks_of<S, true>(a), down_blocks = column_blocks_of<S, false>(a);
 	const uint32_t up_items = a.tiles * up_blocks, down_part_items = a.tiles * down_blocks;
 	const uint32_t fetch_items = fetch_items_of<S>(a);
-	const uint32_t items = fetch_items + up_items + parts * down_part_items;
+	const uint32_t lead_items = fetch_items + up_items, items = lead_items + parts * down_part_items;
 	const uint32_t group = S::BM == Shape16::BM ? 1 : a.tile_group;
-	auto claim = [&] { return atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED, 1u); };
+	// Thread 0's: which counter goes first, and which still have items.
+	bool down_first = false, lead_left = true, down_left = true;
+	if (spread && threadIdx.x == 0)
+		down_first = atomicAdd(a.counters + MOE_GPU_COUNTER_SM_SLOTS + sm_id() % MOE_GPU_SM_SLOTS, 1u) > 0;
+	auto claim_lead = [&] {
+		const uint32_t i = lead_left ? atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED, 1u) : lead_items;
+		lead_left = i < lead_items;
+		return lead_left ? i : items;
+	};
+	auto claim_down = [&] {
+		const uint32_t i = down_left ? atomicAdd(a.counters + MOE_GPU_COUNTER_CLAIMED_DOWN, 1u) : items;
+		down_left = i < items - lead_items;
+		return down_left ? lead_items + i : items;
+	};
+	auto claim = [&] {
+		const uint32_t i = down_first ? claim_down() : claim_lead();
+		return i < items ? i : down_first ? claim_lead() : claim_down();
+	};
 	if (threadIdx.x == 0)
 		claimed[0] = claim();
 	__syncthreads();
@@ -951,9 +984,12 @@ __global__ void __launch_bounds__(S::kThreads)
 		write_folded<kBf16>(a);
 	for (uint32_t t = threadIdx.x; t < a.tiles; t += blockDim.x)
 		tile_done[t] = 0;
+	for (uint32_t t = threadIdx.x; spread && t < MOE_GPU_SM_SLOTS; t += blockDim.x)
+		a.counters[MOE_GPU_COUNTER_SM_SLOTS + t] = 0;
 	if (threadIdx.x == 0)
-		a.counters[MOE_GPU_COUNTER_CLAIMED] = a.counters[MOE_GPU_COUNTER_ZEROED] =
-			a.counters[MOE_GPU_COUNTER_FETCHED] = a.counters[MOE_GPU_COUNTER_DONE] = 0;
+		a.counters[MOE_GPU_COUNTER_CLAIMED] = a.counters[MOE_GPU_COUNTER_CLAIMED_DOWN] =
+			a.counters[MOE_GPU_COUNTER_ZEROED] = a.counters[MOE_GPU_COUNTER_FETCHED] =
+				a.counters[MOE_GPU_COUNTER_DONE] = 0;
 }
 
 // mbarriers in shared memory (sm_90): the persistent kernel's stages are handed between
@@ -1663,11 +1699,12 @@ template <class S, bool kBf16> int launch_decode(const struct moe_gpu_args &job,
 	head.to = nullptr, head.words = 0;
 	if (a.fetch_bytes)
 		take_fetch_head(a, head);
-	const uint32_t items =
-		fetch_items_of<S>(a) + a.tiles * (column_blocks_of<S, true>(a) + parts * column_blocks_of<S, false>(a));
+	const uint32_t lead_items = fetch_items_of<S>(a) + a.tiles * column_blocks_of<S, true>(a);
+	const uint32_t items = lead_items + a.tiles * parts * column_blocks_of<S, false>(a);
 	const uint32_t slots = resident_blocks<kKernel, S::kThreads, S::kSmem>();
+	const bool spread = lead_items <= (uint32_t)sm_count() && !a.no_spread;
 	return launch_on(kKernel, dim3(items < slots ? items : slots), S::kThreads, S::kSmem, false, stream, a,
-			 parts, head);
+			 parts, spread, head);
 }
 
 // SG: the gate/up GEMM's shape, SD the down GEMM's (the same tile of pairs).
