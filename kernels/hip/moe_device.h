@@ -92,6 +92,22 @@ __device__ __forceinline__ float warp_sum(float v)
 	return v;
 }
 
+// The inclusive prefix sum of v over a warp's lanes (thread order).
+__device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v)
+{
+	const int lane = threadIdx.x % kWarp;
+	for (int d = 1; d < kWarp; d *= 2) {
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
+		const uint32_t below = __shfl_up(v, d, kWarp);
+#else
+		const uint32_t below = __shfl_up_sync(0xffffffffu, v, d);
+#endif
+		if (lane >= d)
+			v += below;
+	}
+	return v;
+}
+
 __device__ __forceinline__ float activate(int act, float g)
 {
 	if (act == MOED_GPU_GELU)

@@ -495,25 +495,33 @@ constexpr uint32_t kRankBits = 20;
 static_assert(MOE_ROUTE_DEVICE_MAX_PAIRS / MOE_ROUTE_SORT_BLOCKS <= 1u << kRankBits, "ranks fit their bits");
 
 // The exclusive prefix sums of v[0..2] over the block's threads (in thread order), and
-// their totals. `buf` holds 3 * kSortThreads words of shared memory.
+// their totals: each warp's by shuffles, then the warps' totals by the first warp. (Ten
+// rounds over shared memory with two block barriers each took about 2 µs of the 12 that
+// sorting 8192 pairs took: bench/RESULTS.md, version 27.) `buf` holds 3 * kSortWarps
+// words of shared memory.
+constexpr uint32_t kSortWarps = kSortThreads / kWarp;
+static_assert(kSortThreads % kWarp == 0 && kSortWarps <= kWarp, "one warp scans the warps' totals");
+
 __device__ void block_exclusive_scan3(uint32_t v[3], uint32_t total[3], uint32_t *buf)
 {
-	const uint32_t t = threadIdx.x;
-	for (int c = 0; c < 3; c++)
-		buf[c * kSortThreads + t] = v[c];
-	__syncthreads();
-	for (uint32_t step = 1; step < kSortThreads; step *= 2) {
-		uint32_t add[3];
-		for (int c = 0; c < 3; c++)
-			add[c] = t >= step ? buf[c * kSortThreads + t - step] : 0;
-		__syncthreads();
-		for (int c = 0; c < 3; c++)
-			buf[c * kSortThreads + t] += add[c];
-		__syncthreads();
-	}
+	const uint32_t lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+	uint32_t within[3];
 	for (int c = 0; c < 3; c++) {
-		v[c] = buf[c * kSortThreads + t] - v[c];
-		total[c] = buf[c * kSortThreads + kSortThreads - 1];
+		within[c] = warp_inclusive_sum(v[c]);
+		if (lane == kWarp - 1)
+			buf[c * kSortWarps + warp] = within[c];
+	}
+	__syncthreads();
+	if (warp == 0)
+		for (int c = 0; c < 3; c++) {
+			const uint32_t sum = warp_inclusive_sum(lane < kSortWarps ? buf[c * kSortWarps + lane] : 0);
+			if (lane < kSortWarps)
+				buf[c * kSortWarps + lane] = sum;
+		}
+	__syncthreads();
+	for (int c = 0; c < 3; c++) {
+		v[c] = (warp ? buf[c * kSortWarps + warp - 1] : 0) + within[c] - v[c];
+		total[c] = buf[c * kSortWarps + kSortWarps - 1];
 	}
 	__syncthreads(); // buf is free again
 }
@@ -541,7 +549,7 @@ __device__ __noinline__ uint32_t out_of_range(const struct moe_gpu_args &a, uint
 
 __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct moe_gpu_args a)
 {
-	extern __shared__ uint32_t sort_smem[]; // [experts], then [3 * kSortThreads]
+	extern __shared__ uint32_t sort_smem[]; // [experts], then [3 * kSortWarps]
 	const struct moe_gpu_sort &s = a.sort;
 	const uint32_t experts = a.experts, pairs = a.tokens * a.topk, t = threadIdx.x;
 	uint32_t *hist = sort_smem, *scan = sort_smem + experts;
@@ -693,7 +701,7 @@ extern "C" int moe_gpu_sort_pairs(const struct moe_gpu_args *a, void *stream)
 	if (!a->counters || !a->sort.report || a->experts > MOE_ROUTE_DEVICE_MAX_EXPERTS || !a->sort.blocks ||
 	    (size_t)a->sort.blocks * a->sort.chunk < pairs)
 		return (int)hipErrorInvalidValue;
-	const size_t smem = ((size_t)a->experts + 3 * kSortThreads) * sizeof(uint32_t);
+	const size_t smem = ((size_t)a->experts + 3 * kSortWarps) * sizeof(uint32_t);
 	hipLaunchKernelGGL(sort_count_kernel, dim3(a->sort.blocks), dim3(kSortThreads), smem, (hipStream_t)stream, *a);
 	hipLaunchKernelGGL(sort_place_kernel, dim3((pairs + 255) / 256), dim3(256), 0, (hipStream_t)stream, *a);
 	return (int)hipGetLastError();
