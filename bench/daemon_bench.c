@@ -390,7 +390,7 @@ int main(int argc, char **argv)
 		moe_daemon_spin(spin, sizeof(spin));
 		printf("  daemon --spin-us %s, client spin %s us\n", spin, moe_spin_us >= 0 ? spin : "20 (default)");
 		start_daemon(moed, spin, -1, backend);
-		for (int i = 0; i < 3; i++) {
+		for (int i = 0; i < TARGET_MODELS; i++) {
 			const struct target_model *row = &target_models[i];
 			const struct shape s = { row->name, row->e, row->k, row->h, row->i, row->anchor_us };
 			moe_rows(&s, target_ms, TARGET_ROWS, gpu_bw, gpu_rate, true);

@@ -62,7 +62,7 @@
 
 
 /* The PyTorch reference's times (bench/torch_moe.py's output), where given. */
-static double torch_us[3][TARGET_ROWS];
+static double torch_us[TARGET_MODELS][TARGET_ROWS];
 
 static void read_torch_times(const char *path)
 {
@@ -76,7 +76,7 @@ static void read_torch_times(const char *path)
 	}
 	while (fgets(line, sizeof(line), f))
 		if (line[0] != '#' && sscanf(line, "%63s %u %lf", name, &m, &us) == 3)
-			for (int i = 0; i < 3; i++)
+			for (int i = 0; i < TARGET_MODELS; i++)
 				for (int j = 0; j < TARGET_ROWS; j++)
 					if (!strcmp(name, target_models[i].name) && m == target_ms[j])
 						torch_us[i][j] = us;
@@ -175,7 +175,7 @@ static int read_only_rows(void)
 		const size_t len = end ? (size_t)(end - p) : strlen(p);
 		const char *colon = (const char *)memchr(p, ':', len);
 		int model = -1;
-		for (int i = 0; colon && i < 3; i++)
+		for (int i = 0; colon && i < TARGET_MODELS; i++)
 			if (strlen(target_models[i].name) == (size_t)(colon - p) &&
 			    !strncmp(p, target_models[i].name, colon - p))
 				model = i;
@@ -187,10 +187,10 @@ static int read_only_rows(void)
 		const unsigned long m = strtoul(digits, &stop, 10);
 		if (model < 0 || !nd || nd >= sizeof(digits) || *stop || digits[0] < '0' || digits[0] > '9' ||
 		    m < 1 || m > kRowMaxM) {
-			fprintf(stderr, "MOED_BENCH_ONLY: \"%.*s\": wants model:M, the model one of %s, %s, %s and M "
-					"from 1 to %u\n",
-				(int)len, p, target_models[0].name, target_models[1].name, target_models[2].name,
-				kRowMaxM);
+			fprintf(stderr, "MOED_BENCH_ONLY: \"%.*s\": wants model:M, the model one of", (int)len, p);
+			for (int i = 0; i < TARGET_MODELS; i++)
+				fprintf(stderr, "%s %s", i ? "," : "", target_models[i].name);
+			fprintf(stderr, " and M from 1 to %u\n", kRowMaxM);
 			return -1;
 		}
 		only_list[only_count].model = model, only_list[only_count++].m = (uint32_t)m;

@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define TARGET_ROWS 7 /* token counts a model */
+#define TARGET_ROWS 7   /* token counts a model */
+#define TARGET_MODELS 3 /* model shapes */
 
 struct target_model {
 	const char *name;
@@ -21,7 +22,7 @@ struct target_model {
 
 static const uint32_t target_ms[TARGET_ROWS] = { 1, 4, 16, 64, 256, 1024, 4096 };
 
-static const struct target_model target_models[3] = {
+static const struct target_model target_models[TARGET_MODELS] = {
 	{ "Mixtral-8x7B", 8, 2, 4096, 14336, { 262, 485, 944, 977, 1073, 1818, 5518 } },
 	{ "Qwen3-30B-A3B", 128, 8, 2048, 768, { 49, 117, 283, 408, 449, 536, 971 } },
 	{ "DeepSeek-V3", 256, 8, 7168, 2048, { 261, 935, 2812, 6222, 7455, 7938, 10189 } },
