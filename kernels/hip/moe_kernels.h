@@ -200,8 +200,9 @@ struct moe_gpu_args {
 				      (MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */
 	int no_prefetch;           /* 1: decode jobs' down-GEMM weights are not prefetched into
 				      L2 (MOED_GPU_L2_PREFETCH=0, read once by the caller) */
-	int prefetch_down;         /* set by the launch: the gate/up blocks have L2 fetch each
-				      used expert's w2 while they stream w13 (decode) */
+	int prefetch_down;         /* set by the launch: the gate/up blocks have L2 fetch the
+				      w2 of the experts of the job's last prefetch_down tiles
+				      while they stream w13 (decode) */
 	uint32_t *counters;        /* [MOE_GPU_COUNTERS], zero between jobs (the kernels that
 				      count on them leave them zero); with them the matrix-unit
 				      down GEMM of a small M (decode) adds router-weighted

@@ -322,8 +322,10 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 	bool once;       // the weights are read once and leave L2 first (decode's prefetch)
 	uint64_t policy;
 
-	// The weights' sources (expert e, columns from n0), then init_a() for A's.
-	__device__ __forceinline__ void init(const struct moe_gpu_args &a, uint32_t e, uint32_t n0, int tid)
+	// The weights' sources (expert e, columns from n0), then init_a() for A's; read_once:
+	// the weights leave L2 first (gemm_block).
+	__device__ __forceinline__ void init(const struct moe_gpu_args &a, uint32_t e, uint32_t n0, int tid,
+					     bool read_once = false)
 	{
 		K = kGateUp ? a.hidden : a.inter;
 		const uint32_t N = kGateUp ? a.inter : a.hidden;
@@ -331,7 +333,7 @@ template <class S, int kLoaders, bool kGateUp> struct TileLoader {
 		const size_t w_rows = kGateUp ? (gated ? 2 * (size_t)a.inter : a.inter) : a.hidden;
 		w = (const uint16_t *)(kGateUp ? a.w13 : a.w2);
 		row0 = tid / 8, chunk = tid % 8;
-		once = kGateUp && a.prefetch_down;
+		once = read_once;
 		policy = once ? evict_first_policy() : 0;
 		const uint32_t kc = (uint32_t)chunk * 8;
 #pragma unroll
@@ -595,15 +597,22 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 
 // Decode (moe_gpu_args.prefetch_down): the down GEMM's weights do not depend on the
 // gate/up results, and the gate/up grid of a small job leaves DRAM bandwidth idle (few
-// blocks, short streams, a ramp and a tail). The blocks of each expert's first tile have
-// L2 fetch the expert's w2, a share of its rows each column block, so that the down GEMM
-// reads them from L2 (its w13 copies leave L2 first meanwhile).
+// blocks, short streams, a ramp and a tail). The blocks of each expert's first tile among
+// the job's last prefetch_down tiles have L2 fetch the expert's w2, a share of its rows
+// each column block, so that the down GEMM reads them from L2 (the w13 copies, and the
+// other tiles' w2, leave L2 first meanwhile). The last tiles: their gate/up items come
+// last, and their down items end the job.
+__device__ __forceinline__ bool down_weights_prefetched(const struct moe_gpu_args &a, uint32_t tile)
+{
+	return tile + (uint32_t)a.prefetch_down >= a.tiles;
+}
+
 __device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block,
 				      uint32_t column_blocks)
 {
 	const uint32_t e = a.tile_expert[tile];
-	if (tile > 0 && a.tile_expert[tile - 1] == e) // an expert's tiles are consecutive
-		return;
+	if (!down_weights_prefetched(a, tile) || (tile > 0 && a.tile_expert[tile - 1] == e)) // an
+		return; // expert's tiles are consecutive
 	const uint32_t share = (a.hidden + column_blocks - 1) / column_blocks, r0 = column_block * share;
 	if (r0 >= a.hidden)
 		return;
@@ -641,7 +650,8 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 	const uint32_t K = kGateUp ? a.hidden : a.inter;
 	const uint32_t n0 = column_block * block_columns<S, kGateUp>(a);
 	TileLoader<S, S::kThreads, kGateUp> loader;
-	loader.init(a, a.tile_expert[tile], n0, tid);
+	loader.init(a, a.tile_expert[tile], n0, tid,
+		    a.prefetch_down && (kGateUp || !down_weights_prefetched(a, tile)));
 	auto stage_at = [&](uint32_t s) { return base + s * S::kStageBytes; };
 
 	float acc[S::kMT][S::kNT][4];
@@ -1653,19 +1663,24 @@ template <auto kKernel, int kThreads, int kSmem> uint32_t resident_blocks()
 	return slots;
 }
 
-// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): where all of the
-// used experts' w2 fits in half of L2 (where the streamed w13 should not push it out). The tiles stand for the used experts (at most 16 pairs an expert: one
-// tile each). Measured (bench/RESULTS.md, version 11): Qwen3 M = 1 (all of w2, 25 MB)
-// 31-32 -> 28 µs; where only part fitted, slower (Qwen3 M = 4 95 -> 99, Mixtral M = 1
-// 181-183 -> 184).
-bool down_weights_fit_l2(const struct moe_gpu_args &a)
+// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): how many of the
+// job's last tiles have their experts' w2 fetched, as many as half of L2 holds (where the
+// streamed weights should not push them out). The tiles stand for the used experts (at
+// most 16 pairs an expert: mostly one tile each). Measured (bench/RESULTS.md, version
+// 11), all of w2 or none: Qwen3 M = 1 (all of w2, 25 MB) 31-32 -> 28 µs; where only part
+// fitted, slower with all (Qwen3 M = 4 95 -> 99, Mixtral M = 1 181-183 -> 184).
+uint32_t down_weights_prefetched_tiles(const struct moe_gpu_args &a)
 {
 	static size_t l2_bytes;
 	if (!l2_bytes) {
 		int v = 0;
 		l2_bytes = cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, 0) == cudaSuccess && v > 0 ? (size_t)v : 1;
 	}
-	return (size_t)a.tiles * a.hidden * a.inter * 2 <= l2_bytes / 2;
+	const size_t fit = l2_bytes / 2 / ((size_t)a.hidden * a.inter * 2);
+#ifdef MOED_PREFETCH_ALL_OR_NONE
+	return fit >= a.tiles ? a.tiles : 0;
+#endif
+	return fit < a.tiles ? (uint32_t)fit : a.tiles;
 }
 
 // The fetch's head into `head` where it holds the tile table (read here, on the host: a
@@ -1733,7 +1748,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.y_io = splits == 1 && !a.fold;
 	a.zero_y = !a.y_io; // by the gate/up blocks: one node fewer than a memset
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch && down_weights_fit_l2(a);
+	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch ? (int)down_weights_prefetched_tiles(a) : 0;
 	if constexpr (std::is_same<SG, SD>::value &&
 		      (std::is_same<SG, Shape16>::value || std::is_same<SG, Shape32>::value ||
 		       std::is_same<SG, Shape64>::value)) {
