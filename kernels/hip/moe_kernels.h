@@ -200,9 +200,9 @@ struct moe_gpu_args {
 				      (MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */
 	int no_prefetch;           /* 1: decode jobs' down-GEMM weights are not prefetched into
 				      L2 (MOED_GPU_L2_PREFETCH=0, read once by the caller) */
-	int prefetch_down;         /* set by the launch: the gate/up blocks have L2 fetch the
-				      w2 of the experts of the job's last prefetch_down tiles
-				      while they stream w13 (decode) */
+	uint32_t prefetch_down;    /* set by the launch: the gate/up blocks have L2 fetch this
+				      many rows of w2 while they stream w13 (decode): the last
+				      rows of the experts of the job's last tiles */
 	uint32_t *counters;        /* [MOE_GPU_COUNTERS], zero between jobs (the kernels that
 				      count on them leave them zero); with them the matrix-unit
 				      down GEMM of a small M (decode) adds router-weighted

@@ -597,23 +597,29 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 
 // Decode (moe_gpu_args.prefetch_down): the down GEMM's weights do not depend on the
 // gate/up results, and the gate/up grid of a small job leaves DRAM bandwidth idle (few
-// blocks, short streams, a ramp and a tail). The blocks of each expert's first tile among
-// the job's last prefetch_down tiles have L2 fetch the expert's w2, a share of its rows
-// each column block, so that the down GEMM reads them from L2 (the w13 copies, and the
-// other tiles' w2, leave L2 first meanwhile). The last tiles: their gate/up items come
-// last, and their down items end the job.
-__device__ __forceinline__ bool down_weights_prefetched(const struct moe_gpu_args &a, uint32_t tile)
+// blocks, short streams, a ramp and a tail). The gate/up blocks of each expert's first
+// tile have L2 fetch the last rows of the expert's w2 that the job's budget leaves it, a
+// share of them each column block, so that the down GEMM reads them from L2 (the w13
+// copies, and the other rows of w2, leave L2 first meanwhile). The budget goes to the
+// job's last tiles first: their gate/up items come last, and the down items of their last
+// column blocks end the job.
+// The last rows of the w2 of tile `tile`'s expert that are prefetched: prefetch_down rows
+// counted from the job's last tile back, H rows a tile.
+__device__ __forceinline__ uint32_t prefetched_rows(const struct moe_gpu_args &a, uint32_t tile)
 {
-	return tile + (uint32_t)a.prefetch_down >= a.tiles;
+	const uint64_t after = (uint64_t)(a.tiles - 1 - tile) * a.hidden; // the later tiles'
+	const uint64_t left = a.prefetch_down > after ? a.prefetch_down - after : 0;
+	return left < a.hidden ? (uint32_t)left : a.hidden;
 }
 
 __device__ void prefetch_down_weights(const struct moe_gpu_args &a, uint32_t tile, uint32_t column_block,
 				      uint32_t column_blocks)
 {
-	const uint32_t e = a.tile_expert[tile];
-	if (!down_weights_prefetched(a, tile) || (tile > 0 && a.tile_expert[tile - 1] == e)) // an
-		return; // expert's tiles are consecutive
-	const uint32_t share = (a.hidden + column_blocks - 1) / column_blocks, r0 = column_block * share;
+	const uint32_t e = a.tile_expert[tile], fetched = prefetched_rows(a, tile);
+	if (!fetched || (tile > 0 && a.tile_expert[tile - 1] == e)) // an expert's tiles are consecutive
+		return;
+	const uint32_t share = (fetched + column_blocks - 1) / column_blocks;
+	const uint32_t r0 = a.hidden - fetched + column_block * share;
 	if (r0 >= a.hidden)
 		return;
 	const uint32_t rows = share < a.hidden - r0 ? share : a.hidden - r0;
@@ -651,7 +657,8 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 	const uint32_t n0 = column_block * block_columns<S, kGateUp>(a);
 	TileLoader<S, S::kThreads, kGateUp> loader;
 	loader.init(a, a.tile_expert[tile], n0, tid,
-		    a.prefetch_down && (kGateUp || !down_weights_prefetched(a, tile)));
+		    a.prefetch_down &&
+			    (kGateUp || n0 + block_columns<S, false>(a) <= a.hidden - prefetched_rows(a, tile)));
 	auto stage_at = [&](uint32_t s) { return base + s * S::kStageBytes; };
 
 	float acc[S::kMT][S::kNT][4];
@@ -1663,24 +1670,24 @@ template <auto kKernel, int kThreads, int kSmem> uint32_t resident_blocks()
 	return slots;
 }
 
-// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): how many of the
-// job's last tiles have their experts' w2 fetched, as many as half of L2 holds (where the
-// streamed weights should not push them out). The tiles stand for the used experts (at
-// most 16 pairs an expert: mostly one tile each). Measured (bench/RESULTS.md, version
-// 11), all of w2 or none: Qwen3 M = 1 (all of w2, 25 MB) 31-32 -> 28 µs; where only part
-// fitted, slower with all (Qwen3 M = 4 95 -> 99, Mixtral M = 1 181-183 -> 184).
-uint32_t down_weights_prefetched_tiles(const struct moe_gpu_args &a)
+// Decode's prefetch of the down GEMM's weights (prefetch_down_weights): as many rows of w2
+// as three eighths of L2 hold (where the streamed weights should not push them out), from
+// the job's last tile back. The tiles stand for the used experts (at most 16 pairs an
+// expert: mostly one tile each). Measured (bench/RESULTS.md): all of w2 where it fitted in
+// half of L2, else none (version 11: Qwen3 M = 1 31-32 -> 28 µs; all where only part
+// fitted was slower, Qwen3 M = 4 95 -> 99); version 28, the last experts' whole w2 in
+// half of L2: Qwen3 M = 2 40 -> 37 µs, M = 4 76 -> 74, M = 16 171 -> 169; their last rows
+// in two, three and four eighths: Mixtral M = 1 169-170 / 168 / 171, DeepSeek-V3 M = 1
+// 171 / 169-170 / 171, Qwen3 M = 64 270 / 272-273 / 274-275, Qwen3 M = 1 26 in all three.
+uint32_t down_weights_prefetched_rows(const struct moe_gpu_args &a)
 {
 	static size_t l2_bytes;
 	if (!l2_bytes) {
 		int v = 0;
 		l2_bytes = cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, 0) == cudaSuccess && v > 0 ? (size_t)v : 1;
 	}
-	const size_t fit = l2_bytes / 2 / ((size_t)a.hidden * a.inter * 2);
-#ifdef MOED_PREFETCH_ALL_OR_NONE
-	return fit >= a.tiles ? a.tiles : 0;
-#endif
-	return fit < a.tiles ? (uint32_t)fit : a.tiles;
+	const size_t fit = l2_bytes * 3 / 8 / ((size_t)a.inter * 2), all = (size_t)a.tiles * a.hidden;
+	return (uint32_t)std::min<size_t>(std::min(fit, all), UINT32_MAX);
 }
 
 // The fetch's head into `head` where it holds the tile table (read here, on the host: a
@@ -1748,7 +1755,7 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.y_io = splits == 1 && !a.fold;
 	a.zero_y = !a.y_io; // by the gate/up blocks: one node fewer than a memset
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch ? (int)down_weights_prefetched_tiles(a) : 0;
+	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch ? down_weights_prefetched_rows(a) : 0;
 	if constexpr (std::is_same<SG, SD>::value &&
 		      (std::is_same<SG, Shape16>::value || std::is_same<SG, Shape32>::value ||
 		       std::is_same<SG, Shape64>::value)) {
