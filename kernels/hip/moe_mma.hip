@@ -1672,8 +1672,8 @@ template <auto kKernel, int kThreads, int kSmem> uint32_t resident_blocks()
 
 // Decode's prefetch of the down GEMM's weights (prefetch_down_weights): as many rows of w2
 // as three eighths of L2 hold (where the streamed weights should not push them out), from
-// the job's last tile back. The tiles stand for the used experts (at most 16 pairs an
-// expert: mostly one tile each). Measured (bench/RESULTS.md): all of w2 where it fitted in
+// the job's last tile back. The tiles stand for the used experts (at most 16 or 32 pairs
+// an expert: mostly one tile each). Measured (bench/RESULTS.md): all of w2 where it fitted in
 // half of L2, else none (version 11: Qwen3 M = 1 31-32 -> 28 µs; all where only part
 // fitted was slower, Qwen3 M = 4 95 -> 99); version 28, the last experts' whole w2 in
 // half of L2: Qwen3 M = 2 40 -> 37 µs, M = 4 76 -> 74, M = 16 171 -> 169; their last rows
@@ -1755,7 +1755,10 @@ template <class SG, class SD, bool kBf16> int launch(struct moe_gpu_args &a, cud
 	a.y_io = splits == 1 && !a.fold;
 	a.zero_y = !a.y_io; // by the gate/up blocks: one node fewer than a memset
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
-	a.prefetch_down = SG::BM == Shape16::BM && !a.no_prefetch ? down_weights_prefetched_rows(a) : 0;
+	// Tiles of 16 or 32 pairs (bench/RESULTS.md, version 28, three passes, µs: mma32's
+	// Qwen3-30B-A3B M = 256 301 -> 297, Mixtral-8x7B M = 64 682 -> 680, DeepSeek-V3 M = 512
+	// 5410 -> 5376).
+	a.prefetch_down = SG::BM <= Shape32::BM && !a.no_prefetch ? down_weights_prefetched_rows(a) : 0;
 	if constexpr (std::is_same<SG, SD>::value &&
 		      (std::is_same<SG, Shape16>::value || std::is_same<SG, Shape32>::value ||
 		       std::is_same<SG, Shape64>::value)) {
