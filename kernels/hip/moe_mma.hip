@@ -595,6 +595,13 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 		  column_block);
 }
 
+// The job's tiles: the device sort's count where it sorted (written before this grid, or
+// its prerequisite, began), else the launch's.
+__device__ __forceinline__ uint32_t tile_count_of(const struct moe_gpu_args &a)
+{
+	return a.tile_total ? *a.tile_total : a.tiles;
+}
+
 // Decode (moe_gpu_args.prefetch_down): the down GEMM's weights do not depend on the
 // gate/up results, and the gate/up grid of a small job leaves DRAM bandwidth idle (few
 // blocks, short streams, a ramp and a tail). The gate/up blocks of each expert's first
@@ -604,10 +611,11 @@ __device__ __forceinline__ void block_work(uint32_t group_tiles, uint32_t &tile,
 // job's last tiles first: their gate/up items come last, and the down items of their last
 // column blocks end the job.
 // The last rows of the w2 of tile `tile`'s expert that are prefetched: prefetch_down rows
-// counted from the job's last tile back, H rows a tile.
+// counted from the job's last tile back (the device's count where it sorted an mma32
+// job), H rows a tile.
 __device__ __forceinline__ uint32_t prefetched_rows(const struct moe_gpu_args &a, uint32_t tile)
 {
-	const uint64_t after = (uint64_t)(a.tiles - 1 - tile) * a.hidden; // the later tiles'
+	const uint64_t after = (uint64_t)(tile_count_of(a) - 1 - tile) * a.hidden; // later tiles'
 	const uint64_t left = a.prefetch_down > after ? a.prefetch_down - after : 0;
 	return left < a.hidden ? (uint32_t)left : a.hidden;
 }
@@ -757,13 +765,6 @@ __device__ __forceinline__ void gemm_block(const struct moe_gpu_args &a, uint32_
 	}
 	math_done();
 	store_tile<S, kGateUp, kBf16>(a, acc, first, count, n0, warp_m, warp_n, lane);
-}
-
-// The job's tiles: the device sort's count where it sorted (written before this grid, or
-// its prerequisite, began), else the launch's.
-__device__ __forceinline__ uint32_t tile_count_of(const struct moe_gpu_args &a)
-{
-	return a.tile_total ? *a.tile_total : a.tiles;
 }
 
 // One block a (tile, column block[, part of K]) of one GEMM; the down grid is the gate/up
