@@ -1674,12 +1674,13 @@ template <auto kKernel, int kThreads, int kSmem> uint32_t resident_blocks()
 // Decode's prefetch of the down GEMM's weights (prefetch_down_weights): as many rows of w2
 // as three eighths of L2 hold (where the streamed weights should not push them out), from
 // the job's last tile back. The tiles stand for the used experts (at most 16 or 32 pairs
-// an expert: mostly one tile each). Measured (bench/RESULTS.md): all of w2 where it fitted in
-// half of L2, else none (version 11: Qwen3 M = 1 31-32 -> 28 µs; all where only part
-// fitted was slower, Qwen3 M = 4 95 -> 99); version 28, the last experts' whole w2 in
-// half of L2: Qwen3 M = 2 40 -> 37 µs, M = 4 76 -> 74, M = 16 171 -> 169; their last rows
-// in two, three and four eighths: Mixtral M = 1 169-170 / 168 / 171, DeepSeek-V3 M = 1
-// 171 / 169-170 / 171, Qwen3 M = 64 270 / 272-273 / 274-275, Qwen3 M = 1 26 in all three.
+// an expert: mostly one tile each). Measured (bench/RESULTS.md): all of w2 where it
+// fitted in half of L2, else none (version 11: Qwen3 M = 1 31-32 -> 28 µs; all where
+// only part fitted was slower, Qwen3 M = 4 95 -> 99); version 28, the last experts'
+// whole w2 in half of L2: Qwen3 M = 2 40 -> 37 µs, M = 4 76 -> 74, M = 16 171 -> 169;
+// their last rows in two, three and four eighths: Mixtral M = 1 169-170 / 168 / 171,
+// DeepSeek-V3 M = 1 171 / 169-170 / 171, Qwen3 M = 64 270 / 272-273 / 274-275, Qwen3
+// M = 1 26 in all three.
 uint32_t down_weights_prefetched_rows(const struct moe_gpu_args &a)
 {
 	static size_t l2_bytes;
