@@ -338,10 +338,11 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_e
 	else if (most_pairs <= 32)
 		p.kernel = MOE_GPU_MMA32;
 	/* Beyond 32 pairs an expert: without wgmma, mma64 up to 64 and mma128 beyond; on
-	 * Hopper, the persistent kernel even where its 128-pair tiles are mostly padding (bench/RESULTS.md, version 26, two passes, wgmma128p
-	 * against mma64, µs, at most 37 to 62 pairs an expert: DeepSeek-V3 M = 768 / 1024
-	 * 5368 / 5452 against 5572 / 5637, Mixtral-8x7B M = 128 / 192 681 / 746 against 694 /
-	 * 764; Qwen3-30B-A3B M = 512 / 640 even, M = 384 314 against 309). */
+	 * Hopper, the persistent kernel even where its 128-pair tiles are mostly padding
+	 * (bench/RESULTS.md, version 26, two passes, wgmma128p against mma64, µs, at most 37
+	 * to 62 pairs an expert: DeepSeek-V3 M = 768 / 1024 5368 / 5452 against 5572 / 5637,
+	 * Mixtral-8x7B M = 128 / 192 681 / 746 against 694 / 764; Qwen3-30B-A3B M = 512 / 640
+	 * even, M = 384 314 against 309). */
 	else if (!wgmma_runs())
 		p.kernel = most_pairs <= 64 ? MOE_GPU_MMA64 : MOE_GPU_MMA128;
 	else
