@@ -222,10 +222,12 @@ struct moe_gpu_args {
 	 * from fetch_from to fetch_to before anything reads them. The one-kernel decode does
 	 * it itself, its first work items reading over the bus (no copy queued: a graph's
 	 * copy node cost Qwen3-30B-A3B M = 16 about 10 µs, bench/RESULTS.md, version 18),
-	 * the head in the launch's parameters where it holds the tile table (read from
-	 * fetch_from when the launch is queued; version 19), where the places are 16-byte
-	 * aligned and the bytes whole 4-byte words; any other launch by one asynchronous copy
-	 * first. 0 bytes: nothing to bring. */
+	 * the head in the launch's parameters (read from fetch_from when the launch is
+	 * queued; version 19), where that head holds the tile table, the places are 16-byte
+	 * aligned and the bytes whole 4-byte words (moe_gpu_decode_fetches); any other
+	 * launch brings them first, on NVIDIA cards by a kernel reading them over the bus
+	 * where they are so aligned, else by an asynchronous copy. 0 bytes: nothing to
+	 * bring. */
 	const void *fetch_from;
 	void *fetch_to;
 	size_t fetch_bytes;
@@ -266,6 +268,10 @@ int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream);
 /* Whether moe_gpu_launch_mma runs this job (an mma16, mma32 or mma64 one whose pairs the
  * host sorted) as one decode kernel. */
 int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *args);
+
+/* Whether that kernel brings the job's fetch (moe_gpu_args.fetch_bytes) itself: where the
+ * fetch's head, which its launch's parameters carry, holds the tile table. */
+int moe_gpu_decode_fetches(const struct moe_gpu_args *args);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */
 int moe_gpu_launch_mfma(struct moe_gpu_args *args, void *stream);

@@ -673,6 +673,39 @@ __global__ void sort_place_kernel(const struct moe_gpu_args a)
 	a.pos_of[p] = pos;
 }
 
+#if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
+// The launch's fetch (moe_gpu_args.fetch_bytes) as a kernel of its own: a thread a
+// 16-byte unit read over the bus, then the 4-byte words past the last whole unit.
+__global__ void fetch_kernel(const uint4 *from, uint4 *to, size_t bytes)
+{
+	const size_t units = bytes / 16, i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i < units)
+		to[i] = from[i];
+	if (i < bytes % 16 / 4)
+		((uint32_t *)(to + units))[i] = ((const uint32_t *)(from + units))[i];
+}
+#endif
+
+// The fetch brought before the job's kernels. A graph's copy node cost the stream 9.5-9.9
+// µs for 8 to 64 KiB from pinned memory, a kernel reading them 2.6-3.7 (bench/RESULTS.md,
+// version 29: Mixtral-8x7B M = 256, the graph's part of sorting 10.9-11.2 -> 1.4-2.7 µs).
+// `fetchable`: 16-byte aligned places, whole 4-byte words. AMD builds keep the copy: the
+// device's reads of the stage are the NVIDIA decode kernel's way, not tried on AMD.
+int bring_fetch(const struct moe_gpu_args &a, bool fetchable, hipStream_t s)
+{
+#if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
+	if (fetchable) {
+		const size_t threads = (a.fetch_bytes + 15) / 16;
+		hipLaunchKernelGGL(fetch_kernel, dim3((unsigned)((threads + 255) / 256)), dim3(256), 0, s,
+				   (const uint4 *)a.fetch_from, (uint4 *)a.fetch_to, a.fetch_bytes);
+		return (int)hipGetLastError();
+	}
+#else
+	(void)fetchable;
+#endif
+	return (int)hipMemcpyAsync(a.fetch_to, a.fetch_from, a.fetch_bytes, hipMemcpyHostToDevice, s);
+}
+
 void launch_combine(const struct moe_gpu_args &a, hipStream_t s)
 {
 	const size_t cells = (size_t)a.tokens * a.hidden;
@@ -722,13 +755,13 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 		return 0;
 	/* The decode kernel fetches its inputs itself from 16-byte aligned places, in 4-byte
 	 * words at the least, before anything else reads them: not where the pairs are placed
-	 * first. */
+	 * first, nor where its parameters cannot carry the tile table. */
 	const bool fetchable = ((uintptr_t)a.fetch_from | (uintptr_t)a.fetch_to) % 16 == 0 &&
 			       a.fetch_bytes % 4 == 0;
-	if (a.fetch_bytes && (a.sort.ids || !fetchable || !moe_gpu_decode_in_one_kernel(&a))) {
-		const hipError_t e = hipMemcpyAsync(a.fetch_to, a.fetch_from, a.fetch_bytes, hipMemcpyHostToDevice, s);
-		if (e != hipSuccess)
-			return (int)e;
+	if (a.fetch_bytes && (a.sort.ids || !fetchable || !moe_gpu_decode_fetches(&a))) {
+		const int e = bring_fetch(a, fetchable, s);
+		if (e)
+			return e;
 		a.fetch_bytes = 0;
 	}
 	if (a.sort.ids) {

@@ -41,6 +41,11 @@ extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *)
 	return 0;
 }
 
+extern "C" int moe_gpu_decode_fetches(const struct moe_gpu_args *)
+{
+	return 0;
+}
+
 #else
 
 #include <algorithm>
@@ -1692,18 +1697,26 @@ uint32_t down_weights_prefetched_rows(const struct moe_gpu_args &a)
 	return (uint32_t)std::min<size_t>(std::min(fit, all), UINT32_MAX);
 }
 
-// The fetch's head into `head` where it holds the tile table (read here, on the host: a
-// graph keeps what it read when captured), `a`'s fetch left for the rest.
-void take_fetch_head(struct moe_gpu_args &a, InlineFetch &head)
+// Whether the fetch's head (its first kInlineFetchBytes) holds the tile table.
+bool head_holds_tiles(const struct moe_gpu_args &a)
 {
 	const size_t n = a.fetch_bytes < kInlineFetchBytes ? a.fetch_bytes : kInlineFetchBytes;
 	const uintptr_t lo = (uintptr_t)a.fetch_to, hi = lo + n;
 	auto in_head = [&](const uint32_t *p) {
 		return (uintptr_t)p >= lo && (uintptr_t)(p + a.tiles) <= hi;
 	};
-	if (!in_head(a.tile_first) || !in_head(a.tile_count) || !in_head(a.tile_expert))
-		return; // fetched as a whole, waited for at the start (Qwen3-30B-A3B M = 64: a
-			// head without the tiles made it 2-5 µs slower)
+	return in_head(a.tile_first) && in_head(a.tile_count) && in_head(a.tile_expert);
+}
+
+// The fetch's head into `head` where it holds the tile table (read here, on the host: a
+// graph keeps what it read when captured), `a`'s fetch left for the rest. (Where it does
+// not, the kernel fetches all before anything else; moe_gpu_launch brings such a fetch
+// first instead: moe_gpu_decode_fetches.)
+void take_fetch_head(struct moe_gpu_args &a, InlineFetch &head)
+{
+	if (!head_holds_tiles(a))
+		return;
+	const size_t n = a.fetch_bytes < kInlineFetchBytes ? a.fetch_bytes : kInlineFetchBytes;
 	head.to = (uint32_t *)a.fetch_to, head.words = (uint32_t)(n / 4);
 	memcpy(head.data, a.fetch_from, n);
 	a.fetch_from = (const char *)a.fetch_from + n, a.fetch_to = (char *)a.fetch_to + n;
@@ -1903,6 +1916,15 @@ extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *a)
 	return (a->kernel == MOE_GPU_MMA16 || a->kernel == MOE_GPU_MMA32 || a->kernel == MOE_GPU_MMA64) &&
 	       !a->tile_total && !a->separate_decode &&
 	       a->counters && a->tiles <= MOE_GPU_FUSED_MAX_TILES;
+}
+
+extern "C" int moe_gpu_decode_fetches(const struct moe_gpu_args *a)
+{
+	// Waiting for all of it at the start, as a job whose tile table lies past the head
+	// must, cost more than a kernel that brings it first (bench/RESULTS.md, version 29:
+	// Qwen3-30B-A3B M = 256, the graph's part of sorting 5.7-5.8 -> 2.6 µs; M = 64 4.8-4.9
+	// -> 3.3).
+	return moe_gpu_decode_in_one_kernel(a) && head_holds_tiles(*a);
 }
 
 extern "C" int moe_gpu_launch_mma(struct moe_gpu_args *args, void *stream)

@@ -90,7 +90,10 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 	struct tile_table t = { r->tiles, r->tiles + tiles_cap, r->tiles + 2 * tiles_cap, 0, 0 };
 	uint32_t pending = UINT32_MAX, pending_tile = 0; /* an odd expert's last tile, unpaired */
 	for (uint32_t e = 0; e < experts; e++) {
-		const uint32_t tiles = (r->counts[e + 1] - r->counts[e] + tile - 1) / tile;
+		const uint32_t n = r->counts[e + 1] - r->counts[e];
+		if (!n) /* most experts of a decode job: no division for them */
+			continue;
+		const uint32_t tiles = (n + tile - 1) / tile;
 		/* Paired: the expert's tiles two by two, which keeps the table's length even
 		 * between experts; an odd expert's last tile goes with the next odd expert's
 		 * last, right after that expert's pairs. */
