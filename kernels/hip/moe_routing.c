@@ -16,19 +16,23 @@ static int grow(uint32_t **p, size_t n)
 }
 
 /* The plan's figures (moe_gpu_plan) from each expert's count among `sampled` of the job's
- * `pairs` pairs, scaled up to the whole job (rounded up: an expert seen stays used). */
+ * `pairs` pairs, scaled up to the whole job (rounded up: an expert seen stays used). The
+ * scaled count ceil(c * pairs / sampled) exceeds 16 where c * pairs > 16 * sampled, and
+ * grows with c: one division for the largest, none an expert (a 64-bit division each took
+ * most of a large job's sample). */
 static void plan_figures(struct moe_routing *r, const uint32_t *counts, uint32_t experts, size_t pairs,
 			 size_t sampled)
 {
 	uint32_t used = 0, most = 0, over_16 = 0;
+	const uint64_t over = 16 * (uint64_t)sampled;
 	for (uint32_t e = 0; e < experts; e++) {
-		const uint32_t n = sampled == pairs ? counts[e]
-				   : sampled ? (uint32_t)(((uint64_t)counts[e] * pairs + sampled - 1) / sampled)
-					     : 0;
-		used += n > 0;
-		over_16 += n > 16;
-		most = n > most ? n : most;
+		const uint32_t c = counts[e];
+		used += c > 0;
+		over_16 += (uint64_t)c * pairs > over;
+		most = c > most ? c : most;
 	}
+	if (sampled != pairs)
+		most = sampled ? (uint32_t)(((uint64_t)most * pairs + sampled - 1) / sampled) : 0;
 	r->used_experts = used;
 	r->most_pairs = most;
 	r->over_16 = over_16;
