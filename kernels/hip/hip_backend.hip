@@ -70,7 +70,7 @@ struct hip_client {
 	bool report_armed;
 	uint32_t report_topk, report_experts;
 	/* host side: a private copy of a job's expert ids, its sorted order, and the pinned
-	 * buffer the sorted routing is packed into for one asynchronous copy */
+	 * buffer the sorted routing is packed into, which the launch brings to the device */
 	int32_t *ids;
 	size_t host_pairs;
 	struct moe_routing route;
@@ -530,8 +530,9 @@ int enqueue(struct hip_client *c, const struct moed_job *job, const struct moed_
 	if (stage_x)
 		memcpy(stage + stage_x_at, arena->base + job->hidden.offset, x_bytes);
 	void *x_dev = stage_x ? (unsigned char *)c->routing.p + x_at : c->x.p;
-	/* The stage's copy is the launch's (moe_gpu_args.fetch_bytes): a decode kernel reads
-	 * it over the bus itself. The trace's "copies in" is then the large x's alone. */
+	/* The stage's copy is the launch's (moe_gpu_args.fetch_bytes): a kernel reads it over
+	 * the bus, the decode kernel itself where it can. The trace's "copies in" is then the
+	 * large x's alone. */
 	if (tr && (e = hipEventRecord(tr->in, c->stream)) != hipSuccess)
 		return gpu_error(err, e, "copy of the job's inputs");
 	if (tr)
