@@ -165,6 +165,29 @@ START_TEST(random_routings)
 END_TEST
 
 /* The host's part of a device sort, on routings of every size around the sample's. */
+/* What moe_route_sample() should estimate, worked out the plain way: the whole tokens it
+ * reads (about MOE_ROUTE_SAMPLE_PAIRS pairs' worth, evenly spread: every stride-th
+ * token), each expert's count among them scaled up to the job and rounded up. */
+static void sample_figures(const int32_t *ids, size_t tokens, uint32_t topk, uint32_t experts, uint32_t *most,
+			   uint32_t *used, uint32_t *over_16)
+{
+	size_t stride = MOE_ROUTE_SAMPLE_PAIRS / topk;
+	stride = stride && tokens > stride ? tokens / stride : 1;
+	uint32_t *count = calloc(experts, sizeof(uint32_t));
+	size_t sampled = 0;
+	for (size_t t = 0; t < tokens; t += stride, sampled += topk)
+		for (uint32_t k = 0; k < topk; k++)
+			count[ids[t * topk + k]]++;
+	*most = *used = *over_16 = 0;
+	for (uint32_t e = 0; e < experts; e++) {
+		const uint32_t n = (uint32_t)(((uint64_t)count[e] * tokens * topk + sampled - 1) / sampled);
+		*most = n > *most ? n : *most;
+		*used += n > 0;
+		*over_16 += n > 16;
+	}
+	free(count);
+}
+
 START_TEST(device_sort_host_part)
 {
 	uint64_t rng = test_seed() + 100 + (uint64_t)_i;
@@ -191,6 +214,11 @@ START_TEST(device_sort_host_part)
 			ck_assert_uint_le(r.used_experts, ref.used_experts);
 			ck_assert_uint_ge(r.most_pairs, 1);
 			ck_assert_uint_le(r.most_pairs, pairs);
+			uint32_t most, used, over_16;
+			sample_figures(ids, tokens, topk, experts, &most, &used, &over_16);
+			ck_assert_uint_eq(r.most_pairs, most);
+			ck_assert_uint_eq(r.used_experts, used);
+			ck_assert_uint_eq(r.over_16, over_16);
 		}
 		moe_route_defer(&r, tile, paired);
 		ck_assert_int_eq(moe_route_cut(&ref, tile, paired), 0);
