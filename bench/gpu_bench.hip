@@ -32,7 +32,10 @@
 // an M that is not a row of TARGETS.md (1 to 4096) adds that row, out of the means and
 // without an anchor (to try the plan's choices on other sizes);
 // each row draws its routing from its own seed (row_seed), the same in any subset of rows,
-// and MOED_BENCH_SEED=n draws another routing for every row.
+// and MOED_BENCH_SEED=n draws another routing for every row. MOED_BENCH_BALANCED=1 gives
+// every expert the same count instead (pair p to expert p mod E; the router weights as
+// drawn): the kernels' time without the padding of tiles that random counts leave, a
+// bound for what cutting the tiles better could give (bench/RESULTS.md, version 30).
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -120,7 +123,11 @@ static uint64_t row_seed(const char *model, uint32_t m)
 	return (h ^ bench_seed) * 0x100000001b3ull;
 }
 
-/* Softmax of Gaussian logits, top-k, renormalised (TARGETS.md's routing). */
+/* MOED_BENCH_BALANCED, read once by main(). */
+static int balanced_routing;
+
+/* Softmax of Gaussian logits, top-k, renormalised (TARGETS.md's routing); balanced: the
+ * experts p mod e instead (a token's k distinct where k <= e), the weights kept. */
 static void route(const char *model, uint32_t m, uint32_t e, uint32_t k, int32_t *ids, float *tw)
 {
 	rng_state = row_seed(model, m);
@@ -145,6 +152,22 @@ static void route(const char *model, uint32_t m, uint32_t e, uint32_t k, int32_t
 			tw[t * k + s] = (float)(tw[t * k + s] / sum);
 	}
 	free(l);
+	for (uint32_t p = 0; balanced_routing && p < m * k; p++)
+		ids[p] = (int32_t)(p % e);
+}
+
+/* The experts at least one pair goes to, counted from the ids: the floor's weights. (The
+ * routing's used_experts is an estimate from a sample where the device sorts; a balanced
+ * routing's pattern can hide half the experts from it.) */
+static uint32_t experts_used(const int32_t *ids, size_t pairs, uint32_t e)
+{
+	unsigned char *seen = (unsigned char *)calloc(e, 1);
+	uint32_t used = 0;
+	for (size_t p = 0; seen && p < pairs; p++)
+		if (ids[p] >= 0 && (uint32_t)ids[p] < e && !seen[ids[p]])
+			seen[ids[p]] = 1, used++;
+	free(seen);
+	return used;
 }
 
 /* The most tokens a row may have: the buffers are sized for TARGETS.md's largest. */
@@ -451,6 +474,11 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	balanced_routing = moe_gpu_env_switch("MOED_BENCH_BALANCED", 0);
+	if (balanced_routing < 0) {
+		fprintf(stderr, "MOED_BENCH_BALANCED=%s: wants 0 (off) or 1 (on)\n", getenv("MOED_BENCH_BALANCED"));
+		return 2;
+	}
 	int dependent, prefetch, fused, spread;
 	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", &dependent) < 0 ||
 	    measurement_switch("MOED_GPU_L2_PREFETCH", &prefetch) < 0 ||
@@ -499,6 +527,8 @@ int main(int argc, char **argv)
 	printf("card: %s; copy %.2f TB/s (read + written), bf16 matmul %.0f TFLOP/s (cuBLAS, cold); "
 	       "median of %d warm runs; tile group %d\n",
 	       prop.name, bw / 1e12, rate / 1e12, reps, tile_group);
+	if (balanced_routing)
+		printf("routing: every expert the same count (MOED_BENCH_BALANCED=1), not TARGETS.md's\n");
 	if (getenv("MOED_BENCH_TORCH"))
 		read_torch_times(getenv("MOED_BENCH_TORCH"));
 	printf("%-14s %5s %9s %6s %9s %10s %9s %9s %7s %9s %8s %9s %8s %-10s %s\n", "model", "M", "floor us",
@@ -639,7 +669,7 @@ int main(int argc, char **argv)
 			for (cudaGraphExec_t x : { exec, exec1, full_exec })
 				CHECK(cudaGraphExecDestroy(x));
 			const double with_sort = t_host + full_us;
-			const double bytes = (double)rt.used_experts * 3 * md.i * md.h * 2 + 2.0 * m * md.h * 2;
+			const double bytes = (double)experts_used(ids, pairs, md.e) * 3 * md.i * md.h * 2 + 2.0 * m * md.h * 2;
 			const double flops = 2.0 * pairs * 3 * md.i * md.h;
 			/* The rate warm where the FLOPs could set the floor (the warm rate has
 			 * been at most 25% under the cold one). Measured after the row, not
