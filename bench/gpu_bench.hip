@@ -411,10 +411,10 @@ static double matmul_rate(const struct matmul_probe *p, hipStream_t st, cudaEven
 	return 2.0 * p->n * (double)p->n * p->n / (ms * 1e-3);
 }
 
-/* A 0/1 measurement setting, default on, read as the backend reads it. */
-static int measurement_switch(const char *name, int *on)
+/* A 0/1 measurement setting, `unset` where it is not set, read as the backend reads it. */
+static int measurement_switch(const char *name, int unset, int *on)
 {
-	*on = moe_gpu_env_switch(name, 1);
+	*on = moe_gpu_env_switch(name, unset);
 	if (*on < 0)
 		fprintf(stderr, "%s=%s: wants 0 (off) or 1 (on)\n", name, getenv(name));
 	return *on;
@@ -474,16 +474,12 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	balanced_routing = moe_gpu_env_switch("MOED_BENCH_BALANCED", 0);
-	if (balanced_routing < 0) {
-		fprintf(stderr, "MOED_BENCH_BALANCED=%s: wants 0 (off) or 1 (on)\n", getenv("MOED_BENCH_BALANCED"));
-		return 2;
-	}
 	int dependent, prefetch, fused, spread;
-	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", &dependent) < 0 ||
-	    measurement_switch("MOED_GPU_L2_PREFETCH", &prefetch) < 0 ||
-	    measurement_switch("MOED_GPU_FUSED_DECODE", &fused) < 0 ||
-	    measurement_switch("MOED_GPU_SPREAD", &spread) < 0 || read_only_rows() < 0)
+	if (measurement_switch("MOED_GPU_DEPENDENT_LAUNCH", 1, &dependent) < 0 ||
+	    measurement_switch("MOED_GPU_L2_PREFETCH", 1, &prefetch) < 0 ||
+	    measurement_switch("MOED_GPU_FUSED_DECODE", 1, &fused) < 0 ||
+	    measurement_switch("MOED_GPU_SPREAD", 1, &spread) < 0 ||
+	    measurement_switch("MOED_BENCH_BALANCED", 0, &balanced_routing) < 0 || read_only_rows() < 0)
 		return 2;
 	hipStream_t st;
 	CHECK(hipSetDevice(0));

@@ -164,7 +164,6 @@ START_TEST(random_routings)
 }
 END_TEST
 
-/* The host's part of a device sort, on routings of every size around the sample's. */
 /* What moe_route_sample() should estimate, worked out the plain way: the whole tokens it
  * reads (about MOE_ROUTE_SAMPLE_PAIRS pairs' worth, evenly spread: every stride-th
  * token), each expert's count among them scaled up to the job and rounded up. */
@@ -188,6 +187,7 @@ static void sample_figures(const int32_t *ids, size_t tokens, uint32_t topk, uin
 	free(count);
 }
 
+/* The host's part of a device sort, on routings of every size around the sample's. */
 START_TEST(device_sort_host_part)
 {
 	uint64_t rng = test_seed() + 100 + (uint64_t)_i;
