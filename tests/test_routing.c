@@ -155,7 +155,7 @@ START_TEST(random_routings)
 		ck_assert_ptr_eq(a.tile_expert, MOE_ROUTE_TILES(packed, &r) + 2 * (size_t)r.ntiles);
 		ck_assert_uint_eq(a.tiles, r.ntiles);
 		ck_assert_uint_eq(a.max_tile, r.max_tile);
-		ck_assert(!a.tile_total && !a.sort.ids && !a.sort.starts);
+		ck_assert(!a.tile_total && !a.sort.ids && !a.sort.words);
 		free(packed);
 		free(tw);
 		free(ids);
@@ -233,14 +233,13 @@ START_TEST(device_sort_host_part)
 		ck_assert_uint_lt((size_t)(blocks - 1) * chunk, pairs);
 		ck_assert_uint_le(chunk, 1u << 20);
 		const size_t bytes = moe_route_packed_bytes(&r);
-		ck_assert_uint_eq(bytes, (4 * pairs + 3 * (size_t)r.ntiles + 1 + experts + (size_t)blocks * experts) * 4);
+		ck_assert_uint_eq(bytes, (4 * pairs + 3 * (size_t)r.ntiles + 1 + (size_t)blocks * experts) * 4);
 		unsigned char *dev = malloc(bytes);
 		struct moe_gpu_args a;
 		memset(&a, 0, sizeof(a));
 		moe_route_args(&r, dev, &a);
 		ck_assert_ptr_eq(a.tile_total, a.tile_first + 3 * (size_t)r.ntiles);
-		ck_assert_ptr_eq(a.sort.starts, a.tile_total + 1);
-		ck_assert_ptr_eq(a.sort.words, a.sort.starts + experts);
+		ck_assert_ptr_eq(a.sort.words, a.tile_total + 1);
 		ck_assert_ptr_eq(a.sort.block_counts, a.sort.words + pairs);
 		ck_assert((unsigned char *)(a.sort.block_counts + (size_t)blocks * experts) == dev + bytes);
 		ck_assert_uint_eq(a.sort.blocks, blocks);
@@ -313,9 +312,9 @@ START_TEST(ids_out_of_range)
 	ck_assert(moe_gpu_sort_report((unsigned long long)(UINT32_MAX - 0u) << 32 | 4096u, &pair, &id));
 	ck_assert_uint_eq(pair, 0);
 	ck_assert_int_eq(id, 4096);
-	/* Its word on the device: 8-byte aligned, after the experts' counts. */
+	/* Its word on the device: 8-byte aligned, after the one-kernel decode's tile counters. */
 	ck_assert_uint_eq(MOE_GPU_COUNTER_SORT_BAD % 2, 0);
-	ck_assert_uint_ge(MOE_GPU_COUNTER_SORT_BAD, MOE_GPU_COUNTER_SORT_EXPERTS + MOE_ROUTE_DEVICE_MAX_EXPERTS);
+	ck_assert_uint_ge(MOE_GPU_COUNTER_SORT_BAD, MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES);
 	ck_assert_uint_le(MOE_GPU_COUNTER_SORT_BAD + 2, MOE_GPU_COUNTERS);
 	moe_routing_free(&r);
 }

@@ -120,6 +120,24 @@ __device__ __forceinline__ float activate(int act, float g)
 	return __fdividef(g, 1.0f + __expf(-g));
 }
 
+// Programmatic dependent launch (sm_90 and later; elsewhere the launch has no such
+// dependency and these are not needed): a grid lets its dependent start once all of its
+// blocks run (the gate/up GEMM's down GEMM, the device sort's placing), and the dependent
+// does what it can before it waits for the first grid's end and results.
+__device__ __forceinline__ void let_dependents_launch()
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_prerequisite_grid()
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 } // namespace moe
 
 #endif

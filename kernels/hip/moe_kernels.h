@@ -138,15 +138,12 @@ enum {
 	MOE_GPU_COUNTER_CLAIMED_DOWN,
 	MOE_GPU_COUNTER_ZEROED,
 	MOE_GPU_COUNTER_FETCHED, /* the one-kernel decode's fetch items done (fetch_bytes) */
-	MOE_GPU_COUNTER_SORTED,  /* the device sort's counting blocks done */
 	MOE_GPU_COUNTER_TILES,
 };
 #define MOE_GPU_FUSED_MAX_TILES 1024u
-/* Then the device sort's count of each expert's pairs (MOE_ROUTE_DEVICE_MAX_EXPERTS),
- * then, two words at an even place, its first pair with an id out of range
+/* Then, two words at an even place, the device sort's first pair with an id out of range
  * (moe_gpu_sort.report's form). */
-#define MOE_GPU_COUNTER_SORT_EXPERTS (MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES)
-#define MOE_GPU_COUNTER_SORT_BAD ((MOE_GPU_COUNTER_SORT_EXPERTS + MOE_ROUTE_DEVICE_MAX_EXPERTS + 1) & ~1u)
+#define MOE_GPU_COUNTER_SORT_BAD ((MOE_GPU_COUNTER_TILES + MOE_GPU_FUSED_MAX_TILES + 1) & ~1u)
 /* Then the one-kernel decode's blocks started on each SM (by its number, modulo
  * MOE_GPU_SM_SLOTS), where its gate/up items are spread one an SM. */
 #define MOE_GPU_COUNTER_SM_SLOTS (MOE_GPU_COUNTER_SORT_BAD + 2)
@@ -155,9 +152,8 @@ enum {
 
 /* Where ids is set, the launch first sorts the pairs on the device (moe_routing.h),
  * filling moe_gpu_args' pair_of, pos_of, topk_weights, the tile table (tiles places of
- * each array) and *tile_total; the rest is scratch. It counts its blocks done on
- * counters[MOE_GPU_COUNTER_SORTED] and each expert's pairs on
- * counters[MOE_GPU_COUNTER_SORT_EXPERTS + e]. */
+ * each array) and *tile_total; the rest is scratch. It notes an id out of range on
+ * counters[MOE_GPU_COUNTER_SORT_BAD] (and clears it). */
 struct moe_gpu_sort {
 	const uint32_t *ids;    /* [pairs] the client's expert ids, where the device reads them */
 	const float *weights;   /* [pairs] the router's weights, likewise */
@@ -166,9 +162,8 @@ struct moe_gpu_sort {
 	 * (uint64_t)(UINT32_MAX - p) << 32 | id (moe_gpu_sort_report). Left as it is where
 	 * every id is in range: the caller zeroes it before the launch. */
 	unsigned long long *report;
-	uint32_t *starts;       /* [experts] each expert's first position */
 	uint32_t *words;        /* [pairs] each pair's expert and rank in its block */
-	uint32_t *block_counts; /* [blocks * experts] each block's first rank in each expert */
+	uint32_t *block_counts; /* [blocks * experts] each block's count of each expert's pairs */
 	uint32_t tile, paired, chunk, blocks; /* tiles of `tile` (paired: wgmma128c's) */
 };
 

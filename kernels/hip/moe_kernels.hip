@@ -484,24 +484,29 @@ namespace {
 
 // The device's sort (moe_routing.h), in two kernels. sort_count_kernel: each block counts
 // its chunk of pairs by expert in shared memory, keeping each pair's expert and rank
-// among the chunk's pairs of that expert as one word and copying its weight, then takes
-// its first rank in each expert from the expert's count over all blocks (atomics: the
-// blocks' order within an expert is the order they come in); the last block to finish
-// cuts the tile table as moe_route_cut() does from those counts, and reports the first
-// id out of range. sort_place_kernel: each pair's place. The first reads what lies in
-// host memory (the ids, the weights) once, over the bus.
+// among the chunk's pairs of that expert as one word and copying its weight, and writes
+// its counts; it reads what lies in host memory (the ids, the weights) once, over the bus,
+// and notes the first id out of range. sort_place_kernel, its programmatic dependent: each
+// block adds up the counting blocks' counts into each expert's first position and the first
+// rank there of the counting block its pairs came from, and places them; its last block
+// cuts the tile table instead, as moe_route_cut() does from those counts, and reports the
+// id out of range. (Version 30's form added the counts into each expert's total by atomics
+// and had the last counting block cut: round trips to L2 one after another, bench/RESULTS.md
+// version 31.)
 constexpr uint32_t kSortThreads = MOE_ROUTE_SORT_THREADS;
-constexpr uint32_t kSortMaxExpertsAThread = MOE_ROUTE_DEVICE_MAX_EXPERTS / kSortThreads;
+constexpr uint32_t kPlaceThreads = 256; // a placing block's pairs
+constexpr uint32_t kPlaceMaxExpertsAThread = MOE_ROUTE_DEVICE_MAX_EXPERTS / kPlaceThreads;
+static_assert(MOE_ROUTE_SORT_THREADS % kPlaceThreads == 0, "a placing block's pairs lie in one counting block");
 constexpr uint32_t kRankBits = 20;
 static_assert(MOE_ROUTE_DEVICE_MAX_PAIRS / MOE_ROUTE_SORT_BLOCKS <= 1u << kRankBits, "ranks fit their bits");
 
 // The exclusive prefix sums of v[0..2] over the block's threads (in thread order), and
 // their totals: each warp's by shuffles, then the warps' totals by the first warp. (Ten
 // rounds over shared memory with two block barriers each took about 2 µs of the 12 that
-// sorting 8192 pairs took: bench/RESULTS.md, version 27.) `buf` holds 3 * kSortWarps
+// sorting 8192 pairs took: bench/RESULTS.md, version 27.) `buf` holds 3 * kPlaceWarps
 // words of shared memory.
-constexpr uint32_t kSortWarps = kSortThreads / kWarp;
-static_assert(kSortThreads % kWarp == 0 && kSortWarps <= kWarp, "one warp scans the warps' totals");
+constexpr uint32_t kPlaceWarps = kPlaceThreads / kWarp;
+static_assert(kPlaceThreads % kWarp == 0 && kPlaceWarps <= kWarp, "one warp scans the warps' totals");
 
 __device__ void block_exclusive_scan3(uint32_t v[3], uint32_t total[3], uint32_t *buf)
 {
@@ -510,19 +515,19 @@ __device__ void block_exclusive_scan3(uint32_t v[3], uint32_t total[3], uint32_t
 	for (int c = 0; c < 3; c++) {
 		within[c] = warp_inclusive_sum(v[c]);
 		if (lane == kWarp - 1)
-			buf[c * kSortWarps + warp] = within[c];
+			buf[c * kPlaceWarps + warp] = within[c];
 	}
 	__syncthreads();
 	if (warp == 0)
 		for (int c = 0; c < 3; c++) {
-			const uint32_t sum = warp_inclusive_sum(lane < kSortWarps ? buf[c * kSortWarps + lane] : 0);
-			if (lane < kSortWarps)
-				buf[c * kSortWarps + lane] = sum;
+			const uint32_t sum = warp_inclusive_sum(lane < kPlaceWarps ? buf[c * kPlaceWarps + lane] : 0);
+			if (lane < kPlaceWarps)
+				buf[c * kPlaceWarps + lane] = sum;
 		}
 	__syncthreads();
 	for (int c = 0; c < 3; c++) {
-		v[c] = (warp ? buf[c * kSortWarps + warp - 1] : 0) + within[c] - v[c];
-		total[c] = buf[c * kSortWarps + kSortWarps - 1];
+		v[c] = (warp ? buf[c * kPlaceWarps + warp - 1] : 0) + within[c] - v[c];
+		total[c] = buf[c * kPlaceWarps + kPlaceWarps - 1];
 	}
 	__syncthreads(); // buf is free again
 }
@@ -550,11 +555,11 @@ __device__ __noinline__ uint32_t out_of_range(const struct moe_gpu_args &a, uint
 
 __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct moe_gpu_args a)
 {
-	extern __shared__ uint32_t sort_smem[]; // [experts], then [3 * kSortWarps]
+	extern __shared__ uint32_t sort_smem[]; // [experts]
 	const struct moe_gpu_sort &s = a.sort;
 	const uint32_t experts = a.experts, pairs = a.tokens * a.topk, t = threadIdx.x;
-	uint32_t *hist = sort_smem, *scan = sort_smem + experts;
-	uint32_t *expert_pairs = a.counters + MOE_GPU_COUNTER_SORT_EXPERTS;
+	uint32_t *hist = sort_smem;
+	let_dependents_launch(); // the placing's blocks start, and wait for this grid's end
 	for (uint32_t e = t; e < experts; e += kSortThreads)
 		hist[e] = 0;
 	__syncthreads();
@@ -583,50 +588,35 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 		}
 	}
 	__syncthreads();
+	uint32_t *counts = s.block_counts + (size_t)blockIdx.x * experts;
 	for (uint32_t e = t; e < experts; e += kSortThreads)
-		if (hist[e])
-			s.block_counts[(size_t)blockIdx.x * experts + e] = atomicAdd(&expert_pairs[e], hist[e]);
-	__threadfence();
-	__syncthreads();
-	__shared__ bool last;
-	if (t == 0)
-		last = atomicAdd(&a.counters[MOE_GPU_COUNTER_SORTED], 1u) == s.blocks - 1;
-	__syncthreads();
-	if (!last)
-		return;
-	__threadfence(); // the other blocks' counts, for this block's reads
-	// Thread t owns `per` experts from t * per on: their counts (zeroed for the next job),
-	// their tiles.
-	const uint32_t per = (experts + kSortThreads - 1) / kSortThreads;
-	uint32_t count[kSortMaxExpertsAThread], tiles[kSortMaxExpertsAThread];
-	uint32_t mine[3] = { 0, 0, 0 }; // pairs, tiles in order, odd experts (paired)
-	for (uint32_t j = 0; j < kSortMaxExpertsAThread; j++) {
-		const uint32_t e = t * per + j;
-		count[j] = j < per && e < experts ? atomicExch(&expert_pairs[e], 0u) : 0;
-		tiles[j] = (count[j] + s.tile - 1) / s.tile;
-		mine[0] += count[j];
-		mine[1] += s.paired ? tiles[j] & ~1u : tiles[j];
-		mine[2] += s.paired ? tiles[j] & 1u : 0;
-	}
-	uint32_t total[3];
-	block_exclusive_scan3(mine, total, scan);
+		counts[e] = hist[e];
+}
+
+// The cut of the tile table from each expert's pairs (thread t's `per` experts from
+// t * per on, count[j] each, first positions from mine[0]): tiles of a.sort.tile in order,
+// or paired (odd experts, those with an odd number of tiles, pair their last tiles in
+// turn, each pair placed after the second's own tiles, which tells the first through
+// `odd`, indexed by the first's odd rank; a last odd expert's at the end). `mine` and
+// `total` are block_exclusive_scan3's: the pairs, the tiles in order and the odd experts.
+__device__ void cut_tiles(const struct moe_gpu_args &a, uint32_t per, const uint32_t *count,
+			  const uint32_t *tiles, const uint32_t mine[3], const uint32_t total[3], uint32_t *odd)
+{
+	const struct moe_gpu_sort &s = a.sort;
+	const uint32_t t = threadIdx.x, experts = a.experts;
 	uint32_t start = mine[0], at = mine[1], odd_rank = mine[2];
 	const uint32_t in_order_total = total[1], odd_total = total[2];
-	// Paired: odd experts (an odd number of tiles) pair their last tiles in turn, each
-	// pair placed after the second's own tiles (which tells the first, through hist,
-	// indexed by the first's odd rank), and a last odd expert's at the end.
 	for (uint32_t j = 0; j < per; j++) {
 		const uint32_t e = t * per + j;
 		if (e >= experts)
 			break;
-		s.starts[e] = start;
 		const uint32_t in_order = s.paired ? tiles[j] & ~1u : tiles[j];
 		const uint32_t before = at + (s.paired ? 2 * (odd_rank / 2) : 0);
 		for (uint32_t i = 0; i < in_order; i++)
 			put_tile(a, before + i, start, count[j], e, i);
 		if (in_order != tiles[j]) {
 			if (odd_rank & 1u) {
-				hist[odd_rank - 1] = before + in_order;
+				odd[odd_rank - 1] = before + in_order;
 				put_tile(a, before + in_order + 1, start, count[j], e, tiles[j] - 1);
 			} else if (odd_rank + 1 == odd_total) {
 				put_tile(a, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1);
@@ -644,33 +634,90 @@ __global__ void __launch_bounds__(kSortThreads) sort_count_kernel(const struct m
 			break;
 		if (tiles[j] & 1u && s.paired) {
 			if (!(odd_rank & 1u) && odd_rank + 1 < odd_total)
-				put_tile(a, hist[odd_rank], start, count[j], e, tiles[j] - 1);
+				put_tile(a, odd[odd_rank], start, count[j], e, tiles[j] - 1);
 			odd_rank++;
 		}
 		start += count[j];
 	}
 	if (t == 0) {
 		*(uint32_t *)a.tile_total = in_order_total + odd_total;
-		a.counters[MOE_GPU_COUNTER_SORTED] = 0; // for the next job
 		const unsigned long long bad = atomicExch((unsigned long long *)(a.counters + MOE_GPU_COUNTER_SORT_BAD), 0ull);
 		if (bad)
 			*s.report = bad;
 	}
 }
 
-// A thread a pair: its place, from its expert's first position, its block's first rank
-// in that expert and its own rank in the block.
-__global__ void sort_place_kernel(const struct moe_gpu_args a)
+// A block of kPlaceThreads pairs, or the last block, which cuts the tile table instead.
+__global__ void __launch_bounds__(kPlaceThreads) sort_place_kernel(const struct moe_gpu_args a)
 {
+	extern __shared__ uint32_t sort_smem[]; // [experts] twice, then [3 * kPlaceWarps]
 	const struct moe_gpu_sort &s = a.sort;
-	const uint32_t p = blockIdx.x * blockDim.x + threadIdx.x;
-	if (p >= a.tokens * a.topk)
+	const uint32_t experts = a.experts, pairs = a.tokens * a.topk, t = threadIdx.x;
+	const bool cuts = blockIdx.x == gridDim.x - 1;
+	const uint32_t p = blockIdx.x * kPlaceThreads + t, counted_before = cuts ? 0 : p / s.chunk;
+	uint32_t *total = sort_smem, *first = sort_smem + experts, *scan = first + experts;
+	for (uint32_t e = t; e < experts; e += kPlaceThreads)
+		total[e] = 0, first[e] = 0;
+	__syncthreads();
+	wait_for_prerequisite_grid(); // the counting grid's words, weights and counts
+	// Each expert's pairs in all counting blocks (total), and in those before this block's
+	// (first, for now): `split` threads an expert where there are fewer experts than
+	// threads, each adding up every split-th block's count, 16 loads in flight at once (one
+	// at a time, the sums took most of the kernel's 5-8 µs: bench/RESULTS.md version 31).
+	constexpr uint32_t kInFlight = 16;
+	const uint32_t split = experts < kPlaceThreads ? kPlaceThreads / experts : 1;
+	for (uint32_t cell = t; cell < experts * split; cell += kPlaceThreads) {
+		const uint32_t e = cell % experts, part = cell / experts;
+		uint32_t all = 0, before = 0;
+		for (uint32_t b0 = part; b0 < s.blocks; b0 += kInFlight * split) {
+			uint32_t c[kInFlight];
+#pragma unroll
+			for (uint32_t i = 0; i < kInFlight; i++) {
+				const uint32_t b = b0 + i * split;
+				c[i] = b < s.blocks ? s.block_counts[(size_t)b * experts + e] : 0;
+			}
+#pragma unroll
+			for (uint32_t i = 0; i < kInFlight; i++) {
+				all += c[i];
+				before += b0 + i * split < counted_before ? c[i] : 0;
+			}
+		}
+		if (all)
+			atomicAdd(&total[e], all);
+		if (before)
+			atomicAdd(&first[e], before);
+	}
+	__syncthreads();
+	// Thread t owns `per` experts from t * per on: their counts, their tiles.
+	const uint32_t per = (experts + kPlaceThreads - 1) / kPlaceThreads;
+	uint32_t count[kPlaceMaxExpertsAThread], tiles[kPlaceMaxExpertsAThread];
+	uint32_t mine[3] = { 0, 0, 0 }; // pairs, tiles in order, odd experts (paired)
+	for (uint32_t j = 0; j < kPlaceMaxExpertsAThread; j++) {
+		const uint32_t e = t * per + j;
+		count[j] = j < per && e < experts ? total[e] : 0;
+		tiles[j] = (count[j] + s.tile - 1) / s.tile;
+		mine[0] += count[j];
+		mine[1] += s.paired ? tiles[j] & ~1u : tiles[j];
+		mine[2] += s.paired ? tiles[j] & 1u : 0;
+	}
+	uint32_t sums[3];
+	block_exclusive_scan3(mine, sums, scan); // its barriers: total is free from here
+	if (cuts) {
+		cut_tiles(a, per, count, tiles, mine, sums, total);
 		return;
-	const uint32_t word = s.words[p], e = word >> kRankBits;
-	const uint32_t pos = s.starts[e] + s.block_counts[(size_t)(p / s.chunk) * a.experts + e] +
-			     (word & ((1u << kRankBits) - 1));
-	a.pair_of[pos] = p;
-	a.pos_of[p] = pos;
+	}
+	uint32_t start = mine[0];
+	for (uint32_t j = 0; j < per && t * per + j < experts; j++) {
+		first[t * per + j] += start;
+		start += count[j];
+	}
+	__syncthreads();
+	if (p < pairs) {
+		const uint32_t word = s.words[p];
+		const uint32_t pos = first[word >> kRankBits] + (word & ((1u << kRankBits) - 1));
+		a.pair_of[pos] = p;
+		a.pos_of[p] = pos;
+	}
 }
 
 #if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
@@ -735,9 +782,28 @@ extern "C" int moe_gpu_sort_pairs(const struct moe_gpu_args *a, void *stream)
 	if (!a->counters || !a->sort.report || a->experts > MOE_ROUTE_DEVICE_MAX_EXPERTS || !a->sort.blocks ||
 	    (size_t)a->sort.blocks * a->sort.chunk < pairs)
 		return (int)hipErrorInvalidValue;
-	const size_t smem = ((size_t)a->experts + 3 * kSortWarps) * sizeof(uint32_t);
-	hipLaunchKernelGGL(sort_count_kernel, dim3(a->sort.blocks), dim3(kSortThreads), smem, (hipStream_t)stream, *a);
-	hipLaunchKernelGGL(sort_place_kernel, dim3((pairs + 255) / 256), dim3(256), 0, (hipStream_t)stream, *a);
+	const size_t count_smem = (size_t)a->experts * sizeof(uint32_t);
+	const size_t place_smem = (2 * (size_t)a->experts + 3 * kPlaceWarps) * sizeof(uint32_t); // < 48 KiB
+	const dim3 place_grid((pairs + kPlaceThreads - 1) / kPlaceThreads + 1); // and the cut's
+	hipLaunchKernelGGL(sort_count_kernel, dim3(a->sort.blocks), dim3(kSortThreads), count_smem,
+			   (hipStream_t)stream, *a);
+#if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
+	if (!a->serial_launch && moe_gpu_compute_capability() >= 90) {
+		/* The placing as the counting's programmatic dependent: its blocks start
+		 * meanwhile and wait (wait_for_prerequisite_grid). */
+		cudaLaunchConfig_t config = {};
+		cudaLaunchAttribute attr;
+		attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		attr.val.programmaticStreamSerializationAllowed = 1;
+		config.gridDim = place_grid, config.blockDim = dim3(kPlaceThreads);
+		config.dynamicSmemBytes = place_smem, config.stream = (cudaStream_t)stream;
+		config.attrs = &attr, config.numAttrs = 1;
+		const cudaError_t e = cudaLaunchKernelEx(&config, sort_place_kernel, *a);
+		return (int)(e != cudaSuccess ? e : cudaGetLastError());
+	}
+#endif
+	hipLaunchKernelGGL(sort_place_kernel, place_grid, dim3(kPlaceThreads), place_smem,
+			   (hipStream_t)stream, *a);
 	return (int)hipGetLastError();
 }
 

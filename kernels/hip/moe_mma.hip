@@ -178,23 +178,6 @@ __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0
 		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Programmatic dependent launch (sm_90 and later; elsewhere the launch has no such
-// dependency and these are not needed): the gate/up grid lets the down grid start once all
-// its blocks run, and the down grid fetches weights before it waits for the gate/up results.
-__device__ __forceinline__ void let_dependents_launch()
-{
-#if __CUDA_ARCH__ >= 900
-	asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void wait_for_prerequisite_grid()
-{
-#if __CUDA_ARCH__ >= 900
-	asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-
 // Have L2 fetch `bytes` (a multiple of 16) from `p` (16-byte aligned), without waiting.
 __device__ __forceinline__ void prefetch_to_l2(const void *p, uint32_t bytes)
 {

@@ -176,7 +176,7 @@ void moe_route_defer(struct moe_routing *r, uint32_t tile, int paired)
 
 size_t moe_route_packed_bytes(const struct moe_routing *r)
 {
-	const size_t sorting = r->on_device ? 1 + r->experts + r->pairs +
+	const size_t sorting = r->on_device ? 1 + r->pairs +
 						      (size_t)moe_route_sort_blocks(r->pairs) * r->experts
 					    : 0;
 	return (3 * r->pairs + 3 * (size_t)r->ntiles + sorting) * sizeof(uint32_t);
@@ -207,7 +207,6 @@ void moe_route_args(const struct moe_routing *r, void *dev, struct moe_gpu_args 
 	if (!r->on_device)
 		return;
 	a->tile_total = MOE_ROUTE_TILE_TOTAL(dev, r);
-	a->sort.starts = MOE_ROUTE_STARTS(dev, r);
 	a->sort.words = MOE_ROUTE_WORDS(dev, r);
 	a->sort.block_counts = MOE_ROUTE_BLOCK_COUNTS(dev, r);
 	a->sort.tile = r->tile;

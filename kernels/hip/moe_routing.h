@@ -31,9 +31,9 @@ extern "C" {
  * from the device (moe_gpu_sorts_on_device). At 32768 pairs the host's count, cut and
  * pack took 40-78 µs on the GPU machine's processor, its sample 6-8, and the device's
  * sort about as long as the copy and placing it replaced (bench/RESULTS.md, versions 20
- * and 21); the device's counting kernel takes 9-10 µs even at 8192 pairs, while below a
- * few thousand pairs the host's sorting costs less. The bound between is chosen, not
- * measured. */
+ * and 21); the device's two kernels take about 10 µs even at 8192 pairs (version 31),
+ * while below a few thousand pairs the host's sorting costs less. The bound between is
+ * chosen, not measured. */
 #define MOE_ROUTE_DEVICE_PAIRS 4096
 /* The device's sort keeps an expert id (12 bits) and a rank among one block's pairs of
  * that expert (20 bits) in one word: at most this many experts, and pairs enough for
@@ -129,8 +129,8 @@ void moe_route_defer(struct moe_routing *r, uint32_t tile, int paired);
  * Everything the kernels read about a job's routing, in one buffer on the device:
  * pair_of, pos_of and the topk weights ([pairs] each), the tile table (first, count,
  * expert: [ntiles] each), and where the device sorts, the tile count it found, each
- * expert's first position ([experts]), each pair's expert and rank ([pairs]) and each
- * sort block's first rank in each expert ([blocks * experts]). Where the host sorts,
+ * pair's expert and rank ([pairs]) and each sort block's count of each expert's pairs
+ * ([blocks * experts]). Where the host sorts,
  * moe_route_pack() fills a host copy of it (pinned memory: one asynchronous DMA); where
  * the device does, the launch fills it from the client's ids and weights.
  */
@@ -143,8 +143,7 @@ void moe_route_pack(const struct moe_routing *r, const float *topk_weights, void
 #define MOE_ROUTE_WEIGHTS(dev, r) ((float *)(dev) + 2 * (r)->pairs)
 #define MOE_ROUTE_TILES(dev, r) ((uint32_t *)(dev) + 3 * (r)->pairs)
 #define MOE_ROUTE_TILE_TOTAL(dev, r) (MOE_ROUTE_TILES(dev, r) + 3 * (size_t)(r)->ntiles)
-#define MOE_ROUTE_STARTS(dev, r) (MOE_ROUTE_TILE_TOTAL(dev, r) + 1)
-#define MOE_ROUTE_WORDS(dev, r) (MOE_ROUTE_STARTS(dev, r) + (r)->experts)
+#define MOE_ROUTE_WORDS(dev, r) (MOE_ROUTE_TILE_TOTAL(dev, r) + 1)
 #define MOE_ROUTE_BLOCK_COUNTS(dev, r) (MOE_ROUTE_WORDS(dev, r) + (r)->pairs)
 
 /* The routing's fields of the kernels' arguments, for a packed copy at `dev` on the
