@@ -19,6 +19,9 @@
 
 #include "moe_device.h"
 #include "moe_routing.h"
+#if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
+#include "moe_launch.h"
+#endif
 
 namespace {
 
@@ -789,23 +792,15 @@ extern "C" int moe_gpu_sort_pairs(const struct moe_gpu_args *a, void *stream)
 	hipLaunchKernelGGL(sort_count_kernel, dim3(a->sort.blocks), dim3(kSortThreads), count_smem,
 			   (hipStream_t)stream, *a);
 #if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
-	if (!a->serial_launch && moe_gpu_compute_capability() >= 90) {
-		/* The placing as the counting's programmatic dependent: its blocks start
-		 * meanwhile and wait (wait_for_prerequisite_grid). */
-		cudaLaunchConfig_t config = {};
-		cudaLaunchAttribute attr;
-		attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-		attr.val.programmaticStreamSerializationAllowed = 1;
-		config.gridDim = place_grid, config.blockDim = dim3(kPlaceThreads);
-		config.dynamicSmemBytes = place_smem, config.stream = (cudaStream_t)stream;
-		config.attrs = &attr, config.numAttrs = 1;
-		const cudaError_t e = cudaLaunchKernelEx(&config, sort_place_kernel, *a);
-		return (int)(e != cudaSuccess ? e : cudaGetLastError());
-	}
-#endif
+	/* The placing as the counting's programmatic dependent: its blocks start meanwhile
+	 * and wait (wait_for_prerequisite_grid). */
+	return launch_on(sort_place_kernel, place_grid, (int)kPlaceThreads, (int)place_smem, dependent_launch(*a),
+			 (cudaStream_t)stream, *a);
+#else
 	hipLaunchKernelGGL(sort_place_kernel, place_grid, dim3(kPlaceThreads), place_smem,
 			   (hipStream_t)stream, *a);
 	return (int)hipGetLastError();
+#endif
 }
 
 extern "C" int moe_gpu_sorts_on_device(enum moe_gpu_kernel kernel)

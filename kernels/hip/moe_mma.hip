@@ -54,6 +54,8 @@ extern "C" int moe_gpu_decode_fetches(const struct moe_gpu_args *)
 #include <cuda.h> // the TMA's tensor maps (types only: the encoder comes through the runtime)
 #include <cudaTypedefs.h>
 
+#include "moe_launch.h"
+
 namespace {
 
 using namespace moe;
@@ -1574,14 +1576,6 @@ int sm_count()
 	return sms;
 }
 
-// Whether the down GEMM is launched as a programmatic dependent: where device 0 takes
-// them (compute capability 9.0 and up) and the caller has not turned it off
-// (moe_gpu_args.serial_launch, for measurements: moed(8)).
-bool dependent_launch(const struct moe_gpu_args &a)
-{
-	return !a.serial_launch && moe_gpu_compute_capability() >= 90;
-}
-
 // The kernels want more than the default 48 KiB of shared memory: raised once each.
 template <auto kKernel, int kBytes> cudaError_t allow_smem()
 {
@@ -1592,37 +1586,6 @@ template <auto kKernel, int kBytes> cudaError_t allow_smem()
 		cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
 	raised = e == cudaSuccess;
 	return e;
-}
-
-// The down GEMM is launched as the gate/up one's programmatic dependent where `dependent`
-// (dependent_launch()): its blocks start while the gate/up grid finishes and stream their first weight
-// stages meanwhile (decode jobs are a few short kernels; this hides one launch's ramp).
-// `cluster` > 1: the grid runs in clusters of that many blocks.
-template <class Kernel, class... Args>
-int launch_clustered(Kernel kernel, dim3 grid, unsigned cluster, int threads, int smem, bool dependent,
-		     cudaStream_t stream, Args... args)
-{
-	cudaLaunchConfig_t config = {};
-	cudaLaunchAttribute attrs[2];
-	config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = smem;
-	config.stream = stream, config.attrs = attrs;
-	if (dependent) {
-		attrs[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-		attrs[config.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
-	}
-	if (cluster > 1) {
-		attrs[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
-		attrs[config.numAttrs++].val.clusterDim = { cluster, 1, 1 };
-	}
-	const cudaError_t e = cudaLaunchKernelEx(&config, kernel, args...);
-	return (int)(e != cudaSuccess ? e : cudaGetLastError());
-}
-
-template <class Kernel, class... Args>
-int launch_on(Kernel kernel, dim3 grid, int threads, int smem, bool dependent, cudaStream_t stream,
-	      Args... args)
-{
-	return launch_clustered(kernel, grid, 1, threads, smem, dependent, stream, args...);
 }
 
 template <class S, bool kGateUp, bool kBf16>
