@@ -63,7 +63,9 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 
 	/* Tiles: each of one expert, at most `tile` pairs, together covering every sorted
 	 * position once; only the last tile of an expert may be short. In order unless
-	 * paired; paired, in the table's order by position (the order the cut makes). */
+	 * paired; paired, in the table's order by position (the order the cut makes).
+	 * Extended, an expert's last tile holds its pairs past its last whole pair of tiles
+	 * where they are at most MOE_ROUTE_EXTRA_ROWS, as the second of a pair of its own. */
 	const uint32_t n = r->ntiles, *table = r->tiles;
 	uint32_t *order = malloc((n + 1) * sizeof(uint32_t));
 	for (uint32_t t = 0; t < n; t++)
@@ -76,7 +78,14 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	for (uint32_t i = 0; i < n; i++) {
 		const uint32_t t = order[i], first = table[t], cnt = table[n + t], exp = table[2 * n + t];
 		ck_assert_uint_eq(first, at);
-		ck_assert(cnt >= 1 && cnt <= tile);
+		ck_assert(cnt >= 1 && cnt <= tile + (paired == MOE_ROUTE_PAIRED_EXTENDED ? MOE_ROUTE_EXTRA_ROWS : 0));
+		if (cnt > tile) {
+			ck_assert_uint_eq(cnt - tile, count[exp] % (2 * tile));
+			ck_assert_uint_gt(count[exp], 2 * tile);
+			ck_assert_uint_eq(t % 2, 1);
+			ck_assert_uint_eq(table[2 * n + t - 1], exp);
+			ck_assert(i + 1 == n || table[2 * n + order[i + 1]] != exp);
+		}
 		for (uint32_t q = first; q < first + cnt; q++)
 			ck_assert_int_eq(ids[pair_of[q]], (int32_t)exp);
 		if (cnt < tile && i + 1 < n)
@@ -91,7 +100,7 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 		 * sum over experts of half their tiles, rounded down. */
 		uint32_t best = 0, shared = 0;
 		for (uint32_t e = 0; e < experts; e++)
-			best += (count[e] + tile - 1) / tile / 2;
+			best += (count[e] - moe_route_extra(count[e], tile, paired) + tile - 1) / tile / 2;
 		for (uint32_t t = 0; t + 1 < n; t += 2)
 			shared += table[2 * n + t] == table[2 * n + t + 1];
 		ck_assert_uint_eq(shared, best);
@@ -125,7 +134,7 @@ START_TEST(random_routings)
 		int32_t *ids = skewed_ids(&rng, pairs, experts);
 		size_t bad = 0;
 		ck_assert_int_eq(moe_route_count(&r, ids, pairs, experts, &bad), 0);
-		const int paired = round % 3 == 0;
+		const int paired = round % 3 ? MOE_ROUTE_IN_ORDER : round % 2 ? MOE_ROUTE_PAIRED_EXTENDED : MOE_ROUTE_PAIRED;
 		ck_assert_int_eq(moe_route_cut(&r, tile, paired), 0);
 		ck_assert_int_eq(r.on_device, 0);
 
@@ -187,6 +196,55 @@ static void sample_figures(const int32_t *ids, size_t tokens, uint32_t topk, uin
 	free(count);
 }
 
+/* The extended cut at its bounds: an expert's pairs past its last whole pair of tiles join
+ * that pair's second tile from 1 to MOE_ROUTE_EXTRA_ROWS of them, not beyond, and not for
+ * an expert of at most two tiles. */
+START_TEST(extended_cut)
+{
+	static const uint32_t counts[] = { 270, 300, 256, 20, 288, 513, 289, 200 };
+	/* tile 128: 256 + 14 and 256 + 32 and 512 + 1 extended; 300 and 289 are 256 + 44 and
+	 * 256 + 33, past the bound; 256, 20 and 200 have no pair of tiles to join. */
+	static const uint32_t extended_last[] = { 142, 0, 0, 0, 160, 129, 0, 0 };
+	const uint32_t experts = sizeof(counts) / sizeof(counts[0]), tile = 128;
+	size_t pairs = 0;
+	for (uint32_t e = 0; e < experts; e++)
+		pairs += counts[e];
+	int32_t *ids = malloc(pairs * sizeof(int32_t));
+	uint64_t rng = test_seed();
+	size_t p = 0;
+	for (uint32_t e = 0; e < experts; e++)
+		for (uint32_t i = 0; i < counts[e]; i++)
+			ids[p++] = (int32_t)e;
+	for (size_t i = pairs - 1; i > 0; i--) { /* shuffled */
+		const size_t j = (size_t)test_rand_range(&rng, 0, i);
+		const int32_t v = ids[i];
+		ids[i] = ids[j], ids[j] = v;
+	}
+	struct moe_routing r;
+	memset(&r, 0, sizeof(r));
+	size_t bad = 0;
+	ck_assert_int_eq(moe_route_count(&r, ids, pairs, experts, &bad), 0);
+	ck_assert_int_eq(moe_route_cut(&r, tile, MOE_ROUTE_PAIRED_EXTENDED), 0);
+	check_sorted(&r, r.pair_of, r.pos_of, ids, pairs, experts, tile, MOE_ROUTE_PAIRED_EXTENDED);
+	ck_assert_uint_eq(r.max_tile, 160);
+	for (uint32_t e = 0; e < experts; e++) {
+		ck_assert_uint_eq(moe_route_extra(counts[e], tile, MOE_ROUTE_PAIRED_EXTENDED),
+				  extended_last[e] ? extended_last[e] - tile : 0);
+		ck_assert_uint_eq(moe_route_extra(counts[e], tile, MOE_ROUTE_PAIRED), 0);
+		uint32_t tiles = 0, longest = 0;
+		for (uint32_t t = 0; t < r.ntiles; t++)
+			if (r.tiles[2 * r.ntiles + t] == e) {
+				tiles++;
+				longest = r.tiles[r.ntiles + t] > longest ? r.tiles[r.ntiles + t] : longest;
+			}
+		ck_assert_uint_eq(longest, extended_last[e] ? extended_last[e] : counts[e] < tile ? counts[e] : tile);
+		ck_assert_uint_eq(tiles, (counts[e] - (extended_last[e] ? extended_last[e] - tile : 0) + tile - 1) / tile);
+	}
+	moe_routing_free(&r);
+	free(ids);
+}
+END_TEST
+
 /* The host's part of a device sort, on routings of every size around the sample's. */
 START_TEST(device_sort_host_part)
 {
@@ -200,7 +258,7 @@ START_TEST(device_sort_host_part)
 		const size_t tokens = (size_t)test_rand_range(&rng, 1, round % 2 ? MOE_ROUTE_SAMPLE_PAIRS / topk : 9000);
 		const size_t pairs = tokens * topk;
 		const uint32_t tile = (uint32_t)test_rand_range(&rng, 1, 140);
-		const int paired = round % 3 == 0;
+		const int paired = round % 3 ? MOE_ROUTE_IN_ORDER : round % 2 ? MOE_ROUTE_PAIRED_EXTENDED : MOE_ROUTE_PAIRED;
 		int32_t *ids = skewed_ids(&rng, pairs, experts);
 		size_t bad = 0;
 		int32_t bad_id = 0;
@@ -325,6 +383,7 @@ int main(void)
 	Suite *s = suite_create("routing");
 	TCase *tc = tcase_create("routing");
 	tcase_add_loop_test(tc, random_routings, 0, 3);
+	tcase_add_test(tc, extended_cut);
 	tcase_add_loop_test(tc, device_sort_host_part, 0, 3);
 	tcase_add_test(tc, device_sort_bounds);
 	tcase_add_test(tc, ids_out_of_range);

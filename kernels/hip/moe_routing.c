@@ -71,12 +71,14 @@ struct tile_table {
 	uint32_t n, max_tile;
 };
 
-/* Append tile j of expert e (whose positions start at starts[e]) to the table. */
-static void put_tile(struct tile_table *t, const uint32_t *starts, uint32_t tile, uint32_t e, uint32_t j)
+/* Append tile j of expert e (whose positions start at starts[e]) to the table: at most
+ * `most` pairs (tile, or more where an extended cut adds an expert's last few). */
+static void put_tile(struct tile_table *t, const uint32_t *starts, uint32_t tile, uint32_t e, uint32_t j,
+		     uint32_t most)
 {
 	const uint32_t at = starts[e] + j * tile, left = starts[e + 1] - at;
 	t->first[t->n] = at;
-	t->count[t->n] = left < tile ? left : tile;
+	t->count[t->n] = left < most ? left : most;
 	t->max_tile = t->count[t->n] > t->max_tile ? t->count[t->n] : t->max_tile;
 	t->expert[t->n++] = e;
 }
@@ -97,25 +99,26 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 		const uint32_t n = r->counts[e + 1] - r->counts[e];
 		if (!n) /* most experts of a decode job: no division for them */
 			continue;
-		const uint32_t tiles = (n + tile - 1) / tile;
+		const uint32_t extra = moe_route_extra(n, tile, paired);
+		const uint32_t tiles = (n - extra + tile - 1) / tile; /* even where extra > 0 */
 		/* Paired: the expert's tiles two by two, which keeps the table's length even
 		 * between experts; an odd expert's last tile goes with the next odd expert's
 		 * last, right after that expert's pairs. */
 		const uint32_t in_order = paired ? tiles & ~1u : tiles;
 		for (uint32_t j = 0; j < in_order; j++)
-			put_tile(&t, r->counts, tile, e, j);
+			put_tile(&t, r->counts, tile, e, j, j + 1 == tiles ? tile + extra : tile);
 		if (in_order == tiles)
 			continue;
 		if (pending == UINT32_MAX) {
 			pending = e, pending_tile = tiles - 1;
 			continue;
 		}
-		put_tile(&t, r->counts, tile, pending, pending_tile);
-		put_tile(&t, r->counts, tile, e, tiles - 1);
+		put_tile(&t, r->counts, tile, pending, pending_tile, tile);
+		put_tile(&t, r->counts, tile, e, tiles - 1, tile);
 		pending = UINT32_MAX;
 	}
 	if (pending != UINT32_MAX)
-		put_tile(&t, r->counts, tile, pending, pending_tile);
+		put_tile(&t, r->counts, tile, pending, pending_tile, tile);
 	/* Pack the three arrays back to back for one copy to the device. */
 	memmove(r->tiles + t.n, t.count, t.n * sizeof(uint32_t));
 	memmove(r->tiles + 2 * (size_t)t.n, t.expert, t.n * sizeof(uint32_t));

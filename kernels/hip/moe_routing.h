@@ -105,8 +105,22 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
  * one expert's) lists them so that as many such pairs as can be are one expert's: each
  * expert's tiles two by two, and an odd expert's last tile paired with the next odd
  * expert's last, placed right after that expert's pairs (near both experts' other tiles,
- * which read the same weights through L2). */
+ * which read the same weights through L2). MOE_ROUTE_PAIRED_EXTENDED (wgmma128c, whose
+ * items then also multiply such rows): an expert whose pairs run at most
+ * MOE_ROUTE_EXTRA_ROWS past a whole number of pairs of tiles has them added to its last
+ * pair's second tile (tile + extra pairs) instead of a short tile of their own. */
 int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired);
+
+/* moe_route_cut's `paired`. */
+enum { MOE_ROUTE_IN_ORDER, MOE_ROUTE_PAIRED, MOE_ROUTE_PAIRED_EXTENDED };
+#define MOE_ROUTE_EXTRA_ROWS 32u
+
+/* The pairs that an extended cut adds to the last tile of an expert of n pairs, or 0. */
+static inline uint32_t moe_route_extra(uint32_t n, uint32_t tile, int paired)
+{
+	const uint32_t rest = paired == MOE_ROUTE_PAIRED_EXTENDED && n > 2 * tile ? n % (2 * tile) : 0;
+	return rest <= MOE_ROUTE_EXTRA_ROWS ? rest : 0;
+}
 
 /*
  * For a job the device may sort (moe_route_on_device): estimate most_pairs, used_experts
