@@ -42,8 +42,11 @@ enum moe_gpu_kernel {
 			      numbers of the others stay */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
+	MOE_GPU_WGMMA128E, /* wgmma128c whose pairs of tiles also take an expert's few pairs
+			      past them (MOE_ROUTE_PAIRED_EXTENDED): where experts hold about
+			      a pair of tiles */
 };
-#define MOE_GPU_KERNELS 13
+#define MOE_GPU_KERNELS 14
 
 /* Pairs of one expert per tile for the warp kernels: each weight row is read once per tile. */
 #define MOE_GPU_TILE 16
@@ -55,15 +58,15 @@ struct moe_gpu_plan {
 };
 
 /*
- * Pick the kernel for a job from its routing's counts (the most pairs any one expert
- * has, the experts used, those with more than 16 pairs: moe_routing's most_pairs,
- * used_experts and over_16) and the dtypes and shapes (the matrix-unit kernels need I/O
+ * Pick the kernel for a job of `pairs` pairs from its routing's counts (the most pairs
+ * any one expert has, the experts used, those with more than 16 pairs: moe_routing's
+ * most_pairs, used_experts and over_16) and the dtypes and shapes (the matrix-unit kernels need I/O
  * and weights of one 16-bit dtype, and hidden and intermediate sizes that are multiples
  * of 8, for 16-byte copies). `forced`, a kernel this build has (or -1 for none), is
  * taken wherever the job allows it: for tests, benchmarks and diagnosis (the backend
  * reads it from MOED_GPU_KERNEL).
  */
-struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
+struct moe_gpu_plan moe_gpu_plan(size_t pairs, uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
 				 int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter, int forced);
 
 /*
@@ -267,6 +270,11 @@ int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *args);
 /* Whether that kernel brings the job's fetch (moe_gpu_args.fetch_bytes) itself: where the
  * fetch's head, which its launch's parameters carry, holds the tile table. */
 int moe_gpu_decode_fetches(const struct moe_gpu_args *args);
+
+/* Whether wgmma128e's kernels can run on this card and driver (the TMA's encoder, a
+ * cluster of two of them resident): the plan takes it only then, as its routing (an
+ * extended cut) suits no other kernel. */
+int moe_gpu_extension_runs(void);
 
 /* AMD's (moe_mfma.hip), the same way; sets args->y_io. */
 int moe_gpu_launch_mfma(struct moe_gpu_args *args, void *stream);

@@ -305,16 +305,16 @@ bool wgmma_runs()
 
 } // namespace
 
-extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
+extern "C" struct moe_gpu_plan moe_gpu_plan(size_t pairs, uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
 					     int io_dtype, int w_dtype, uint32_t hidden, uint32_t inter,
 					     int forced)
 {
-	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 32, 64, 128, 128, 128, 128, 128, 128, 128, 128, 64 };
+	static const uint32_t tiles[MOE_GPU_KERNELS] = { MOE_GPU_TILE, 16, 32, 64, 128, 128, 128, 128, 128, 128, 128, 128, 64, 128 };
 	struct moe_gpu_plan p = { MOE_GPU_WARP, MOE_GPU_TILE, 0 };
 	const bool mma = io_dtype == w_dtype && io_dtype != MOED_GPU_F32 && hidden % 8 == 0 &&
 			 inter % 8 == 0;
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
-	(void)most_pairs, (void)used_experts, (void)over_16;
+	(void)pairs, (void)most_pairs, (void)used_experts, (void)over_16;
 	if (mma && forced == MOE_GPU_MFMA64)
 		p.kernel = MOE_GPU_MFMA64, p.tile = tiles[MOE_GPU_MFMA64];
 #else
@@ -356,9 +356,22 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(uint32_t most_pairs, uint32_t used_e
 		 * wgmma128p, Mixtral M = 1024 / 4096 1569 / 5252 -> 1362 / 4644 us, DeepSeek-V3
 		 * M = 4096 9200 -> 8015; Qwen3 M = 1024 (one tile an expert) 431 -> 455
 		 * (bench/RESULTS.md, version 10). */
-		p.kernel = most_pairs > 128 ? MOE_GPU_WGMMA128C : MOE_GPU_WGMMA128P;
+		/* Where experts hold about a pair of tiles (224 to 319 pairs on average), about
+		 * half of them a few pairs more: wgmma128e takes those with the pair instead of
+		 * a short tile of their own (bench/RESULTS.md, version 32, two passes against
+		 * wgmma128c: Mixtral M = 1024 1490-1499 -> 1343-1344 us, Qwen3 M = 4096 711-712 ->
+		 * 692-702). Where no expert has such pairs it costs a little (every expert given
+		 * 256 pairs: Mixtral M = 1024 1199-1200 -> 1244, Qwen3 M = 4096 598-600 ->
+		 * 601-604). */
+		p.kernel = most_pairs <= 128 ? MOE_GPU_WGMMA128P
+			   : pairs >= 224 * (size_t)used_experts && pairs < 320 * (size_t)used_experts &&
+					   moe_gpu_extension_runs()
+				   ? MOE_GPU_WGMMA128E
+				   : MOE_GPU_WGMMA128C;
 	p.tile = tiles[p.kernel];
-	p.paired = p.kernel == MOE_GPU_WGMMA128C || p.kernel == MOE_GPU_WGMMA128D;
+	p.paired = p.kernel == MOE_GPU_WGMMA128E ? MOE_ROUTE_PAIRED_EXTENDED
+		   : p.kernel == MOE_GPU_WGMMA128C || p.kernel == MOE_GPU_WGMMA128D ? MOE_ROUTE_PAIRED
+										      : MOE_ROUTE_IN_ORDER;
 #endif
 	return p;
 }
@@ -371,7 +384,7 @@ extern "C" int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t p
 	if (moe_route_on_device(pairs, experts)) {
 		if ((e = moe_route_sample(r, ids, pairs, topk, experts, bad, bad_id)))
 			return e;
-		*plan = moe_gpu_plan(r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter,
+		*plan = moe_gpu_plan(pairs, r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter,
 				     forced);
 		if (moe_gpu_sorts_on_device(plan->kernel)) {
 			moe_route_defer(r, plan->tile, plan->paired);
@@ -385,7 +398,7 @@ extern "C" int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t p
 			*bad_id = ids[*bad];
 		return e;
 	}
-	*plan = moe_gpu_plan(r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter, forced);
+	*plan = moe_gpu_plan(pairs, r->most_pairs, r->used_experts, r->over_16, io_dtype, w_dtype, hidden, inter, forced);
 	return moe_route_cut(r, plan->tile, plan->paired);
 }
 
@@ -445,7 +458,8 @@ extern "C" int moe_gpu_kernel_usable(enum moe_gpu_kernel k)
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 	return k == MOE_GPU_WARP || k == MOE_GPU_MFMA64;
 #elif defined(MOED_GPU_WGMMA)
-	return k >= 0 && (k < MOE_GPU_WGMMA128 || (k < MOE_GPU_MFMA64 && wgmma_runs()));
+	return k >= 0 && (k < MOE_GPU_WGMMA128 || (k < MOE_GPU_MFMA64 && wgmma_runs()) ||
+			  (k == MOE_GPU_WGMMA128E && wgmma_runs() && moe_gpu_extension_runs()));
 #else
 	return k >= 0 && k < MOE_GPU_WGMMA128;
 #endif
@@ -479,6 +493,7 @@ extern "C" const char *moe_gpu_kernel_name(enum moe_gpu_kernel k)
 	case MOE_GPU_WGMMA128S: return "wgmma128s";
 	case MOE_GPU_WGMMA128D: return "wgmma128d";
 	case MOE_GPU_MFMA64: return "mfma64";
+	case MOE_GPU_WGMMA128E: return "wgmma128e";
 	}
 	return "?";
 }
@@ -536,14 +551,15 @@ __device__ void block_exclusive_scan3(uint32_t v[3], uint32_t total[3], uint32_t
 }
 
 // Tile j of an expert whose range is [start, start + count), at place `at` of the table
-// (the sort fills what the other kernels read as const).
+// (the sort fills what the other kernels read as const): at most `most` pairs (the tile, or
+// more where an extended cut adds the expert's last few).
 __device__ __forceinline__ void put_tile(const struct moe_gpu_args &a, uint32_t at, uint32_t start,
-					 uint32_t count, uint32_t expert, uint32_t j)
+					 uint32_t count, uint32_t expert, uint32_t j, uint32_t most)
 {
 	const uint32_t tile = a.sort.tile, left = count - j * tile;
 	uint32_t *table = (uint32_t *)a.tile_first;
 	table[at] = start + j * tile;
-	table[a.tiles + at] = left < tile ? left : tile;
+	table[a.tiles + at] = left < most ? left : most;
 	table[2 * a.tiles + at] = expert;
 }
 
@@ -615,14 +631,15 @@ __device__ void cut_tiles(const struct moe_gpu_args &a, uint32_t per, const uint
 			break;
 		const uint32_t in_order = s.paired ? tiles[j] & ~1u : tiles[j];
 		const uint32_t before = at + (s.paired ? 2 * (odd_rank / 2) : 0);
+		const uint32_t last = s.tile + moe_route_extra(count[j], s.tile, (int)s.paired);
 		for (uint32_t i = 0; i < in_order; i++)
-			put_tile(a, before + i, start, count[j], e, i);
+			put_tile(a, before + i, start, count[j], e, i, i + 1 == tiles[j] ? last : s.tile);
 		if (in_order != tiles[j]) {
 			if (odd_rank & 1u) {
 				odd[odd_rank - 1] = before + in_order;
-				put_tile(a, before + in_order + 1, start, count[j], e, tiles[j] - 1);
+				put_tile(a, before + in_order + 1, start, count[j], e, tiles[j] - 1, s.tile);
 			} else if (odd_rank + 1 == odd_total) {
-				put_tile(a, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1);
+				put_tile(a, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1, s.tile);
 			}
 			odd_rank++;
 		}
@@ -637,7 +654,7 @@ __device__ void cut_tiles(const struct moe_gpu_args &a, uint32_t per, const uint
 			break;
 		if (tiles[j] & 1u && s.paired) {
 			if (!(odd_rank & 1u) && odd_rank + 1 < odd_total)
-				put_tile(a, odd[odd_rank], start, count[j], e, tiles[j] - 1);
+				put_tile(a, odd[odd_rank], start, count[j], e, tiles[j] - 1, s.tile);
 			odd_rank++;
 		}
 		start += count[j];
@@ -699,7 +716,7 @@ __global__ void __launch_bounds__(kPlaceThreads) sort_place_kernel(const struct 
 	for (uint32_t j = 0; j < kPlaceMaxExpertsAThread; j++) {
 		const uint32_t e = t * per + j;
 		count[j] = j < per && e < experts ? total[e] : 0;
-		tiles[j] = (count[j] + s.tile - 1) / s.tile;
+		tiles[j] = (count[j] - moe_route_extra(count[j], s.tile, (int)s.paired) + s.tile - 1) / s.tile;
 		mine[0] += count[j];
 		mine[1] += s.paired ? tiles[j] & ~1u : tiles[j];
 		mine[2] += s.paired ? tiles[j] & 1u : 0;

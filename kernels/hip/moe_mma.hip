@@ -46,6 +46,11 @@ extern "C" int moe_gpu_decode_fetches(const struct moe_gpu_args *)
 	return 0;
 }
 
+extern "C" int moe_gpu_extension_runs(void)
+{
+	return 0;
+}
+
 #else
 
 #include <algorithm>
@@ -67,6 +72,10 @@ constexpr int kBK = 64; // k-values per stage: one 128-byte row of 16-bit elemen
 // all BN columns, the accumulator layout of mma.sync's m16n8 tiles side by side).
 // kMathInFlight (wgmma only): 1 lets one k-tile's wgmma run on while the next is issued,
 // at the cost of a stage (see the main loop).
+#ifdef __NVCC__
+// A shape used only for its copies' geometry (ShapeExtraRows) leaves members unread.
+#pragma nv_diag_suppress 177
+#endif
 template <int BM_, int BN_, int WM_, int WN_, int kStages_, bool kWgmma_ = false,
 	  int kMathInFlight_ = 0>
 struct Shape {
@@ -82,6 +91,9 @@ struct Shape {
 	static constexpr int kSmem = kStages * kStageBytes;
 	static_assert(kNT % 4 == 0, "a warp's rows must split into gate and up halves of 16");
 };
+#ifdef __NVCC__
+#pragma nv_diag_default 177
+#endif
 
 // Few pairs (weight streaming): more stages, more bytes in flight per block. Many pairs:
 // 64 x 64 warp tiles, which read half the shared memory per mma of 64 x 32 ones.
@@ -235,17 +247,19 @@ template <int kPending> __device__ __forceinline__ void wgmma_wait()
 }
 
 // d[N / 2] += A (64 x 16, at desc_a) * B (N x 16, K-major, at desc_b)^T, one warpgroup,
-// N = 128 or 256. Issued asynchronously: wgmma_commit() closes the group, wgmma_wait<n>()
+// N = 32, 128 or 256. Issued asynchronously: wgmma_commit() closes the group, wgmma_wait<n>()
 // waits until at most n groups are still running.
 #define MOED_WGMMA_D(i) "+f"(d[i])
 #define MOED_WGMMA_D8(i)                                                                      \
 	MOED_WGMMA_D(i), MOED_WGMMA_D(i + 1), MOED_WGMMA_D(i + 2), MOED_WGMMA_D(i + 3),         \
 		MOED_WGMMA_D(i + 4), MOED_WGMMA_D(i + 5), MOED_WGMMA_D(i + 6), MOED_WGMMA_D(i + 7)
+#define MOED_WGMMA_D16(i) MOED_WGMMA_D8(i), MOED_WGMMA_D8(i + 8)
 #define MOED_WGMMA_D64(i)                                                                     \
 	MOED_WGMMA_D8(i), MOED_WGMMA_D8(i + 8), MOED_WGMMA_D8(i + 16), MOED_WGMMA_D8(i + 24),   \
 		MOED_WGMMA_D8(i + 32), MOED_WGMMA_D8(i + 40), MOED_WGMMA_D8(i + 48),            \
 		MOED_WGMMA_D8(i + 56)
 // The accumulator operands %0 .. %(N / 2 - 1); the descriptors follow them.
+#define MOED_WGMMA_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define MOED_WGMMA_REGS64 \
 	"{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
 	"%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
@@ -278,8 +292,14 @@ template <int N, bool kBf16>
 __device__ __forceinline__ void wgmma_m64k16(float *d, uint64_t desc_a, uint64_t desc_b)
 {
 #ifdef MOED_HAVE_WGMMA
-	static_assert(N == 128 || N == 256, "the shapes the kernels use");
-	if constexpr (N == 128 && kBf16)
+	static_assert(N == 32 || N == 128 || N == 256, "the shapes the kernels use");
+	if constexpr (N == 32 && kBf16)
+		asm volatile(MOED_WGMMA("m64n32k16", "bf16", MOED_WGMMA_REGS16, "%16", "%17")
+			     : MOED_WGMMA_D16(0) : "l"(desc_a), "l"(desc_b));
+	else if constexpr (N == 32)
+		asm volatile(MOED_WGMMA("m64n32k16", "f16", MOED_WGMMA_REGS16, "%16", "%17")
+			     : MOED_WGMMA_D16(0) : "l"(desc_a), "l"(desc_b));
+	else if constexpr (N == 128 && kBf16)
 		asm volatile(MOED_WGMMA("m64n128k16", "bf16", MOED_WGMMA_REGS64, "%64", "%65")
 			     : MOED_WGMMA_D64(0) : "l"(desc_a), "l"(desc_b));
 	else if constexpr (N == 128)
@@ -432,8 +452,9 @@ __device__ __forceinline__ void store_rows(uint16_t *out, uint32_t N, uint32_t c
 // down's y in the I/O dtype. Accumulator (mt, nt): elements 0, 1 at row lane / 4,
 // columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down. The job's
 // choices (activation, router weight on the input) are taken once, outside the loops over
-// the fragments.
-template <class S, bool kGateUp, bool kBf16, int kCols = S::BN, class Rows>
+// the fragments. kInterleaved: a gated item's weight rows came 8 gate and 8 up rows in turn
+// (gate_up_interleaved_map), so that gate fragments are the even ones.
+template <class S, bool kGateUp, bool kBf16, int kCols = S::BN, bool kInterleaved = false, class Rows>
 __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
 					    uint32_t first, uint32_t n0, int warp_n, Rows rows)
 {
@@ -453,7 +474,8 @@ __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const 
 		if (a.gated) // gate fragments nt, up fragments nt + kNT / 2 (the weight rows' order)
 			rows(std::integral_constant<int, S::kNT / 2>(), (uint16_t *)a.act, a.inter,
 			     n0 + warp_n * (S::kWarpCols / 2), row_scale, [&](int mt, int nt, int e, float s) {
-				     return activate(kAct, s * acc[mt][nt][e]) * (s * acc[mt][nt + S::kNT / 2][e]);
+				     const int gate = kInterleaved ? 2 * nt : nt, up = kInterleaved ? 2 * nt + 1 : nt + S::kNT / 2;
+				     return activate(kAct, s * acc[mt][gate][e]) * (s * acc[mt][up][e]);
 			     });
 		else
 			rows(std::integral_constant<int, S::kNT>(), (uint16_t *)a.act, a.inter, n0 + warp_n * S::kWarpCols,
@@ -470,7 +492,7 @@ __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const 
 // The epilogue of a warp's accumulators, kept in registers, written by the warp itself:
 // tile_values' values, or where the down GEMM's K is split, its partial sums added into
 // a zeroed f32 y.
-template <class S, bool kGateUp, bool kBf16, int kCols = S::BN>
+template <class S, bool kGateUp, bool kBf16, int kCols = S::BN, bool kInterleaved = false>
 __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
 					   uint32_t first, uint32_t count, uint32_t n0, int warp_m, int warp_n,
 					   int lane)
@@ -510,11 +532,65 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 			return;
 		}
 	}
-	tile_values<S, kGateUp, kBf16, kCols>(a, acc, first, n0, warp_n,
+	tile_values<S, kGateUp, kBf16, kCols, kInterleaved>(a, acc, first, n0, warp_n,
 				       [&](auto frags, uint16_t *out, uint32_t N, uint32_t col0, auto row_scale, auto value) {
 					       store_rows<S, decltype(frags)::value, kBf16>(out, N, col0, first, count, warp_m,
 											    lane, row_scale, value);
 				       });
+}
+
+// The epilogue of a warpgroup's extra rows (wgmma128e): acc holds 64 weight rows (16 a
+// warp: rows lane / 4 and lane / 4 + 8) by the extra rows at pair `first` (fragment nt:
+// pairs 8 nt + 2 (lane % 4) + 0, 1), count of them real. The weight rows are output
+// columns from col0 (the down GEMM's y, or a plain gate/up's act), or where `gated`, the
+// gate and up rows of 32 act columns from col0, 8 of each in turn (a thread's two rows:
+// one column's gate and up). Each value is stored on its own, transposed.
+template <bool kGateUp, bool kBf16>
+__device__ __forceinline__ void store_extra(const struct moe_gpu_args &a, const float (&acc)[MOE_ROUTE_EXTRA_ROWS / 8][4],
+					    uint32_t first, uint32_t count, uint32_t col0, bool gated, int warp, int lane)
+{
+	const uint32_t N = kGateUp ? a.inter : a.hidden;
+	uint16_t *out = kGateUp ? (uint16_t *)a.act : (uint16_t *)a.y;
+	const uint32_t pair0 = 2 * (uint32_t)(lane % 4);
+	auto put = [&](uint32_t p, uint32_t col, float v) {
+		if (p < count && col < N)
+			out[(size_t)(first + p) * N + col] = (uint16_t)(pack2(v, 0.0f, kBf16) & 0xffffu);
+	};
+	if constexpr (!kGateUp) {
+#pragma unroll
+		for (int h = 0; h < 2; h++)
+#pragma unroll
+			for (int nt = 0; nt < (int)MOE_ROUTE_EXTRA_ROWS / 8; nt++)
+#pragma unroll
+				for (int j = 0; j < 2; j++)
+					put(8 * nt + pair0 + j, col0 + 16 * warp + lane / 4 + 8 * h, acc[nt][2 * h + j]);
+		return;
+	}
+	auto write = [&](auto activation, auto scaled) {
+		constexpr int kAct = decltype(activation)::value;
+		auto scale = [&](uint32_t p) {
+			return decltype(scaled)::value && p < count ? a.topk_weights[a.pair_of[first + p]] : 1.0f;
+		};
+#pragma unroll
+		for (int nt = 0; nt < (int)MOE_ROUTE_EXTRA_ROWS / 8; nt++)
+#pragma unroll
+			for (int j = 0; j < 2; j++) {
+				const uint32_t p = 8 * nt + pair0 + j;
+				const float s = scale(p);
+				if (gated)
+					put(p, col0 + 8 * warp + lane / 4,
+					    activate(kAct, s * acc[nt][j]) * (s * acc[nt][2 + j]));
+				else
+					for (int h = 0; h < 2; h++)
+						put(p, col0 + 16 * warp + lane / 4 + 8 * h, activate(kAct, s * acc[nt][2 * h + j]));
+			}
+	};
+	using Silu = std::integral_constant<int, MOED_GPU_SILU>;
+	using Gelu = std::integral_constant<int, MOED_GPU_GELU>;
+	if (a.router_weight_on_input)
+		a.activation == MOED_GPU_GELU ? write(Gelu(), std::true_type()) : write(Silu(), std::true_type());
+	else
+		a.activation == MOED_GPU_GELU ? write(Gelu(), std::false_type()) : write(Silu(), std::false_type());
 }
 
 // Whether this block is the last of `blocks` to get here: each counts itself on
@@ -1067,6 +1143,28 @@ __device__ __forceinline__ void tma_load_both(uint32_t dst, const CUtensorMap &m
 #endif
 }
 
+// The interleaved gate/up weights' box (gate_up_interleaved_map) at k-value k, act column
+// `col` (a multiple of 8) of expert e; `both`: written to both blocks of a cluster of two,
+// as tma_load_both.
+__device__ __forceinline__ void tma_load_gate_up(uint32_t dst, const CUtensorMap &map, uint32_t k, uint32_t col,
+						 uint32_t e, uint32_t bar, bool both)
+{
+#ifdef MOED_HAVE_WGMMA
+	if (both)
+		asm volatile("cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+			     ".multicast::cluster [%0], [%1, {%2, %3, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
+			     "l"((uint64_t)&map), "r"(k), "r"(0u), "r"(col / 8), "r"(e), "r"(bar), "h"((uint16_t)3)
+			     : "memory");
+	else
+		asm volatile("cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+			     "[%0], [%1, {%2, %3, %3, %4, %5}], [%6];\n" ::"r"(dst),
+			     "l"((uint64_t)&map), "r"(k), "r"(0u), "r"(col / 8), "r"(e), "r"(bar)
+			     : "memory");
+#else
+	(void)dst, (void)map, (void)k, (void)col, (void)e, (void)bar, (void)both;
+#endif
+}
+
 // An arrival on the barrier once all of this thread's cp.async copies so far have landed
 // (counted in the barrier's expected arrivals: noinc).
 __device__ __forceinline__ void copy_arrive(uint32_t bar)
@@ -1157,23 +1255,26 @@ __device__ __forceinline__ void st_shared32(uint32_t address, uint32_t value)
 // One computing warpgroup's epilogue through shared memory, where all of its 64 rows are
 // in the tile (the cooperative persistent kernel, whose other stores are the warps' own).
 // The warpgroup converts its fragments into `buffer`, 64 rows by 128 columns as two TMA
-// boxes of 64 x 64 (kEpilogueBytes), and its first thread has the TMA write them: the
+// boxes of 64 x 64, and its first thread has the TMA write them: the
 // matrix units wait only for the conversion, not for the stores, which run on during the
 // next item's math (bench/RESULTS.md, version 15: the prefill rows 0-8% faster than
 // the stores from registers; version 24: the gate/up GEMM no faster without its stores,
 // its epilogue about 1% of it). Coalesced, too: whole 128-byte rows instead of 16 bytes a
 // row a store. A buffer is written again only when the TMA has read it. Fragments kFrags
 // (a multiple of 16) from column col0, 128 columns a pass.
-constexpr uint32_t kEpilogueBoxBytes = 64 * 128, kEpilogueBytes = 2 * kEpilogueBoxBytes;
-template <int kFrags, bool kBf16, class RowScale, class Value>
+constexpr uint32_t kEpilogueBoxBytes = 64 * 128;
+// kBoxes boxes a buffer (1 or 2: passes of 64 or 128 columns; one box cost the prefill rows
+// at most 1%, bench/RESULTS.md version 31).
+template <int kFrags, bool kBf16, int kBoxes, class RowScale, class Value>
 __device__ __forceinline__ void stage_rows(const CUtensorMap &map, uint32_t buffer, uint32_t col0, uint32_t N,
 					   uint32_t first_row, uint32_t tile_row0, int warp_in_group, int lane,
 					   bool issuer, uint32_t barrier_id, RowScale row_scale, Value value)
 {
-	static_assert(kFrags % 16 == 0, "passes of 128 columns");
+	constexpr int kPassFrags = 8 * kBoxes;
+	static_assert(kFrags % kPassFrags == 0, "whole passes");
 	const int frag_row = lane / 4, in_chunk = lane % 4 * 4;
 #pragma unroll
-	for (int pass = 0; pass < kFrags / 16; pass++) {
+	for (int pass = 0; pass < kFrags / kPassFrags; pass++) {
 		if (issuer)
 			tma_stores_read();
 		named_barrier(barrier_id, 128);
@@ -1185,8 +1286,8 @@ __device__ __forceinline__ void stage_rows(const CUtensorMap &map, uint32_t buff
 			const float s = row_scale(tile_row0 + row);
 			const uint32_t at = buffer + row * 128 + in_chunk;
 #pragma unroll
-			for (int f = 0; f < 16; f++) {
-				const int nt = pass * 16 + f;
+			for (int f = 0; f < kPassFrags; f++) {
+				const int nt = pass * kPassFrags + f;
 				st_shared32(at + f / 8 * kEpilogueBoxBytes + ((f % 8) ^ (row % 8)) * 16,
 					    pack2(value(0, nt, 2 * h, s), value(0, nt, 2 * h + 1, s), kBf16));
 			}
@@ -1194,11 +1295,12 @@ __device__ __forceinline__ void stage_rows(const CUtensorMap &map, uint32_t buff
 		fence_proxy_async(); // this thread's writes, for the TMA's reads
 		named_barrier(barrier_id, 128);
 		if (issuer) {
-			const uint32_t col = col0 + pass * 128;
-			if (col < N)
-				tma_store(map, col, first_row, buffer);
-			if (col + 64 < N)
-				tma_store(map, col + 64, first_row, buffer + kEpilogueBoxBytes);
+#pragma unroll
+			for (int box = 0; box < kBoxes; box++) {
+				const uint32_t col = col0 + pass * 64 * kBoxes + box * 64;
+				if (col < N)
+					tma_store(map, col, first_row, buffer + box * kEpilogueBoxBytes);
+			}
 			tma_store_commit();
 		}
 	}
@@ -1265,35 +1367,65 @@ constexpr int kWsLoaders = 128;
 constexpr int kWsThreads = kWsLoaders + WsShape<false>::S::kThreads; // a loading and two computing warpgroups
 static_assert(2 * WsShape<true>::S::kThreads == WsShape<false>::S::kThreads, "two computing warpgroups either way");
 constexpr uint32_t kActBoxRows = 128;         // the down GEMM's A tile: one TMA box
-// The cooperative kernels' epilogue buffers, one a computing warpgroup (stage_rows).
-template <bool kPingpong> __host__ __device__ constexpr uint32_t ws_epilogue_bytes()
+// wgmma128e's items also multiply the pairs that an extended cut adds to a pair of tiles
+// (MOE_ROUTE_PAIRED_EXTENDED: at most kExtraRows, their x or act rows after each stage).
+// Their math has the operands' roles swapped: each computing warpgroup of the pair takes
+// 64 of the item's 256 weight rows as the wgmma's A and the extra rows as its B (one
+// m64n32k16 a k-step, nothing padded), and its warps store the transposed result. So that
+// a gated item's 64 weight rows hold gate and up rows of the same columns, 8 of each in
+// turn (a thread's two accumulator rows then hold one column's gate and up), its gate/up
+// weights come by gate_up_interleaved_map. To make room beside the four stages, the
+// epilogue buffers hold one box each.
+constexpr uint32_t kExtraRows = MOE_ROUTE_EXTRA_ROWS, kExtraBytes = kExtraRows * kBK * 2;
+constexpr uint32_t kExtraPartRows = 64; // weight rows a warpgroup's extra math takes
+// The extra rows' x tile, as the loaders copy it.
+using ShapeExtraRows = Shape<kExtraRows, 128, 2, 1, 1>;
+template <bool kPingpong, bool kExtend> __host__ __device__ constexpr uint32_t ws_stage_bytes()
 {
-	return kPingpong ? 0 : 2 * kEpilogueBytes;
+	return WsShape<kPingpong>::S::kStageBytes + (kExtend ? kExtraBytes : 0);
+}
+// The cooperative kernels' epilogue buffers, one a computing warpgroup (stage_rows), of
+// this many boxes.
+template <bool kPingpong, bool kExtend> __host__ __device__ constexpr int ws_epilogue_boxes()
+{
+	return kPingpong ? 0 : kExtend ? 1 : 2;
+}
+template <bool kPingpong, bool kExtend> __host__ __device__ constexpr uint32_t ws_epilogue_bytes()
+{
+	return 2 * ws_epilogue_boxes<kPingpong, kExtend>() * kEpilogueBoxBytes;
 }
 // Stages, epilogue buffers, barriers.
-template <bool kPingpong> constexpr int ws_smem()
+template <bool kPingpong, bool kExtend> constexpr int ws_smem()
 {
 	using S = typename WsShape<kPingpong>::S;
-	return S::kSmem + ws_epilogue_bytes<kPingpong>() + 2 * S::kStages * 8 + (kPingpong ? 16 : 0);
+	return S::kSmem + (kExtend ? S::kStages * kExtraBytes : 0) + ws_epilogue_bytes<kPingpong, kExtend>() +
+	       2 * S::kStages * 8 + (kPingpong ? 16 : 0);
 }
 static_assert(WsShape<false>::S::BM == kActBoxRows && WsShape<true>::S::BM == kActBoxRows,
 	      "the act tensor map's box is an A tile");
-static_assert(ws_smem<true>() <= 227 * 1024 && ws_smem<false>() <= 227 * 1024, "Hopper's shared memory");
+static_assert(ws_smem<true, false>() <= 227 * 1024 && ws_smem<false, false>() <= 227 * 1024 &&
+		      ws_smem<false, true>() <= 227 * 1024,
+	      "Hopper's shared memory");
+static_assert(ws_stage_bytes<false, true>() % 1024 == 0 && kExtraRows == 32, "the extra rows: one wgmma's B (n32)");
 
-template <bool kGateUp, bool kBf16, bool kPair, bool kPingpong>
+template <bool kGateUp, bool kBf16, bool kPair, bool kPingpong, bool kExtend>
 __global__ void __launch_bounds__(kWsThreads, 1)
 	ws_kernel(const struct moe_gpu_args a, uint32_t items, const __grid_constant__ CUtensorMap map_a,
-		  const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_out)
+		  const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_out,
+		  const __grid_constant__ CUtensorMap map_extra)
 {
 #ifdef MOED_HAVE_WGMMA
 	using S = typename WsShape<kPingpong>::S;
+	static_assert(!kExtend || (kPair && !kPingpong), "extended pairs: wgmma128e's");
+	constexpr uint32_t kStageStride = ws_stage_bytes<kPingpong, kExtend>();
+	constexpr int kBoxes = ws_epilogue_boxes<kPingpong, kExtend>();
 	constexpr uint32_t kStages = S::kStages, kBlocks = kPair ? 2 : 1;
 	constexpr uint32_t kBoxRows = S::BN / 2, kBoxBytes = kBoxRows * kBK * 2; // a weight box
 	extern __shared__ __align__(1024) unsigned char smem[];
 	const uint32_t base = smem_address(smem);
-	const uint32_t epilogue = base + S::kSmem; // the computing warpgroups' buffers (cooperative)
+	const uint32_t epilogue = base + kStages * kStageStride; // the computing warpgroups' buffers (cooperative)
 	// 8-byte barriers
-	const uint32_t full = epilogue + ws_epilogue_bytes<kPingpong>(), empty = full + 8 * kStages;
+	const uint32_t full = epilogue + ws_epilogue_bytes<kPingpong, kExtend>(), empty = full + 8 * kStages;
 	const uint32_t turn = empty + 8 * kStages; // ping-pong: warpgroup w's turn, [2]
 	const int tid = threadIdx.x;
 	const uint32_t rank = kPair ? cluster_rank() : 0, peer = rank ^ 1;
@@ -1353,6 +1485,19 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		if (tile >= tiles)
 			tile = tiles;
 	};
+	// The extra pairs of the pair of tiles that `tile` is one of (kExtend): their count,
+	// 0 where none, and first place.
+	auto item_extra = [&](uint32_t tile, uint32_t &first) -> uint32_t {
+		first = 0;
+		if constexpr (kExtend) {
+			const uint32_t second = tile - rank + 1;
+			if (tile < tiles && second < tiles && a.tile_count[second] > S::BM) {
+				first = a.tile_first[second] + S::BM;
+				return a.tile_count[second] - S::BM;
+			}
+		}
+		return 0;
+	};
 	// Use g (counted over all of this block's k-tiles) of stage g % kStages is the
 	// barriers' phase g / kStages: the loaders wait for the previous phase's release.
 	if (tid < kWsLoaders) {
@@ -1364,6 +1509,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		else
 			wait_for_prerequisite_grid();
 		TileLoader<S, kWsLoaders, true> gather; // the gate/up GEMM's A rows
+		TileLoader<ShapeExtraRows, kWsLoaders, true> gather_extra; // and its extra rows
 		uint32_t g = 0;
 		for (uint32_t w = walker; (kGateUp || tid == 0) && w < walks; w += walkers) {
 			uint32_t item, tile, column_block;
@@ -1384,18 +1530,36 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				const uint32_t other = tile - rank + peer;
 				shared = real && half < 0 && other < tiles && a.tile_expert[other] == e;
 			}
-			if constexpr (kGateUp)
+			uint32_t extra_first;
+			const uint32_t extra = item_extra(tile, extra_first);
+			if constexpr (kGateUp) {
 				gather.init(a, e, n0, tid), gather.init_a(a, first, real ? a.tile_count[tile] : 0);
+				if (extra)
+					gather_extra.init(a, e, n0, tid), gather_extra.init_a(a, extra_first, extra);
+			}
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
-				const uint32_t s = g % kStages, stage = base + s * S::kStageBytes;
+				const uint32_t s = g % kStages, stage = base + s * kStageStride;
 				const uint32_t k0 = kt * kBK;
 				mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
 				if (tid == 0) {
 					const uint32_t bar = full + 8 * s, b = stage + S::kABytes;
-					mbar_arrive_expect(bar, (half < 0 ? 2 : 1) * kBoxBytes + (kGateUp ? 0 : S::kABytes));
-					if constexpr (!kGateUp)
+					mbar_arrive_expect(bar, (half < 0 ? 2 : 1) * kBoxBytes + (kGateUp ? 0 : S::kABytes) +
+								   (!kGateUp && extra ? kExtraBytes : 0));
+					if constexpr (!kGateUp) {
 						tma_load(stage, map_a, k0, first, bar);
-					if (half >= 0) {
+						if (extra)
+							tma_load(stage + S::kStageBytes, map_extra, k0, extra_first, bar);
+					}
+					if (kExtend && kGateUp && gated) {
+						// Interleaved boxes: box r, act columns n0 + 64 r on, gate and up.
+						if (shared)
+							tma_load_gate_up(b + rank * kBoxBytes, map_w, k0, n0 + rank * (S::BN / 4), e,
+									 bar, true);
+						else
+							for (uint32_t r = 0; r < 2; r++)
+								tma_load_gate_up(b + r * kBoxBytes, map_w, k0, n0 + r * (S::BN / 4), e,
+										 bar, false);
+					} else if (half >= 0) {
 						tma_load(b, map_w, k0, half ? row_hi : row_lo, bar);
 					} else if (shared) {
 						tma_load_both(b + rank * kBoxBytes, map_w, k0, rank ? row_hi : row_lo, bar);
@@ -1406,6 +1570,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				}
 				if constexpr (kGateUp) {
 					gather.load_a(stage, k0);
+					if (extra)
+						gather_extra.load_a(stage + S::kStageBytes, k0);
 					copy_arrive(full + 8 * s);
 				}
 			}
@@ -1438,20 +1604,32 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		// no wgmma is issued on a path ptxas sees as divergent (it would serialise them
 		// all: warning C7520). `issued` runs once the last k-tile's math is issued. `width`:
 		// the weight rows multiplied, BN or (a half item) BN / 2, in acc's first columns.
+		// `extended` (kExtend): also the pair's extra rows, after each stage, by the 64
+		// weight rows at byte extra_w of its B tile, into accx (transposed: weight rows by
+		// extra rows).
 		float acc[S::kMT][S::kNT][4];
-		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued, auto width) {
+		float accx[kExtraRows / 8][4];
+		uint32_t extra_w = 0;
+		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued, auto width, auto extended) {
+			constexpr bool kExtra = decltype(extended)::value;
 #pragma unroll
 			for (int mt = 0; mt < S::kMT; mt++)
 #pragma unroll
 				for (int nt = 0; nt < S::kNT; nt++)
 					acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+			if constexpr (kExtra)
+#pragma unroll
+				for (int nt = 0; nt < (int)kExtraRows / 8; nt++)
+					accx[nt][0] = accx[nt][1] = accx[nt][2] = accx[nt][3] = 0;
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
-				const uint32_t s = g % kStages, as = base + s * S::kStageBytes;
+				const uint32_t s = g % kStages, as = base + s * kStageStride;
 				mbar_wait(full + 8 * s, g / kStages & 1);
 				if constexpr (kGateUp)
 					fence_proxy_async(); // the loaders' copies, for the wgmma's reads
 				const uint64_t db = wgmma_desc(as + S::kABytes);
 				fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
+				if constexpr (kExtra)
+					fence_operands<kExtraRows / 2>(&accx[0][0]);
 				wgmma_fence();
 #pragma unroll
 				for (int mt = 0; mt < decltype(wgmmas)::value; mt++) {
@@ -1461,15 +1639,26 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 						wgmma_m64k16<decltype(width)::value, kBf16>(&acc[mt][0][0], da + 2 * kk,
 											     db + 2 * kk);
 				}
+				if constexpr (kExtra) {
+					const uint64_t dw = wgmma_desc(as + S::kABytes + extra_w);
+					const uint64_t dx = wgmma_desc(as + S::kStageBytes);
+#pragma unroll
+					for (int kk = 0; kk < kBK / 16; kk++)
+						wgmma_m64k16<kExtraRows, kBf16>(&accx[0][0], dw + 2 * kk, dx + 2 * kk);
+				}
 				wgmma_commit();
 				wgmma_wait<1>(); // the math of k-tile g - 1 is done: its stage is free
 				fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
+				if constexpr (kExtra)
+					fence_operands<kExtraRows / 2>(&accx[0][0]);
 				if (kt > 0)
 					release((g - 1) % kStages);
 			}
 			issued();
 			wgmma_wait<0>();
 			fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
+			if constexpr (kExtra)
+				fence_operands<kExtraRows / 2>(&accx[0][0]);
 			if (ktiles > 0)
 				release((g - 1) % kStages);
 		};
@@ -1495,9 +1684,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				}
 				using Whole = std::integral_constant<int, S::BN>;
 				if (count > 64)
-					compute(j * ktiles, row0, std::integral_constant<int, 2>(), hand_over, Whole());
+					compute(j * ktiles, row0, std::integral_constant<int, 2>(), hand_over, Whole(),
+						std::false_type());
 				else
-					compute(j * ktiles, row0, std::integral_constant<int, 1>(), hand_over, Whole());
+					compute(j * ktiles, row0, std::integral_constant<int, 1>(), hand_over, Whole(),
+						std::false_type());
 				store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols,
 							      warp % 4, 0, lane);
 			}
@@ -1506,7 +1697,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			// the TMA (map_out: act, or y in the I/O dtype; 64-row boxes); else, or where
 			// the down GEMM adds into an f32 y, the warps write their own.
 			const bool issuer = ctid % 128 == 0;
-			const uint32_t buffer = epilogue + wg * kEpilogueBytes;
+			const uint32_t buffer = epilogue + wg * kBoxes * kEpilogueBoxBytes;
 			uint32_t g = 0;
 			// The epilogue of an item whose math is in acc: `width` weight rows from
 			// column n0.
@@ -1517,13 +1708,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				// second test cannot hold today: it keeps the TMA's 16-bit stores out
 				// of an f32 y, should a split of the down GEMM come back.)
 				if (wg * 64 + 64 > count || (!kGateUp && !a.y_io)) {
-					store_tile<S, kGateUp, kBf16, kCols>(a, acc, first, count, n0, warp, 0, lane);
+					store_tile<S, kGateUp, kBf16, kCols, kExtend>(a, acc, first, count, n0, warp, 0, lane);
 					return;
 				}
-				tile_values<S, kGateUp, kBf16, kCols>(
+				tile_values<S, kGateUp, kBf16, kCols, kExtend>(
 					a, acc, first, n0, 0,
 					[&](auto frags, uint16_t *, uint32_t N, uint32_t col0, auto row_scale, auto value) {
-						stage_rows<decltype(frags)::value, kBf16>(map_out, buffer, col0, N, first + wg * 64,
+						stage_rows<decltype(frags)::value, kBf16, kBoxes>(map_out, buffer, col0, N, first + wg * 64,
 											  wg * 64, warp % 4, lane, issuer, 1 + wg,
 											  row_scale, value);
 					});
@@ -1535,7 +1726,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				int half;
 				walk_item(w, item, half);
 				item_tile(item, tile, column_block);
-				const uint32_t count = tile < tiles ? a.tile_count[tile] : 0;
+				uint32_t count = tile < tiles ? a.tile_count[tile] : 0;
+				// The pair's extra rows (an extended cut's): the second tile's count holds
+				// them; warpgroup `part` of the pair takes weight rows 64 part to 64 part +
+				// 63 of the item's B tile for them.
+				uint32_t extra_first;
+				const uint32_t extra = item_extra(tile, extra_first), part = rank * 2 + wg;
+				count = count < S::BM ? count : S::BM;
 				// None of this warpgroup's 64 rows is in the tile (an expert's short last
 				// tile, or no tile): it only passes the stages on, and the other
 				// warpgroup's math has the matrix units to itself.
@@ -1544,15 +1741,36 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					continue;
 				}
 				const uint32_t n0 = column_block * cols;
+				using One = std::integral_constant<int, 1>;
 				if constexpr (!kGateUp) {
 					if (half >= 0) {
-						compute(g, wg * 64, std::integral_constant<int, 1>(), [] {}, Half());
-						finish(tile, count, n0 + (uint32_t)half * (S::BN / 2), Half());
+						// One weight box: the first two parts take the extra rows.
+						const uint32_t nh = n0 + (uint32_t)half * (S::BN / 2);
+						extra_w = part * kExtraPartRows * 128;
+						if (extra && part < 2) {
+							compute(g, wg * 64, One(), [] {}, Half(), std::true_type());
+							finish(tile, count, nh, Half());
+							store_extra<kGateUp, kBf16>(a, accx, extra_first, extra, nh + part * kExtraPartRows,
+										  false, warp % 4, lane);
+						} else {
+							compute(g, wg * 64, One(), [] {}, Half(), std::false_type());
+							finish(tile, count, nh, Half());
+						}
 						continue;
 					}
 				}
-				compute(g, wg * 64, std::integral_constant<int, 1>(), [] {}, Whole());
-				finish(tile, count, n0, Whole());
+				extra_w = part * kExtraPartRows * 128;
+				if (extra) {
+					compute(g, wg * 64, One(), [] {}, Whole(), std::true_type());
+					finish(tile, count, n0, Whole());
+					// Gated: the part's 64 rows are the gate and up rows of 32 columns.
+					store_extra<kGateUp, kBf16>(a, accx, extra_first, extra,
+								  n0 + part * (gated ? kExtraPartRows / 2 : kExtraPartRows), gated,
+								  warp % 4, lane);
+				} else {
+					compute(g, wg * 64, One(), [] {}, Whole(), std::false_type());
+					finish(tile, count, n0, Whole());
+				}
 			}
 			if (issuer)
 				tma_stores_done(); // before the block's shared memory goes, and its grid ends
@@ -1563,7 +1781,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		cluster_sync(); // the other block's arrivals on this one's barriers are all in
 	}
 #else
-	(void)a, (void)items, (void)map_a, (void)map_w, (void)map_out;
+	(void)a, (void)items, (void)map_a, (void)map_w, (void)map_out, (void)map_extra;
 	__trap();
 #endif
 }
@@ -1768,6 +1986,25 @@ cudaError_t tensor_map(CUtensorMap *map, const void *base, uint64_t rows, uint64
 	return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// The TMA's view of a gated w13, [experts, 2 (gate, up), inter, K], as wgmma128e's gate/up
+// items take it: boxes of 64 act columns by 64 k-values holding their gate and up rows 8
+// of each in turn (dimensions, fastest first: k, a row of 8, gate or up, 8 rows, expert;
+// the third's stride larger than the fourth's), 128-byte swizzled, zeros outside.
+cudaError_t gate_up_interleaved_map(CUtensorMap *map, const void *w13, uint64_t experts, uint64_t inter, uint64_t k)
+{
+	const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+	if (!encode)
+		return cudaErrorNotSupported;
+	const cuuint64_t row = k * 2;
+	const cuuint64_t dims[5] = {k, 8, 2, inter / 8, experts};
+	const cuuint64_t strides[4] = {row, inter * row, 8 * row, 2 * inter * row};
+	const cuuint32_t box[5] = {kBK, 8, 2, 8, 1}, steps[5] = {1, 1, 1, 1, 1};
+	const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 5, (void *)w13, dims, strides, box, steps,
+				  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+				  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+	return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // How many clusters of two persistent blocks of kSmem bytes the card runs at once (0: none).
 template <auto kKernel, int kSmem> uint32_t resident_pairs()
 {
@@ -1790,13 +2027,14 @@ template <auto kKernel, int kSmem> uint32_t resident_pairs()
 // The persistent kernel: a block an SM (at most one per work item), never split, in
 // clusters of two where kPair; where the TMA cannot be set up for this job, or no
 // cluster fits, the same tiles without it (wgmma128w).
-template <bool kBf16, bool kPair, bool kPingpong> int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
+template <bool kBf16, bool kPair, bool kPingpong, bool kExtend = false>
+int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 {
 	static_assert(!(kPair && kPingpong), "wgmma128d is withdrawn (moe_gpu_kernel_withdrawn)");
 	using S = typename WsShape<kPingpong>::S;
-	constexpr int kSmem = ws_smem<kPingpong>();
-	constexpr auto gate_up = ws_kernel<true, kBf16, kPair, kPingpong>;
-	constexpr auto down = ws_kernel<false, kBf16, kPair, kPingpong>;
+	constexpr int kSmem = ws_smem<kPingpong, kExtend>();
+	constexpr auto gate_up = ws_kernel<true, kBf16, kPair, kPingpong, kExtend>;
+	constexpr auto down = ws_kernel<false, kBf16, kPair, kPingpong, kExtend>;
 	cudaError_t raised = allow_smem<gate_up, kSmem>();
 	if (raised == cudaSuccess)
 		raised = allow_smem<down, kSmem>();
@@ -1807,12 +2045,15 @@ template <bool kBf16, bool kPair, bool kPingpong> int launch_persistent(struct m
 	const uint64_t pairs = (uint64_t)a.tokens * a.topk, w13_rows = a.gated ? 2 * (uint64_t)a.inter : a.inter;
 	// The cooperative kernels' outputs, act and y, as [pairs, columns] in boxes of 64 x 64
 	// (stage_rows).
-	CUtensorMap w13_map, w2_map, act_map, act_out_map, y_out_map;
-	cudaError_t mapped = tensor_map(&w13_map, a.w13, a.experts * w13_rows, a.hidden, S::BN / 2);
+	CUtensorMap w13_map, w2_map, act_map, act_extra_map, act_out_map, y_out_map;
+	cudaError_t mapped = kExtend && a.gated ? gate_up_interleaved_map(&w13_map, a.w13, a.experts, a.inter, a.hidden)
+					       : tensor_map(&w13_map, a.w13, a.experts * w13_rows, a.hidden, S::BN / 2);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter, S::BN / 2);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&act_map, a.act, pairs, a.inter, kActBoxRows);
+	if (mapped == cudaSuccess)
+		mapped = tensor_map(&act_extra_map, a.act, pairs, a.inter, kExtraRows);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&act_out_map, a.act, pairs, a.inter, 64);
 	if (mapped == cudaSuccess)
@@ -1820,18 +2061,23 @@ template <bool kBf16, bool kPair, bool kPingpong> int launch_persistent(struct m
 	// Blocks (or clusters) running at once.
 	const uint32_t walkers =
 		kPair ? std::min(resident_pairs<gate_up, kSmem>(), resident_pairs<down, kSmem>()) : sm_count();
-	if (mapped != cudaSuccess || !walkers) // a driver without the encoder, a misaligned tensor
+	if (mapped != cudaSuccess || !walkers) { // a driver without the encoder, a misaligned tensor
+		// No other kernel takes extended pairs of tiles: the plan picks wgmma128e only
+		// where moe_gpu_extension_runs(), and its jobs' tensors are aligned as wgmma128c's.
+		if constexpr (kExtend)
+			return (int)(mapped != cudaSuccess ? mapped : cudaErrorNotSupported);
 		return launch<ShapeWg128W, ShapeWg128W, kBf16>(a, stream);
+	}
 	const uint32_t units = kPair ? (a.tiles + 1) / 2 : a.tiles; // tiles, or pairs of them
 	const uint32_t items1 = units * column_blocks_of<S, true>(a), items2 = units * column_blocks_of<S, false>(a);
 	const uint32_t blocks = kPair ? 2 : 1;
 	a.y_io = 1;
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
 	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kSmem,
-				 false, stream, a, items1, act_map, w13_map, act_out_map);
+				 false, stream, a, items1, act_map, w13_map, act_out_map, act_extra_map);
 	if (!e)
 		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kSmem,
-				     dependent_launch(a), stream, a, items2, act_map, w2_map, y_out_map);
+				     dependent_launch(a), stream, a, items2, act_map, w2_map, y_out_map, act_extra_map);
 	return e;
 }
 
@@ -1847,12 +2093,26 @@ template <bool kBf16> int launch_dtype(struct moe_gpu_args &a, cudaStream_t stre
 	case MOE_GPU_WGMMA128WN: return launch<ShapeWg128W, ShapeWg128, kBf16>(a, stream);
 	case MOE_GPU_WGMMA128P: return launch_persistent<kBf16, false, false>(a, stream);
 	case MOE_GPU_WGMMA128C: return launch_persistent<kBf16, true, false>(a, stream);
+	case MOE_GPU_WGMMA128E: return launch_persistent<kBf16, true, false, true>(a, stream);
 	case MOE_GPU_WGMMA128S: return launch_persistent<kBf16, false, true>(a, stream);
 	default: return (int)cudaErrorInvalidValue;
 	}
 }
 
 } // namespace
+
+extern "C" int moe_gpu_extension_runs(void)
+{
+#ifdef MOED_GPU_WGMMA
+	constexpr int kSmem = ws_smem<false, true>();
+	return tensor_map_encoder() && resident_pairs<ws_kernel<true, true, true, false, true>, kSmem>() &&
+	       resident_pairs<ws_kernel<false, true, true, false, true>, kSmem>() &&
+	       resident_pairs<ws_kernel<true, false, true, false, true>, kSmem>() &&
+	       resident_pairs<ws_kernel<false, false, true, false, true>, kSmem>();
+#else
+	return 0;
+#endif
+}
 
 extern "C" int moe_gpu_decode_in_one_kernel(const struct moe_gpu_args *a)
 {

@@ -115,8 +115,14 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired);
 enum { MOE_ROUTE_IN_ORDER, MOE_ROUTE_PAIRED, MOE_ROUTE_PAIRED_EXTENDED };
 #define MOE_ROUTE_EXTRA_ROWS 32u
 
-/* The pairs that an extended cut adds to the last tile of an expert of n pairs, or 0. */
-static inline uint32_t moe_route_extra(uint32_t n, uint32_t tile, int paired)
+/* The pairs that an extended cut adds to the last tile of an expert of n pairs, or 0 (the
+ * host's cut and the device's). */
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define MOE_ROUTE_HOST_DEVICE __host__ __device__
+#else
+#define MOE_ROUTE_HOST_DEVICE
+#endif
+static inline MOE_ROUTE_HOST_DEVICE uint32_t moe_route_extra(uint32_t n, uint32_t tile, int paired)
 {
 	const uint32_t rest = paired == MOE_ROUTE_PAIRED_EXTENDED && n > 2 * tile ? n % (2 * tile) : 0;
 	return rest <= MOE_ROUTE_EXTRA_ROWS ? rest : 0;
