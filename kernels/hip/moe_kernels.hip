@@ -716,7 +716,7 @@ __global__ void __launch_bounds__(kPlaceThreads) sort_place_kernel(const struct 
 	for (uint32_t j = 0; j < kPlaceMaxExpertsAThread; j++) {
 		const uint32_t e = t * per + j;
 		count[j] = j < per && e < experts ? total[e] : 0;
-		tiles[j] = (count[j] - moe_route_extra(count[j], s.tile, (int)s.paired) + s.tile - 1) / s.tile;
+		tiles[j] = moe_route_tiles(count[j], s.tile, (int)s.paired);
 		mine[0] += count[j];
 		mine[1] += s.paired ? tiles[j] & ~1u : tiles[j];
 		mine[2] += s.paired ? tiles[j] & 1u : 0;

@@ -99,8 +99,7 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 		const uint32_t n = r->counts[e + 1] - r->counts[e];
 		if (!n) /* most experts of a decode job: no division for them */
 			continue;
-		const uint32_t extra = moe_route_extra(n, tile, paired);
-		const uint32_t tiles = (n - extra + tile - 1) / tile; /* even where extra > 0 */
+		const uint32_t extra = moe_route_extra(n, tile, paired), tiles = moe_route_tiles(n, tile, paired);
 		/* Paired: the expert's tiles two by two, which keeps the table's length even
 		 * between experts; an odd expert's last tile goes with the next odd expert's
 		 * last, right after that expert's pairs. */

@@ -105,7 +105,7 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
  * one expert's) lists them so that as many such pairs as can be are one expert's: each
  * expert's tiles two by two, and an odd expert's last tile paired with the next odd
  * expert's last, placed right after that expert's pairs (near both experts' other tiles,
- * which read the same weights through L2). MOE_ROUTE_PAIRED_EXTENDED (wgmma128c, whose
+ * which read the same weights through L2). MOE_ROUTE_PAIRED_EXTENDED (wgmma128e, whose
  * items then also multiply such rows): an expert whose pairs run at most
  * MOE_ROUTE_EXTRA_ROWS past a whole number of pairs of tiles has them added to its last
  * pair's second tile (tile + extra pairs) instead of a short tile of their own. */
@@ -126,6 +126,12 @@ static inline MOE_ROUTE_HOST_DEVICE uint32_t moe_route_extra(uint32_t n, uint32_
 {
 	const uint32_t rest = paired == MOE_ROUTE_PAIRED_EXTENDED && n > 2 * tile ? n % (2 * tile) : 0;
 	return rest <= MOE_ROUTE_EXTRA_ROWS ? rest : 0;
+}
+
+/* The tiles the cut gives an expert of n pairs (the host's and the device's). */
+static inline MOE_ROUTE_HOST_DEVICE uint32_t moe_route_tiles(uint32_t n, uint32_t tile, int paired)
+{
+	return (n - moe_route_extra(n, tile, paired) + tile - 1) / tile;
 }
 
 /*
