@@ -199,8 +199,9 @@ int forced_kernel(int *out, struct moed_error *err)
 	if (!moe_gpu_kernel_usable((enum moe_gpu_kernel)k))
 		return moed_error_set(err, -EINVAL,
 				      "MOED_GPU_KERNEL=%s: not in this build or not for this card (the wgmma "
-				      "kernels need --with-gpu-arch=sm_90a and an sm_90 card; AMD builds "
-				      "have warp and mfma64, NVIDIA builds the others)", name);
+				      "kernels need --with-gpu-arch=sm_90a and an sm_90 card, wgmma128e also "
+				      "the TMA's encoder and clusters of two; AMD builds have warp and "
+				      "mfma64, NVIDIA builds the others)", name);
 	*out = k;
 	return 0;
 }

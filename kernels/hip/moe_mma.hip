@@ -447,13 +447,27 @@ __device__ __forceinline__ void store_rows(uint16_t *out, uint32_t N, uint32_t c
 	}
 }
 
+// The gate/up epilogue's job choices as constants: write(activation, scaled) is called
+// with the activation (MOED_GPU_SILU or MOED_GPU_GELU) and whether the router weight
+// applies to the input (x w = (x s) w, row by row; else a constant 1 that the compiler
+// folds away) as integral constants, so that they are taken once, outside the loops over
+// the fragments.
+template <class Write> __device__ __forceinline__ void with_gate_up_choices(const struct moe_gpu_args &a, Write write)
+{
+	using Silu = std::integral_constant<int, MOED_GPU_SILU>;
+	using Gelu = std::integral_constant<int, MOED_GPU_GELU>;
+	if (a.router_weight_on_input)
+		a.activation == MOED_GPU_GELU ? write(Gelu(), std::true_type()) : write(Silu(), std::true_type());
+	else
+		a.activation == MOED_GPU_GELU ? write(Gelu(), std::false_type()) : write(Silu(), std::false_type());
+}
+
 // The epilogue's values, handed to `rows` once per call as (kFrags, out, N, col0,
 // row_scale, value), the arguments of store_rows: gate/up's a = act(g) * u (or act(x)),
 // down's y in the I/O dtype. Accumulator (mt, nt): elements 0, 1 at row lane / 4,
-// columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down. The job's
-// choices (activation, router weight on the input) are taken once, outside the loops over
-// the fragments. kInterleaved: a gated item's weight rows came 8 gate and 8 up rows in turn
-// (gate_up_interleaved_map), so that gate fragments are the even ones.
+// columns 2 * (lane % 4) + 0, 1; elements 2, 3 eight rows further down. kInterleaved: a
+// gated item's weight rows came 8 gate and 8 up rows in turn (gate_up_interleaved_map), so
+// that gate fragments are the even ones.
 template <class S, bool kGateUp, bool kBf16, int kCols = S::BN, bool kInterleaved = false, class Rows>
 __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const float (&acc)[S::kMT][S::kNT][4],
 					    uint32_t first, uint32_t n0, int warp_n, Rows rows)
@@ -464,9 +478,7 @@ __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const 
 		     [](uint32_t) { return 1.0f; }, [&](int mt, int nt, int e, float) { return acc[mt][nt][e]; });
 		return;
 	}
-	// The router weight, where it applies to the input: x w = (x s) w, row by row; else a
-	// constant 1 that the compiler folds away.
-	auto write = [&](auto activation, auto scaled) {
+	with_gate_up_choices(a, [&](auto activation, auto scaled) {
 		constexpr int kAct = decltype(activation)::value;
 		auto row_scale = [&](uint32_t row) {
 			return decltype(scaled)::value ? a.topk_weights[a.pair_of[first + row]] : 1.0f;
@@ -480,13 +492,7 @@ __device__ __forceinline__ void tile_values(const struct moe_gpu_args &a, const 
 		else
 			rows(std::integral_constant<int, S::kNT>(), (uint16_t *)a.act, a.inter, n0 + warp_n * S::kWarpCols,
 			     row_scale, [&](int mt, int nt, int e, float s) { return activate(kAct, s * acc[mt][nt][e]); });
-	};
-	using Silu = std::integral_constant<int, MOED_GPU_SILU>;
-	using Gelu = std::integral_constant<int, MOED_GPU_GELU>;
-	if (a.router_weight_on_input)
-		a.activation == MOED_GPU_GELU ? write(Gelu(), std::true_type()) : write(Silu(), std::true_type());
-	else
-		a.activation == MOED_GPU_GELU ? write(Gelu(), std::false_type()) : write(Silu(), std::false_type());
+	});
 }
 
 // The epilogue of a warp's accumulators, kept in registers, written by the warp itself:
@@ -554,7 +560,7 @@ __device__ __forceinline__ void store_extra(const struct moe_gpu_args &a, const 
 	const uint32_t pair0 = 2 * (uint32_t)(lane % 4);
 	auto put = [&](uint32_t p, uint32_t col, float v) {
 		if (p < count && col < N)
-			out[(size_t)(first + p) * N + col] = (uint16_t)(pack2(v, 0.0f, kBf16) & 0xffffu);
+			out[(size_t)(first + p) * N + col] = (uint16_t)pack2(v, 0.0f, kBf16); // v in the low half
 	};
 	if constexpr (!kGateUp) {
 #pragma unroll
@@ -566,7 +572,7 @@ __device__ __forceinline__ void store_extra(const struct moe_gpu_args &a, const 
 					put(8 * nt + pair0 + j, col0 + 16 * warp + lane / 4 + 8 * h, acc[nt][2 * h + j]);
 		return;
 	}
-	auto write = [&](auto activation, auto scaled) {
+	with_gate_up_choices(a, [&](auto activation, auto scaled) {
 		constexpr int kAct = decltype(activation)::value;
 		auto scale = [&](uint32_t p) {
 			return decltype(scaled)::value && p < count ? a.topk_weights[a.pair_of[first + p]] : 1.0f;
@@ -584,13 +590,7 @@ __device__ __forceinline__ void store_extra(const struct moe_gpu_args &a, const 
 					for (int h = 0; h < 2; h++)
 						put(p, col0 + 16 * warp + lane / 4 + 8 * h, activate(kAct, s * acc[nt][2 * h + j]));
 			}
-	};
-	using Silu = std::integral_constant<int, MOED_GPU_SILU>;
-	using Gelu = std::integral_constant<int, MOED_GPU_GELU>;
-	if (a.router_weight_on_input)
-		a.activation == MOED_GPU_GELU ? write(Gelu(), std::true_type()) : write(Silu(), std::true_type());
-	else
-		a.activation == MOED_GPU_GELU ? write(Gelu(), std::false_type()) : write(Silu(), std::false_type());
+	});
 }
 
 // Whether this block is the last of `blocks` to get here: each counts itself on
@@ -1606,10 +1606,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		// the weight rows multiplied, BN or (a half item) BN / 2, in acc's first columns.
 		// `extended` (kExtend): also the pair's extra rows, after each stage, by the 64
 		// weight rows at byte extra_w of its B tile, into accx (transposed: weight rows by
-		// extra rows).
+		// extra rows). Warpgroup `part` of the pair takes weight rows 64 part to 64 part +
+		// 63 (of a half item's one box, parts 0 and 1).
 		float acc[S::kMT][S::kNT][4];
 		float accx[kExtraRows / 8][4];
-		uint32_t extra_w = 0;
+		const uint32_t part = rank * 2 + wg, extra_w = part * kExtraPartRows * 128;
 		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued, auto width, auto extended) {
 			constexpr bool kExtra = decltype(extended)::value;
 #pragma unroll
@@ -1728,10 +1729,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				item_tile(item, tile, column_block);
 				uint32_t count = tile < tiles ? a.tile_count[tile] : 0;
 				// The pair's extra rows (an extended cut's): the second tile's count holds
-				// them; warpgroup `part` of the pair takes weight rows 64 part to 64 part +
-				// 63 of the item's B tile for them.
+				// them.
 				uint32_t extra_first;
-				const uint32_t extra = item_extra(tile, extra_first), part = rank * 2 + wg;
+				const uint32_t extra = item_extra(tile, extra_first);
 				count = count < S::BM ? count : S::BM;
 				// None of this warpgroup's 64 rows is in the tile (an expert's short last
 				// tile, or no tile): it only passes the stages on, and the other
@@ -1746,7 +1746,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					if (half >= 0) {
 						// One weight box: the first two parts take the extra rows.
 						const uint32_t nh = n0 + (uint32_t)half * (S::BN / 2);
-						extra_w = part * kExtraPartRows * 128;
 						if (extra && part < 2) {
 							compute(g, wg * 64, One(), [] {}, Half(), std::true_type());
 							finish(tile, count, nh, Half());
@@ -1759,7 +1758,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 						continue;
 					}
 				}
-				extra_w = part * kExtraPartRows * 128;
 				if (extra) {
 					compute(g, wg * 64, One(), [] {}, Whole(), std::true_type());
 					finish(tile, count, n0, Whole());
