@@ -1502,8 +1502,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 	// barriers' phase g / kStages: the loaders wait for the previous phase's release.
 	if (tid < kWsLoaders) {
 		// Registers move from the loading warpgroup to the computing ones (128 accumulators
-		// a thread): 128 x 56 + 256 x 224 of the SM's 65536.
-		asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+		// a thread): 128 x 56 + 256 x 224 of the block's 168 x 384. wgmma128e's gate/up
+		// loaders, with the extra rows' copies too, spill at 56: 64 + 216 gave back a
+		// third of its cost where no pair is extended (bench/RESULTS.md, version 33).
+		if constexpr (kExtend)
+			asm volatile("setmaxnreg.dec.sync.aligned.u32 64;\n" ::: "memory");
+		else
+			asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
 		if constexpr (kGateUp)
 			let_dependents_launch();
 		else
@@ -1532,53 +1537,65 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			}
 			uint32_t extra_first;
 			const uint32_t extra = item_extra(tile, extra_first);
-			if constexpr (kGateUp) {
+			if constexpr (kGateUp)
 				gather.init(a, e, n0, tid), gather.init_a(a, first, real ? a.tile_count[tile] : 0);
-				if (extra)
+			// The item's stages; `extended`: with the pair's extra rows. Two copies of the
+			// loop, so that an item without them runs wgmma128c's (the extension's copies
+			// in the same loop cost its gate/up GEMM 3.5%: bench/RESULTS.md, version 33).
+			auto load_stages = [&](auto extended) {
+				constexpr bool kExtra = decltype(extended)::value;
+				if constexpr (kExtra && kGateUp)
 					gather_extra.init(a, e, n0, tid), gather_extra.init_a(a, extra_first, extra);
-			}
-			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
-				const uint32_t s = g % kStages, stage = base + s * kStageStride;
-				const uint32_t k0 = kt * kBK;
-				mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
-				if (tid == 0) {
-					const uint32_t bar = full + 8 * s, b = stage + S::kABytes;
-					mbar_arrive_expect(bar, (half < 0 ? 2 : 1) * kBoxBytes + (kGateUp ? 0 : S::kABytes) +
-								   (!kGateUp && extra ? kExtraBytes : 0));
-					if constexpr (!kGateUp) {
-						tma_load(stage, map_a, k0, first, bar);
-						if (extra)
-							tma_load(stage + S::kStageBytes, map_extra, k0, extra_first, bar);
+				for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
+					const uint32_t s = g % kStages, stage = base + s * kStageStride;
+					const uint32_t k0 = kt * kBK;
+					mbar_wait(empty + 8 * s, (g / kStages & 1) ^ 1);
+					if (tid == 0) {
+						const uint32_t bar = full + 8 * s, b = stage + S::kABytes;
+						mbar_arrive_expect(bar, (half < 0 ? 2 : 1) * kBoxBytes + (kGateUp ? 0 : S::kABytes) +
+									   (!kGateUp && kExtra ? kExtraBytes : 0));
+						if constexpr (!kGateUp) {
+							tma_load(stage, map_a, k0, first, bar);
+							if constexpr (kExtra)
+								tma_load(stage + S::kStageBytes, map_extra, k0, extra_first, bar);
+						}
+						if (kExtend && kGateUp && gated) {
+							// Interleaved boxes: box r, act columns n0 + 64 r on, gate and up.
+							if (shared)
+								tma_load_gate_up(b + rank * kBoxBytes, map_w, k0, n0 + rank * (S::BN / 4),
+										 e, bar, true);
+							else
+								for (uint32_t r = 0; r < 2; r++)
+									tma_load_gate_up(b + r * kBoxBytes, map_w, k0, n0 + r * (S::BN / 4),
+											 e, bar, false);
+						} else if (half >= 0) {
+							tma_load(b, map_w, k0, half ? row_hi : row_lo, bar);
+						} else if (shared) {
+							tma_load_both(b + rank * kBoxBytes, map_w, k0, rank ? row_hi : row_lo, bar);
+						} else {
+							tma_load(b, map_w, k0, row_lo, bar);
+							tma_load(b + kBoxBytes, map_w, k0, row_hi, bar);
+						}
 					}
-					if (kExtend && kGateUp && gated) {
-						// Interleaved boxes: box r, act columns n0 + 64 r on, gate and up.
-						if (shared)
-							tma_load_gate_up(b + rank * kBoxBytes, map_w, k0, n0 + rank * (S::BN / 4), e,
-									 bar, true);
-						else
-							for (uint32_t r = 0; r < 2; r++)
-								tma_load_gate_up(b + r * kBoxBytes, map_w, k0, n0 + r * (S::BN / 4), e,
-										 bar, false);
-					} else if (half >= 0) {
-						tma_load(b, map_w, k0, half ? row_hi : row_lo, bar);
-					} else if (shared) {
-						tma_load_both(b + rank * kBoxBytes, map_w, k0, rank ? row_hi : row_lo, bar);
-					} else {
-						tma_load(b, map_w, k0, row_lo, bar);
-						tma_load(b + kBoxBytes, map_w, k0, row_hi, bar);
+					if constexpr (kGateUp) {
+						gather.load_a(stage, k0);
+						if constexpr (kExtra)
+							gather_extra.load_a(stage + S::kStageBytes, k0);
+						copy_arrive(full + 8 * s);
 					}
 				}
-				if constexpr (kGateUp) {
-					gather.load_a(stage, k0);
-					if (extra)
-						gather_extra.load_a(stage + S::kStageBytes, k0);
-					copy_arrive(full + 8 * s);
-				}
-			}
+			};
+			if (kExtend && extra)
+				load_stages(std::integral_constant<bool, kExtend>());
+			else
+				load_stages(std::false_type());
 		}
 		copy_wait<0>();
 	} else {
-		asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+		if constexpr (kExtend)
+			asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n" ::: "memory");
+		else
+			asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 		const int ctid = tid - kWsLoaders, lane = ctid % kWarp, warp = ctid / kWarp;
 		const uint32_t wg = (uint32_t)warp / 4;
 		// A stage done with: one arrival a warp (wgmma_wait is the whole warp's), on both
