@@ -192,6 +192,8 @@ struct moe_gpu_args {
 	int y_io;                  /* set by the launch: y holds io_dtype values */
 	int zero_y;                /* set by the launch: the gate/up kernel zeroes y (f32) */
 	int fold;                  /* set by the launch: the combine is the down GEMM's (below) */
+	int follows_kernel;        /* set by the launch: its own kernel (the fetch, the device
+				      sort) comes right before the first GEMM in the stream */
 	uint32_t tile_group;       /* tiles whose blocks run together (matrix-unit kernels; 0:
 				      MOE_GPU_TILE_GROUP): moe_gpu_tile_group(), read once by the caller */
 	int serial_launch;         /* 1: no programmatic dependent launch of the down GEMM

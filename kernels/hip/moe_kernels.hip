@@ -676,6 +676,7 @@ __global__ void __launch_bounds__(kPlaceThreads) sort_place_kernel(const struct 
 	const bool cuts = blockIdx.x == gridDim.x - 1;
 	const uint32_t p = blockIdx.x * kPlaceThreads + t, counted_before = cuts ? 0 : p / s.chunk;
 	uint32_t *total = sort_smem, *first = sort_smem + experts, *scan = first + experts;
+	let_dependents_launch(); // the first GEMM's blocks start as this grid's leave, and wait
 	for (uint32_t e = t; e < experts; e += kPlaceThreads)
 		total[e] = 0, first[e] = 0;
 	__syncthreads();
@@ -747,6 +748,7 @@ __global__ void __launch_bounds__(kPlaceThreads) sort_place_kernel(const struct 
 __global__ void fetch_kernel(const uint4 *from, uint4 *to, size_t bytes)
 {
 	const size_t units = bytes / 16, i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	let_dependents_launch(); // as sort_place_kernel
 	if (i < units)
 		to[i] = from[i];
 	if (i < bytes % 16 / 4)
@@ -759,10 +761,20 @@ __global__ void fetch_kernel(const uint4 *from, uint4 *to, size_t bytes)
 // version 29: Mixtral-8x7B M = 256, the graph's part of sorting 10.9-11.2 -> 1.4-2.7 µs).
 // `fetchable`: 16-byte aligned places, whole 4-byte words. AMD builds keep the copy: the
 // device's reads of the stage are the NVIDIA decode kernel's way, not tried on AMD.
+bool fetches_by_kernel(bool fetchable)
+{
+#if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
+	return fetchable;
+#else
+	(void)fetchable;
+	return false;
+#endif
+}
+
 int bring_fetch(const struct moe_gpu_args &a, bool fetchable, hipStream_t s)
 {
 #if !defined(__HIP_PLATFORM_AMD__) && !defined(__HIPCC__)
-	if (fetchable) {
+	if (fetches_by_kernel(fetchable)) {
 		const size_t threads = (a.fetch_bytes + 15) / 16;
 		hipLaunchKernelGGL(fetch_kernel, dim3((unsigned)((threads + 255) / 256)), dim3(256), 0, s,
 				   (const uint4 *)a.fetch_from, (uint4 *)a.fetch_to, a.fetch_bytes);
@@ -829,7 +841,7 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 {
 	struct moe_gpu_args a = *args;
 	hipStream_t s = (hipStream_t)stream;
-	a.y_io = 0, a.zero_y = 0, a.fold = 0, a.prefetch_down = 0;
+	a.y_io = 0, a.zero_y = 0, a.fold = 0, a.prefetch_down = 0, a.follows_kernel = 0;
 	if (a.tokens == 0 || a.tiles == 0)
 		return 0;
 	/* The decode kernel fetches its inputs itself from 16-byte aligned places, in 4-byte
@@ -842,11 +854,13 @@ extern "C" int moe_gpu_launch(const struct moe_gpu_args *args, void *stream)
 		if (e)
 			return e;
 		a.fetch_bytes = 0;
+		a.follows_kernel = fetches_by_kernel(fetchable);
 	}
 	if (a.sort.ids) {
 		const int e = moe_gpu_sort_pairs(&a, stream);
 		if (e)
 			return e;
+		a.follows_kernel = 1;
 	}
 	if (a.kernel != MOE_GPU_WARP) { /* may set a.y_io, a.zero_y */
 		const int e = a.kernel == MOE_GPU_MFMA64 ? moe_gpu_launch_mfma(&a, stream)

@@ -1440,6 +1440,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		}
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); // for the TMA
 	}
+	// Launched as the job's fetch's or sort's programmatic dependent (follows_kernel): what
+	// they wrote, before any of it is read. (Without a prerequisite grid it returns at once.)
+	if constexpr (kGateUp)
+		wait_for_prerequisite_grid();
 	// The only block-wide barrier: the roles part here.
 	if constexpr (kPair)
 		cluster_sync();
@@ -2088,8 +2092,10 @@ int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 	const uint32_t blocks = kPair ? 2 : 1;
 	a.y_io = 1;
 	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
+	// After the job's own fetch or sort, the gate/up GEMM's blocks start as that kernel
+	// ends, and wait for it before they read anything (bench/RESULTS.md, version 33).
 	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kSmem,
-				 false, stream, a, items1, act_map, w13_map, act_out_map, act_extra_map);
+				 dependent_launch(a) && a.follows_kernel, stream, a, items1, act_map, w13_map, act_out_map, act_extra_map);
 	if (!e)
 		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kSmem,
 				     dependent_launch(a), stream, a, items2, act_map, w2_map, y_out_map, act_extra_map);
