@@ -196,8 +196,9 @@ struct moe_gpu_args {
 				      sort) comes right before the first GEMM in the stream */
 	uint32_t tile_group;       /* tiles whose blocks run together (matrix-unit kernels; 0:
 				      MOE_GPU_TILE_GROUP): moe_gpu_tile_group(), read once by the caller */
-	int serial_launch;         /* 1: no programmatic dependent launch of the down GEMM
-				      (MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */
+	int serial_launch;         /* 1: no programmatic dependent launch (the down GEMM, the
+				      sort's placing, the first GEMM after the fetch or sort;
+				      MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */
 	int no_prefetch;           /* 1: decode jobs' down-GEMM weights are not prefetched into
 				      L2 (MOED_GPU_L2_PREFETCH=0, read once by the caller) */
 	uint32_t prefetch_down;    /* set by the launch: the gate/up blocks have L2 fetch this
