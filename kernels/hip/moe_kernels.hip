@@ -676,7 +676,7 @@ __global__ void __launch_bounds__(kPlaceThreads) sort_place_kernel(const struct 
 	const bool cuts = blockIdx.x == gridDim.x - 1;
 	const uint32_t p = blockIdx.x * kPlaceThreads + t, counted_before = cuts ? 0 : p / s.chunk;
 	uint32_t *total = sort_smem, *first = sort_smem + experts, *scan = first + experts;
-	let_dependents_launch(); // the first GEMM's blocks start as this grid's leave, and wait
+	let_dependents_launch(); // the job's first GEMM may launch, and waits for this grid's end
 	for (uint32_t e = t; e < experts; e += kPlaceThreads)
 		total[e] = 0, first[e] = 0;
 	__syncthreads();

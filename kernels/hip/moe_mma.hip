@@ -2095,7 +2095,8 @@ int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 	// After the job's own fetch or sort, the gate/up GEMM's blocks start as that kernel
 	// ends, and wait for it before they read anything (bench/RESULTS.md, version 33).
 	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kSmem,
-				 dependent_launch(a) && a.follows_kernel, stream, a, items1, act_map, w13_map, act_out_map, act_extra_map);
+				 dependent_launch(a) && a.follows_kernel, stream, a, items1, act_map, w13_map, act_out_map,
+				 act_extra_map);
 	if (!e)
 		e = launch_clustered(down, dim3(blocks * std::min(items2, walkers)), blocks, kWsThreads, kSmem,
 				     dependent_launch(a), stream, a, items2, act_map, w2_map, y_out_map, act_extra_map);
