@@ -36,6 +36,9 @@
 // every expert the same count instead (pair p to expert p mod E; the router weights as
 // drawn): the kernels' time without the padding of tiles that random counts leave, a
 // bound for what cutting the tiles better could give (bench/RESULTS.md, version 30).
+// MOED_BENCH_TWO_LAYERS=1 has the graphs' jobs alternate between two copies of the
+// weights, as two layers of a model would: no job then finds the one before's weights in
+// L2 (a decode job's few experts fit there in part: bench/RESULTS.md, version 33).
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -123,8 +126,8 @@ static uint64_t row_seed(const char *model, uint32_t m)
 	return (h ^ bench_seed) * 0x100000001b3ull;
 }
 
-/* MOED_BENCH_BALANCED, read once by main(). */
-static int balanced_routing;
+/* MOED_BENCH_BALANCED and MOED_BENCH_TWO_LAYERS, read once by main(). */
+static int balanced_routing, two_layers;
 
 /* Softmax of Gaussian logits, top-k, renormalised (TARGETS.md's routing); balanced: the
  * experts p mod e instead (a token's k distinct where k <= e), the weights kept. */
@@ -360,14 +363,20 @@ static void warm_up(hipStream_t st, cudaGraphExec_t exec)
 constexpr int kGraphCalls = 10;
 
 /* A graph of `calls` launches of job `a` on st, one after the other (each job's kernels
- * wait for the one before's, in stream order), instantiated. */
-static cudaGraphExec_t graph_of(hipStream_t st, int calls, struct moe_gpu_args a)
+ * wait for the one before's, in stream order), instantiated; where `odd` is given, the
+ * odd-numbered launches use its weights instead (MOED_BENCH_TWO_LAYERS). */
+static cudaGraphExec_t graph_of(hipStream_t st, int calls, struct moe_gpu_args a,
+				const struct moe_gpu_args *odd = NULL)
 {
 	cudaGraph_t graph;
 	cudaGraphExec_t exec;
 	CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-	for (int c = 0; c < calls; c++)
-		CHECK((hipError_t)moe_gpu_launch(&a, st));
+	for (int c = 0; c < calls; c++) {
+		struct moe_gpu_args job = a;
+		if (odd && c % 2)
+			job.w13 = odd->w13, job.w2 = odd->w2;
+		CHECK((hipError_t)moe_gpu_launch(&job, st));
+	}
 	CHECK(cudaStreamEndCapture(st, &graph));
 	CHECK(cudaGraphInstantiate(&exec, graph, 0));
 	CHECK(cudaGraphDestroy(graph)); /* the instance keeps what it needs */
@@ -479,7 +488,8 @@ int main(int argc, char **argv)
 	    measurement_switch("MOED_GPU_L2_PREFETCH", 1, &prefetch) < 0 ||
 	    measurement_switch("MOED_GPU_FUSED_DECODE", 1, &fused) < 0 ||
 	    measurement_switch("MOED_GPU_SPREAD", 1, &spread) < 0 ||
-	    measurement_switch("MOED_BENCH_BALANCED", 0, &balanced_routing) < 0 || read_only_rows() < 0)
+	    measurement_switch("MOED_BENCH_BALANCED", 0, &balanced_routing) < 0 ||
+	    measurement_switch("MOED_BENCH_TWO_LAYERS", 0, &two_layers) < 0 || read_only_rows() < 0)
 		return 2;
 	hipStream_t st;
 	CHECK(hipSetDevice(0));
@@ -525,6 +535,8 @@ int main(int argc, char **argv)
 	       prop.name, bw / 1e12, rate / 1e12, reps, tile_group);
 	if (balanced_routing)
 		printf("routing: every expert the same count (MOED_BENCH_BALANCED=1), not TARGETS.md's\n");
+	if (two_layers)
+		printf("weights: a graph's jobs alternate between two copies (MOED_BENCH_TWO_LAYERS=1)\n");
 	if (getenv("MOED_BENCH_TORCH"))
 		read_torch_times(getenv("MOED_BENCH_TORCH"));
 	printf("%-14s %5s %9s %6s %9s %10s %9s %9s %7s %9s %8s %9s %8s %-10s %s\n", "model", "M", "floor us",
@@ -544,12 +556,18 @@ int main(int argc, char **argv)
 			continue;
 		}
 		const size_t w13n = (size_t)md.e * 2 * md.i * md.h, w2n = (size_t)md.e * md.h * md.i;
-		uint16_t *w13, *w2, *x, *out;
+		uint16_t *w13, *w2, *x, *out, *w13b = NULL, *w2b = NULL; /* b: the second layer's */
 		float *y;
 		void *act, *routing, *stage;
 		const uint32_t mmax = target_ms[TARGET_ROWS - 1], pmax = mmax * md.k;
 		CHECK(hipMalloc((void **)&w13, w13n * 2));
 		CHECK(hipMalloc((void **)&w2, w2n * 2));
+		if (two_layers) {
+			CHECK(hipMalloc((void **)&w13b, w13n * 2));
+			CHECK(hipMalloc((void **)&w2b, w2n * 2));
+			hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w13b, w13n, 6ull, 1.7f / sqrtf(md.h));
+			hipLaunchKernelGGL(fill_bf16, dim3(4096), dim3(256), 0, st, w2b, w2n, 7ull, 1.7f / sqrtf(md.i));
+		}
 		CHECK(hipMalloc((void **)&x, (size_t)mmax * md.h * 2));
 		CHECK(hipMalloc((void **)&out, (size_t)mmax * md.h * 2));
 		CHECK(hipMalloc(&act, (size_t)pmax * md.i * 4));
@@ -649,10 +667,13 @@ int main(int argc, char **argv)
 			 * turn, so that each sees the card in the same state (timed one after the
 			 * other, the second read up to 8% slower on the long rows; we think the
 			 * clocks drop as the card heats). */
-			cudaGraphExec_t exec = graph_of(st, kGraphCalls, a), exec1 = graph_of(st, 1, a);
+			struct moe_gpu_args odd = a; /* the second layer's weights */
+			odd.w13 = w13b, odd.w2 = w2b;
+			const struct moe_gpu_args *alternate = two_layers ? &odd : NULL;
+			cudaGraphExec_t exec = graph_of(st, kGraphCalls, a, alternate), exec1 = graph_of(st, 1, a);
 			/* The full path's device part: the upload (which brings the placing's cursors
 			 * back each replay), the placing, the kernels. */
-			cudaGraphExec_t full_exec = graph_of(st, kGraphCalls, full);
+			cudaGraphExec_t full_exec = graph_of(st, kGraphCalls, full, alternate);
 			warm_up(st, exec);
 			double launched = 0, kern = 0, kern1 = 0, full_us = 0;
 			median_us_in_turn(reps, st, e0, e1,
@@ -704,9 +725,9 @@ int main(int argc, char **argv)
 		CHECK(hipHostFree(ids));
 		CHECK(hipHostFree(tw));
 		CHECK(hipHostFree(report));
-		void *bufs[] = { w13, w2, x, out, act, y, routing, counters };
+		void *bufs[] = { w13, w2, x, out, act, y, routing, counters, w13b, w2b };
 		for (void *p : bufs)
-			CHECK(hipFree(p));
+			CHECK(hipFree(p)); /* NULL: nothing to free */
 		CHECK(hipHostFree(stage));
 	}
 	if (!rows_timed) { /* every row asked for was skipped as too long */
