@@ -2071,8 +2071,14 @@ int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 		mapped = tensor_map(&w2_map, a.w2, (uint64_t)a.experts * a.hidden, a.inter, S::BN / 2);
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&act_map, a.act, pairs, a.inter, kActBoxRows);
-	if (mapped == cudaSuccess)
-		mapped = tensor_map(&act_extra_map, a.act, pairs, a.inter, kExtraRows);
+	// The extra rows' boxes: only wgmma128e's items read them (the others get a copy of
+	// act_map, never read, rather than an encoding a job).
+	if constexpr (kExtend) {
+		if (mapped == cudaSuccess)
+			mapped = tensor_map(&act_extra_map, a.act, pairs, a.inter, kExtraRows);
+	} else {
+		act_extra_map = act_map;
+	}
 	if (mapped == cudaSuccess)
 		mapped = tensor_map(&act_out_map, a.act, pairs, a.inter, 64);
 	if (mapped == cudaSuccess)
