@@ -514,8 +514,10 @@ static uint32_t most_pairs_per_expert(const struct ref_problem *p)
  * expert has (and K split for small down GEMMs). Each round draws sizes that are
  * multiples of 8 but of no tile (64 k-values, 64 or 128 columns), then for each band an M
  * that gives the experts that many pairs on average (a few more for the busiest): the
- * plan's bands are 16, 32, 64 (on Hopper, wgmma's tiles of 128 from 33 on), 128 and
- * beyond (where experts hold several tiles), and a job of two tokens. Few experts, so
+ * plan's bands are 16, 32, 64 (on Hopper, wgmma's tiles of 128 from 33 on), 128, a tile
+ * and a few pairs (on Hopper, wgmma128e: an expert's last tile takes up to 32 more, in a
+ * cluster with another expert's tile), beyond (where experts hold several tiles; at 300,
+ * wgmma128e's pairs of one expert's tiles taking them), and a job of two tokens. Few experts, so
  * that each holds many pairs. Compared whole where the f64 reference is cheap, else on
  * sampled tokens. The last round runs every item of the persistent down GEMM as two of
  * half the weight rows (MOED_GPU_TAIL_SPLIT=all), which the plan does only for a short
@@ -523,7 +525,7 @@ static uint32_t most_pairs_per_expert(const struct ref_problem *p)
  */
 START_TEST(matrix_unit_tiles)
 {
-	static const uint32_t mean_pairs[] = { 0 /* M = 2 */, 6, 21, 42, 84, 300 };
+	static const uint32_t mean_pairs[] = { 0 /* M = 2 */, 6, 21, 42, 84, 140, 300 };
 	static const uint32_t topks[] = { 1, 2, 8 };
 	uint64_t rng = test_seed() + (uint64_t)_i * 104729;
 	char *tail = env_save("MOED_GPU_TAIL_SPLIT");

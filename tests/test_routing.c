@@ -64,8 +64,8 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	/* Tiles: each of one expert, at most `tile` pairs, together covering every sorted
 	 * position once; only the last tile of an expert may be short. In order unless
 	 * paired; paired, in the table's order by position (the order the cut makes).
-	 * Extended, an expert's last tile holds its pairs past its last whole pair of tiles
-	 * where they are at most MOE_ROUTE_EXTRA_ROWS, as the second of a pair of its own. */
+	 * Extended, an expert's last tile holds its pairs past its last whole tile where they
+	 * are at most MOE_ROUTE_EXTRA_ROWS. */
 	const uint32_t n = r->ntiles, *table = r->tiles;
 	uint32_t *order = malloc((n + 1) * sizeof(uint32_t));
 	for (uint32_t t = 0; t < n; t++)
@@ -79,11 +79,9 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 		const uint32_t t = order[i], first = table[t], cnt = table[n + t], exp = table[2 * n + t];
 		ck_assert_uint_eq(first, at);
 		ck_assert(cnt >= 1 && cnt <= tile + (paired == MOE_ROUTE_PAIRED_EXTENDED ? MOE_ROUTE_EXTRA_ROWS : 0));
-		if (cnt > tile) {
-			ck_assert_uint_eq(cnt - tile, count[exp] % (2 * tile));
-			ck_assert_uint_gt(count[exp], 2 * tile);
-			ck_assert_uint_eq(t % 2, 1);
-			ck_assert_uint_eq(table[2 * n + t - 1], exp);
+		if (cnt > tile) { /* the expert's last, where it has a whole tile before */
+			ck_assert_uint_eq(cnt - tile, count[exp] % tile);
+			ck_assert_uint_gt(count[exp], tile);
 			ck_assert(i + 1 == n || table[2 * n + order[i + 1]] != exp);
 		}
 		for (uint32_t q = first; q < first + cnt; q++)
@@ -98,12 +96,12 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	if (paired) {
 		/* As many pairs of table places (2u, 2u + 1) one expert's as there can be: the
 		 * sum over experts of half their tiles, rounded down (extended, an expert 1 to
-		 * MOE_ROUTE_EXTRA_ROWS pairs past a whole number of pairs of tiles has no tile of
-		 * its own for them: reckoned here from the counts, not by the cut's helpers). */
+		 * MOE_ROUTE_EXTRA_ROWS pairs past a whole number of tiles has no tile of its own
+		 * for them: reckoned here from the counts, not by the cut's helpers). */
 		uint32_t best = 0, shared = 0;
 		for (uint32_t e = 0; e < experts; e++) {
-			const uint32_t rest = count[e] % (2 * tile);
-			const int joined = paired == MOE_ROUTE_PAIRED_EXTENDED && count[e] > 2 * tile && rest >= 1 &&
+			const uint32_t rest = count[e] % tile;
+			const int joined = paired == MOE_ROUTE_PAIRED_EXTENDED && count[e] > tile && rest >= 1 &&
 					   rest <= MOE_ROUTE_EXTRA_ROWS;
 			best += (joined ? (count[e] - rest) / tile : (count[e] + tile - 1) / tile) / 2;
 		}
@@ -202,15 +200,18 @@ static void sample_figures(const int32_t *ids, size_t tokens, uint32_t topk, uin
 	free(count);
 }
 
-/* The extended cut at its bounds: an expert's pairs past its last whole pair of tiles join
- * that pair's second tile from 1 to MOE_ROUTE_EXTRA_ROWS of them, not beyond, and not for
- * an expert of at most two tiles. */
+/* The extended cut at its bounds: an expert's pairs past its last whole tile join that
+ * tile from 1 to MOE_ROUTE_EXTRA_ROWS of them, not beyond, and not for an expert of less
+ * than a tile; the tile is the second of the expert's last pair of tiles, or (an odd
+ * number of tiles) its tile paired with another expert's. */
 START_TEST(extended_cut)
 {
-	static const uint32_t counts[] = { 270, 300, 256, 20, 288, 513, 289, 200 };
-	/* tile 128: 256 + 14 and 256 + 32 and 512 + 1 extended; 300 and 289 are 256 + 44 and
-	 * 256 + 33, past the bound; 256, 20 and 200 have no pair of tiles to join. */
-	static const uint32_t extended_last[] = { 142, 0, 0, 0, 160, 129, 0, 0 };
+	static const uint32_t counts[] = { 270, 300, 256, 20, 288, 513, 289, 200, 150, 161, 160, 398, 128, 129 };
+	/* tile 128: 256 + 14, 256 + 32 and 512 + 1 extended, the second of a pair; 128 + 22,
+	 * 128 + 32, 384 + 14 and 128 + 1 extended, paired with another expert's; 300, 289, 200
+	 * and 161 are 256 + 44, 256 + 33, 128 + 72 and 128 + 33, past the bound; 256, 20 and
+	 * 128 have no pairs past a whole tile. */
+	static const uint32_t extended_last[] = { 142, 0, 0, 0, 160, 129, 0, 0, 150, 0, 160, 142, 0, 129 };
 	const uint32_t experts = sizeof(counts) / sizeof(counts[0]), tile = 128;
 	size_t pairs = 0;
 	for (uint32_t e = 0; e < experts; e++)
@@ -245,6 +246,14 @@ START_TEST(extended_cut)
 			}
 		ck_assert_uint_eq(longest, extended_last[e] ? extended_last[e] : counts[e] < tile ? counts[e] : tile);
 		ck_assert_uint_eq(tiles, (counts[e] - (extended_last[e] ? extended_last[e] - tile : 0) + tile - 1) / tile);
+		/* The kernel tells the two ways apart by the tile's partner in its pair of places. */
+		for (uint32_t t = 0; t < r.ntiles; t++)
+			if (r.tiles[2 * r.ntiles + t] == e && r.tiles[r.ntiles + t] > tile) {
+				const uint32_t partner = t ^ 1u;
+				const int same = partner < r.ntiles && r.tiles[2 * r.ntiles + partner] == e;
+				ck_assert_int_eq(same, tiles % 2 == 0);
+				ck_assert(!same || t % 2 == 1);
+			}
 	}
 	moe_routing_free(&r);
 	free(ids);

@@ -303,6 +303,14 @@ bool wgmma_runs()
 #endif
 }
 
+/* Whether `used` experts hold on average from 32 pairs short of a whole number of tiles,
+ * one or more, to 63 past it. */
+bool near_whole_tiles(size_t pairs, uint32_t used, uint32_t tile)
+{
+	const size_t mean = used ? pairs / used : 0;
+	return mean + 32 >= tile && (mean + 32) % tile < tile - 32;
+}
+
 } // namespace
 
 extern "C" struct moe_gpu_plan moe_gpu_plan(size_t pairs, uint32_t most_pairs, uint32_t used_experts, uint32_t over_16,
@@ -356,18 +364,16 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(size_t pairs, uint32_t most_pairs, u
 		 * wgmma128p, Mixtral M = 1024 / 4096 1569 / 5252 -> 1362 / 4644 us, DeepSeek-V3
 		 * M = 4096 9200 -> 8015; Qwen3 M = 1024 (one tile an expert) 431 -> 455
 		 * (bench/RESULTS.md, version 10). */
-		/* Where experts hold about a pair of tiles (224 to 319 pairs on average), about
-		 * half of them a few pairs more: wgmma128e takes those with the pair instead of
-		 * a short tile of their own (bench/RESULTS.md, version 32, two passes against
-		 * wgmma128c: Mixtral M = 1024 1490-1499 -> 1343-1344 us, Qwen3 M = 4096 711-712 ->
-		 * 692-702). Where no expert has such pairs it costs a little (every expert given
-		 * 256 pairs: Mixtral M = 1024 1199-1200 -> 1244, Qwen3 M = 4096 598-600 ->
-		 * 601-604). */
+		/* Where experts hold about a whole number of tiles (from 32 pairs short of it to
+		 * 63 past it, on average), about half of them a few pairs more: wgmma128e takes
+		 * those with their last tile instead of a short tile of their own
+		 * (bench/RESULTS.md, version 32, two passes against wgmma128c: Mixtral M = 1024
+		 * 1490-1499 -> 1343-1344 us, Qwen3 M = 4096 711-712 -> 692-702). Where no expert
+		 * has such pairs it costs a little (every expert given 256 pairs: Mixtral
+		 * M = 1024 1199-1200 -> 1244, Qwen3 M = 4096 598-600 -> 601-604). */
 		p.kernel = most_pairs <= 128 ? MOE_GPU_WGMMA128P
-			   : pairs >= 224 * (size_t)used_experts && pairs < 320 * (size_t)used_experts &&
-					   moe_gpu_extension_runs()
-				   ? MOE_GPU_WGMMA128E
-				   : MOE_GPU_WGMMA128C;
+			   : near_whole_tiles(pairs, used_experts, 128) && moe_gpu_extension_runs() ? MOE_GPU_WGMMA128E
+												: MOE_GPU_WGMMA128C;
 	p.tile = tiles[p.kernel];
 	p.paired = p.kernel == MOE_GPU_WGMMA128E ? MOE_ROUTE_PAIRED_EXTENDED
 		   : p.kernel == MOE_GPU_WGMMA128C || p.kernel == MOE_GPU_WGMMA128D ? MOE_ROUTE_PAIRED
@@ -637,9 +643,9 @@ __device__ void cut_tiles(const struct moe_gpu_args &a, uint32_t per, const uint
 		if (in_order != tiles[j]) {
 			if (odd_rank & 1u) {
 				odd[odd_rank - 1] = before + in_order;
-				put_tile(a, before + in_order + 1, start, count[j], e, tiles[j] - 1, s.tile);
+				put_tile(a, before + in_order + 1, start, count[j], e, tiles[j] - 1, last);
 			} else if (odd_rank + 1 == odd_total) {
-				put_tile(a, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1, s.tile);
+				put_tile(a, in_order_total + 2 * (odd_total / 2), start, count[j], e, tiles[j] - 1, last);
 			}
 			odd_rank++;
 		}
@@ -654,7 +660,8 @@ __device__ void cut_tiles(const struct moe_gpu_args &a, uint32_t per, const uint
 			break;
 		if (tiles[j] & 1u && s.paired) {
 			if (!(odd_rank & 1u) && odd_rank + 1 < odd_total)
-				put_tile(a, odd[odd_rank], start, count[j], e, tiles[j] - 1, s.tile);
+				put_tile(a, odd[odd_rank], start, count[j], e, tiles[j] - 1,
+					 s.tile + moe_route_extra(count[j], s.tile, (int)s.paired));
 			odd_rank++;
 		}
 		start += count[j];

@@ -545,7 +545,7 @@ __device__ __forceinline__ void store_tile(const struct moe_gpu_args &a, const f
 				       });
 }
 
-// The epilogue of a warpgroup's extra rows (wgmma128e): acc holds 64 weight rows (16 a
+// The epilogue of a run of a warpgroup's extra rows (wgmma128e): acc holds 64 weight rows (16 a
 // warp: rows lane / 4 and lane / 4 + 8) by the extra rows at pair `first` (fragment nt:
 // pairs 8 nt + 2 (lane % 4) + 0, 1), count of them real. The weight rows are output
 // columns from col0 (the down GEMM's y, or a plain gate/up's act), or where `gated`, the
@@ -1367,11 +1367,13 @@ constexpr int kWsLoaders = 128;
 constexpr int kWsThreads = kWsLoaders + WsShape<false>::S::kThreads; // a loading and two computing warpgroups
 static_assert(2 * WsShape<true>::S::kThreads == WsShape<false>::S::kThreads, "two computing warpgroups either way");
 constexpr uint32_t kActBoxRows = 128;         // the down GEMM's A tile: one TMA box
-// wgmma128e's items also multiply the pairs that an extended cut adds to a pair of tiles
-// (MOE_ROUTE_PAIRED_EXTENDED: at most kExtraRows, their x or act rows after each stage).
-// Their math has the operands' roles swapped: each computing warpgroup of the pair takes
-// 64 of the item's 256 weight rows as the wgmma's A and the extra rows as its B (one
-// m64n32k16 a k-step, nothing padded), and its warps store the transposed result. So that
+// wgmma128e's items also multiply the pairs that an extended cut adds to an expert's last
+// tile (MOE_ROUTE_PAIRED_EXTENDED: at most kExtraRows, their x or act rows after each
+// stage). Their math has the operands' roles swapped: runs of 64 of the item's 256 weight
+// rows are the wgmma's A and the extra rows its B (one m64n32k16 a run and k-step,
+// nothing padded), and the warps store the transposed result. Where the tile is the
+// second of a pair of one expert's, each of the pair's four computing warpgroups takes a
+// run; where it is paired with another expert's, its block's two take two runs each. So that
 // a gated item's 64 weight rows hold gate and up rows of the same columns, 8 of each in
 // turn (a thread's two accumulator rows then hold one column's gate and up), its gate/up
 // weights come by gate_up_interleaved_map. To make room beside the four stages, the
@@ -1489,15 +1491,23 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		if (tile >= tiles)
 			tile = tiles;
 	};
-	// The extra pairs of the pair of tiles that `tile` is one of (kExtend): their count,
-	// 0 where none, and first place.
-	auto item_extra = [&](uint32_t tile, uint32_t &first) -> uint32_t {
-		first = 0;
+	// The extra pairs that this block's item of `tile` multiplies (kExtend): their count,
+	// 0 where none, and first place. Where the pair's two tiles are one expert's, the
+	// second's extra pairs are the pair's, its four computing warpgroups taking 64 weight
+	// rows each; else (`own`) a tile's extra pairs are its block's alone, its two
+	// warpgroups taking 128 weight rows each (an expert of an odd number of tiles, its
+	// last paired with another expert's).
+	auto item_extra = [&](uint32_t tile, uint32_t &first, bool &own) -> uint32_t {
+		first = 0, own = false;
 		if constexpr (kExtend) {
-			const uint32_t second = tile - rank + 1;
-			if (tile < tiles && second < tiles && a.tile_count[second] > S::BM) {
-				first = a.tile_first[second] + S::BM;
-				return a.tile_count[second] - S::BM;
+			if (tile >= tiles)
+				return 0;
+			const uint32_t other = tile - rank + peer;
+			own = other >= tiles || a.tile_expert[other] != a.tile_expert[tile];
+			const uint32_t holder = own ? tile : tile - rank + 1;
+			if (a.tile_count[holder] > S::BM) {
+				first = a.tile_first[holder] + S::BM;
+				return a.tile_count[holder] - S::BM;
 			}
 		}
 		return 0;
@@ -1540,7 +1550,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				shared = real && half < 0 && other < tiles && a.tile_expert[other] == e;
 			}
 			uint32_t extra_first;
-			const uint32_t extra = item_extra(tile, extra_first);
+			bool own_extra;
+			const uint32_t extra = item_extra(tile, extra_first, own_extra);
 			if constexpr (kGateUp)
 				gather.init(a, e, n0, tid), gather.init_a(a, first, real ? a.tile_count[tile] : 0);
 			// The item's stages; `extended`: with the pair's extra rows. Two copies of the
@@ -1625,24 +1636,31 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 		// no wgmma is issued on a path ptxas sees as divergent (it would serialise them
 		// all: warning C7520). `issued` runs once the last k-tile's math is issued. `width`:
 		// the weight rows multiplied, BN or (a half item) BN / 2, in acc's first columns.
-		// `extended` (kExtend): also the pair's extra rows, after each stage, by the 64
-		// weight rows at byte extra_w of its B tile, into accx (transposed: weight rows by
-		// extra rows). Warpgroup `part` of the pair takes weight rows 64 part to 64 part +
-		// 63 (of a half item's one box, parts 0 and 1).
+		// `parts` (kExtend, a constant too): also the item's extra rows, after each stage,
+		// by that many runs of 64 weight rows of its B tile from run `part0` on (run p: weight
+		// rows 64 p to 64 p + 63), into accx[0], accx[1] (transposed: weight rows by extra
+		// rows).
 		float acc[S::kMT][S::kNT][4];
-		float accx[kExtraRows / 8][4];
-		const uint32_t part = rank * 2 + wg, extra_w = part * kExtraPartRows * 128;
-		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued, auto width, auto extended) {
-			constexpr bool kExtra = decltype(extended)::value;
+		float accx[2][kExtraRows / 8][4];
+		auto compute = [&](uint32_t g, uint32_t row0, auto wgmmas, auto issued, auto width, auto parts,
+				   uint32_t part0) {
+			constexpr int kParts = decltype(parts)::value;
+			static_assert(kParts <= 2, "accx holds two runs");
 #pragma unroll
 			for (int mt = 0; mt < S::kMT; mt++)
 #pragma unroll
 				for (int nt = 0; nt < S::kNT; nt++)
 					acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
-			if constexpr (kExtra)
+#pragma unroll
+			for (int x = 0; x < kParts; x++)
 #pragma unroll
 				for (int nt = 0; nt < (int)kExtraRows / 8; nt++)
-					accx[nt][0] = accx[nt][1] = accx[nt][2] = accx[nt][3] = 0;
+					accx[x][nt][0] = accx[x][nt][1] = accx[x][nt][2] = accx[x][nt][3] = 0;
+			auto fence_extra = [&] {
+#pragma unroll
+				for (int x = 0; x < kParts; x++)
+					fence_operands<kExtraRows / 2>(&accx[x][0][0]);
+			};
 			for (uint32_t kt = 0; kt < ktiles; kt++, g++) {
 				const uint32_t s = g % kStages, as = base + s * kStageStride;
 				mbar_wait(full + 8 * s, g / kStages & 1);
@@ -1650,8 +1668,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					fence_proxy_async(); // the loaders' copies, for the wgmma's reads
 				const uint64_t db = wgmma_desc(as + S::kABytes);
 				fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
-				if constexpr (kExtra)
-					fence_operands<kExtraRows / 2>(&accx[0][0]);
+				fence_extra();
 				wgmma_fence();
 #pragma unroll
 				for (int mt = 0; mt < decltype(wgmmas)::value; mt++) {
@@ -1661,26 +1678,25 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 						wgmma_m64k16<decltype(width)::value, kBf16>(&acc[mt][0][0], da + 2 * kk,
 											     db + 2 * kk);
 				}
-				if constexpr (kExtra) {
-					const uint64_t dw = wgmma_desc(as + S::kABytes + extra_w);
-					const uint64_t dx = wgmma_desc(as + S::kStageBytes);
+				const uint64_t dx = wgmma_desc(as + S::kStageBytes);
+#pragma unroll
+				for (int x = 0; x < kParts; x++) {
+					const uint64_t dw = wgmma_desc(as + S::kABytes + (part0 + x) * kExtraPartRows * 128);
 #pragma unroll
 					for (int kk = 0; kk < kBK / 16; kk++)
-						wgmma_m64k16<kExtraRows, kBf16>(&accx[0][0], dw + 2 * kk, dx + 2 * kk);
+						wgmma_m64k16<kExtraRows, kBf16>(&accx[x][0][0], dw + 2 * kk, dx + 2 * kk);
 				}
 				wgmma_commit();
 				wgmma_wait<1>(); // the math of k-tile g - 1 is done: its stage is free
 				fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
-				if constexpr (kExtra)
-					fence_operands<kExtraRows / 2>(&accx[0][0]);
+				fence_extra();
 				if (kt > 0)
 					release((g - 1) % kStages);
 			}
 			issued();
 			wgmma_wait<0>();
 			fence_operands<S::kMT * S::BN / 2>(&acc[0][0][0]);
-			if constexpr (kExtra)
-				fence_operands<kExtraRows / 2>(&accx[0][0]);
+			fence_extra();
 			if (ktiles > 0)
 				release((g - 1) % kStages);
 		};
@@ -1705,12 +1721,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					continue;
 				}
 				using Whole = std::integral_constant<int, S::BN>;
+				using None = std::integral_constant<int, 0>;
 				if (count > 64)
-					compute(j * ktiles, row0, std::integral_constant<int, 2>(), hand_over, Whole(),
-						std::false_type());
+					compute(j * ktiles, row0, std::integral_constant<int, 2>(), hand_over, Whole(), None(), 0);
 				else
-					compute(j * ktiles, row0, std::integral_constant<int, 1>(), hand_over, Whole(),
-						std::false_type());
+					compute(j * ktiles, row0, std::integral_constant<int, 1>(), hand_over, Whole(), None(), 0);
 				store_tile<S, kGateUp, kBf16>(a, acc, a.tile_first[tile], count, column_block * cols,
 							      warp % 4, 0, lane);
 			}
@@ -1749,10 +1764,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 				walk_item(w, item, half);
 				item_tile(item, tile, column_block);
 				uint32_t count = tile < tiles ? a.tile_count[tile] : 0;
-				// The pair's extra rows (an extended cut's): the second tile's count holds
-				// them.
+				// The item's extra rows (an extended cut's, item_extra).
 				uint32_t extra_first;
-				const uint32_t extra = item_extra(tile, extra_first);
+				bool own_extra;
+				const uint32_t extra = item_extra(tile, extra_first, own_extra);
 				count = count < S::BM ? count : S::BM;
 				// None of this warpgroup's 64 rows is in the tile (an expert's short last
 				// tile, or no tile): it only passes the stages on, and the other
@@ -1762,32 +1777,46 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 					continue;
 				}
 				const uint32_t n0 = column_block * cols;
+				using None = std::integral_constant<int, 0>;
 				using One = std::integral_constant<int, 1>;
+				using Two = std::integral_constant<int, 2>;
+				// The extra rows' output columns from run `run` of 64 weight rows of the item
+				// at n: gated, the run's 64 rows are the gate and up rows of 32 columns.
+				auto extra_col = [&](uint32_t n, uint32_t run) {
+					return n + run * (gated ? kExtraPartRows / 2 : kExtraPartRows);
+				};
 				if constexpr (!kGateUp) {
 					if (half >= 0) {
-						// One weight box: the first two parts take the extra rows.
+						// One weight box of two runs: the warpgroups of the block whose
+						// extra rows they are take one each (in a pair, the first's).
 						const uint32_t nh = n0 + (uint32_t)half * (S::BN / 2);
-						if (extra && part < 2) {
-							compute(g, wg * 64, One(), [] {}, Half(), std::true_type());
+						if (extra && (own_extra || rank == 0)) {
+							compute(g, wg * 64, One(), [] {}, Half(), One(), wg);
 							finish(tile, count, nh, Half());
-							store_extra<kGateUp, kBf16>(a, accx, extra_first, extra, nh + part * kExtraPartRows,
+							store_extra<kGateUp, kBf16>(a, accx[0], extra_first, extra, extra_col(nh, wg),
 										  false, warp % 4, lane);
 						} else {
-							compute(g, wg * 64, One(), [] {}, Half(), std::false_type());
+							compute(g, wg * 64, One(), [] {}, Half(), None(), 0);
 							finish(tile, count, nh, Half());
 						}
 						continue;
 					}
 				}
-				if (extra) {
-					compute(g, wg * 64, One(), [] {}, Whole(), std::true_type());
+				if (extra && own_extra) { // this block's: runs 2 wg and 2 wg + 1
+					compute(g, wg * 64, One(), [] {}, Whole(), Two(), 2 * wg);
 					finish(tile, count, n0, Whole());
-					// Gated: the part's 64 rows are the gate and up rows of 32 columns.
-					store_extra<kGateUp, kBf16>(a, accx, extra_first, extra,
-								  n0 + part * (gated ? kExtraPartRows / 2 : kExtraPartRows), gated,
+#pragma unroll
+					for (uint32_t x = 0; x < 2; x++)
+						store_extra<kGateUp, kBf16>(a, accx[x], extra_first, extra, extra_col(n0, 2 * wg + x),
+									  gated, warp % 4, lane);
+				} else if (extra) { // the pair's: run 2 rank + wg
+					const uint32_t run = rank * 2 + wg;
+					compute(g, wg * 64, One(), [] {}, Whole(), One(), run);
+					finish(tile, count, n0, Whole());
+					store_extra<kGateUp, kBf16>(a, accx[0], extra_first, extra, extra_col(n0, run), gated,
 								  warp % 4, lane);
 				} else {
-					compute(g, wg * 64, One(), [] {}, Whole(), std::false_type());
+					compute(g, wg * 64, One(), [] {}, Whole(), None(), 0);
 					finish(tile, count, n0, Whole());
 				}
 			}

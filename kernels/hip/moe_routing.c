@@ -94,7 +94,8 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 	/* Tiles: at most pairs / tile full ones plus one partial per expert. */
 	const size_t tiles_cap = r->pairs / tile + experts + 1;
 	struct tile_table t = { r->tiles, r->tiles + tiles_cap, r->tiles + 2 * tiles_cap, 0, 0 };
-	uint32_t pending = UINT32_MAX, pending_tile = 0; /* an odd expert's last tile, unpaired */
+	/* An odd expert's last tile, unpaired, and its most pairs. */
+	uint32_t pending = UINT32_MAX, pending_tile = 0, pending_most = 0;
 	for (uint32_t e = 0; e < experts; e++) {
 		const uint32_t n = r->counts[e + 1] - r->counts[e];
 		if (!n) /* most experts of a decode job: no division for them */
@@ -109,15 +110,15 @@ int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired)
 		if (in_order == tiles)
 			continue;
 		if (pending == UINT32_MAX) {
-			pending = e, pending_tile = tiles - 1;
+			pending = e, pending_tile = tiles - 1, pending_most = tile + extra;
 			continue;
 		}
-		put_tile(&t, r->counts, tile, pending, pending_tile, tile);
-		put_tile(&t, r->counts, tile, e, tiles - 1, tile);
+		put_tile(&t, r->counts, tile, pending, pending_tile, pending_most);
+		put_tile(&t, r->counts, tile, e, tiles - 1, tile + extra);
 		pending = UINT32_MAX;
 	}
 	if (pending != UINT32_MAX)
-		put_tile(&t, r->counts, tile, pending, pending_tile, tile);
+		put_tile(&t, r->counts, tile, pending, pending_tile, pending_most);
 	/* Pack the three arrays back to back for one copy to the device. */
 	memmove(r->tiles + t.n, t.count, t.n * sizeof(uint32_t));
 	memmove(r->tiles + 2 * (size_t)t.n, t.expert, t.n * sizeof(uint32_t));

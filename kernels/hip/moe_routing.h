@@ -107,8 +107,10 @@ int moe_route_count(struct moe_routing *r, const int32_t *ids, size_t pairs, uin
  * expert's last, placed right after that expert's pairs (near both experts' other tiles,
  * which read the same weights through L2). MOE_ROUTE_PAIRED_EXTENDED (wgmma128e, whose
  * items then also multiply such rows): an expert whose pairs run at most
- * MOE_ROUTE_EXTRA_ROWS past a whole number of pairs of tiles has them added to its last
- * pair's second tile (tile + extra pairs) instead of a short tile of their own. */
+ * MOE_ROUTE_EXTRA_ROWS past a whole number of tiles, one or more, has them added to its
+ * last tile (tile + extra pairs) instead of a short tile of their own: the second of its
+ * last pair where it has an even number of tiles, else its tile paired with another
+ * expert's. */
 int moe_route_cut(struct moe_routing *r, uint32_t tile, int paired);
 
 /* moe_route_cut's `paired`. */
@@ -116,7 +118,7 @@ enum { MOE_ROUTE_IN_ORDER, MOE_ROUTE_PAIRED, MOE_ROUTE_PAIRED_EXTENDED };
 #define MOE_ROUTE_EXTRA_ROWS 32u
 
 /* The pairs that an extended cut adds to the last tile of an expert of n pairs, or 0 (the
- * host's cut and the device's). */
+ * host's cut and the device's): those past its last whole tile, where it has one. */
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MOE_ROUTE_HOST_DEVICE __host__ __device__
 #else
@@ -124,7 +126,7 @@ enum { MOE_ROUTE_IN_ORDER, MOE_ROUTE_PAIRED, MOE_ROUTE_PAIRED_EXTENDED };
 #endif
 static inline MOE_ROUTE_HOST_DEVICE uint32_t moe_route_extra(uint32_t n, uint32_t tile, int paired)
 {
-	const uint32_t rest = paired == MOE_ROUTE_PAIRED_EXTENDED && n > 2 * tile ? n % (2 * tile) : 0;
+	const uint32_t rest = paired == MOE_ROUTE_PAIRED_EXTENDED && n > tile ? n % tile : 0;
 	return rest <= MOE_ROUTE_EXTRA_ROWS ? rest : 0;
 }
 
