@@ -368,9 +368,11 @@ extern "C" struct moe_gpu_plan moe_gpu_plan(size_t pairs, uint32_t most_pairs, u
 		 * 63 past it, on average), about half of them a few pairs more: wgmma128e takes
 		 * those with their last tile instead of a short tile of their own
 		 * (bench/RESULTS.md, version 32, two passes against wgmma128c: Mixtral M = 1024
-		 * 1490-1499 -> 1343-1344 us, Qwen3 M = 4096 711-712 -> 692-702). Where no expert
-		 * has such pairs it costs a little (every expert given 256 pairs: Mixtral
-		 * M = 1024 1199-1200 -> 1244, Qwen3 M = 4096 598-600 -> 601-604). */
+		 * 1490-1499 -> 1343-1344 us, Qwen3 M = 4096 711-712 -> 692-702; version 34, about
+		 * one tile: DeepSeek-V3 M = 4096 7518-7537 -> 7348-7382, about eight: Mixtral
+		 * M = 4096 4722-4767 -> 4614-4677). Where no expert has such pairs it costs a
+		 * little (every expert given 256 pairs: Mixtral M = 1024 1199-1200 -> 1244, Qwen3
+		 * M = 4096 598-600 -> 601-604). */
 		p.kernel = most_pairs <= 128 ? MOE_GPU_WGMMA128P
 			   : near_whole_tiles(pairs, used_experts, 128) && moe_gpu_extension_runs() ? MOE_GPU_WGMMA128E
 												: MOE_GPU_WGMMA128C;
