@@ -42,9 +42,9 @@ enum moe_gpu_kernel {
 			      numbers of the others stay */
 	MOE_GPU_MFMA64,    /* AMD's matrix units (MFMA, AMD builds), tiles of 64 pairs (forced
 			      only, until run on AMD hardware: MOED_GPU_KERNEL=mfma64) */
-	MOE_GPU_WGMMA128E, /* wgmma128c whose pairs of tiles also take an expert's few pairs
-			      past them (MOE_ROUTE_PAIRED_EXTENDED): where experts hold about
-			      a pair of tiles */
+	MOE_GPU_WGMMA128E, /* wgmma128c whose tiles also take an expert's few pairs past its
+			      last whole tile (MOE_ROUTE_PAIRED_EXTENDED): where experts hold
+			      about a whole number of tiles */
 };
 #define MOE_GPU_KERNELS 14
 

@@ -1554,7 +1554,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 			const uint32_t extra = item_extra(tile, extra_first, own_extra);
 			if constexpr (kGateUp)
 				gather.init(a, e, n0, tid), gather.init_a(a, first, real ? a.tile_count[tile] : 0);
-			// The item's stages; `extended`: with the pair's extra rows. Two copies of the
+			// The item's stages; `extended`: with the item's extra rows. Two copies of the
 			// loop, so that an item without them runs wgmma128c's (the extension's copies
 			// in the same loop cost its gate/up GEMM 3.5%: bench/RESULTS.md, version 33).
 			auto load_stages = [&](auto extended) {
@@ -2116,7 +2116,7 @@ int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 	const uint32_t walkers =
 		kPair ? std::min(resident_pairs<gate_up, kSmem>(), resident_pairs<down, kSmem>()) : sm_count();
 	if (mapped != cudaSuccess || !walkers) { // a driver without the encoder, a misaligned tensor
-		// No other kernel takes extended pairs of tiles: the plan picks wgmma128e only
+		// No other kernel takes an extended cut's tiles: the plan picks wgmma128e only
 		// where moe_gpu_extension_runs(), and its jobs' tensors are aligned as wgmma128c's.
 		if constexpr (kExtend)
 			return (int)(mapped != cudaSuccess ? mapped : cudaErrorNotSupported);
