@@ -517,11 +517,11 @@ static uint32_t most_pairs_per_expert(const struct ref_problem *p)
  * plan's bands are 16, 32, 64 (on Hopper, wgmma's tiles of 128 from 33 on), 128, a tile
  * and a few pairs (on Hopper, wgmma128e: an expert's last tile takes up to 32 more, in a
  * cluster with another expert's tile), beyond (where experts hold several tiles; at 300,
- * wgmma128e's pairs of one expert's tiles taking them), and a job of two tokens. Few experts, so
- * that each holds many pairs. Compared whole where the f64 reference is cheap, else on
- * sampled tokens. The last round runs every item of the persistent down GEMM as two of
- * half the weight rows (MOED_GPU_TAIL_SPLIT=all), which the plan does only for a short
- * last round.
+ * wgmma128e's pairs of one expert's tiles taking them), and a job of two tokens. Few
+ * experts, so that each holds many pairs. Compared whole where the f64 reference is
+ * cheap, else on sampled tokens. The last round runs every item of the persistent down
+ * GEMM as two of half the weight rows (MOED_GPU_TAIL_SPLIT=all), which the plan does only
+ * for a short last round.
  */
 START_TEST(matrix_unit_tiles)
 {

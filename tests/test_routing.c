@@ -67,6 +67,16 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	 * Extended, an expert's last tile holds its pairs past its last whole tile where they
 	 * are at most MOE_ROUTE_EXTRA_ROWS. */
 	const uint32_t n = r->ntiles, *table = r->tiles;
+	/* Each expert's tiles, reckoned here from the counts, not by the cut's helpers:
+	 * extended, an expert 1 to MOE_ROUTE_EXTRA_ROWS pairs past a whole number of tiles
+	 * has no tile of its own for them. */
+	uint32_t *tiles_of = calloc(experts, sizeof(uint32_t)), *tiles_seen = calloc(experts, sizeof(uint32_t));
+	for (uint32_t e = 0; e < experts; e++) {
+		const uint32_t rest = count[e] % tile;
+		const int joined = paired == MOE_ROUTE_PAIRED_EXTENDED && count[e] > tile && rest >= 1 &&
+				   rest <= MOE_ROUTE_EXTRA_ROWS;
+		tiles_of[e] = joined ? (count[e] - rest) / tile : (count[e] + tile - 1) / tile;
+	}
 	uint32_t *order = malloc((n + 1) * sizeof(uint32_t));
 	for (uint32_t t = 0; t < n; t++)
 		order[t] = t;
@@ -83,7 +93,12 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 			ck_assert_uint_eq(cnt - tile, count[exp] % tile);
 			ck_assert_uint_gt(count[exp], tile);
 			ck_assert(i + 1 == n || table[2 * n + order[i + 1]] != exp);
+			/* wgmma128e shares such a tile's rows with its pair's other block only where
+			 * that is the same expert's, which it then is as the pair's second. */
+			if ((t ^ 1u) < n && table[2 * n + (t ^ 1u)] == exp)
+				ck_assert_uint_eq(t % 2, 1);
 		}
+		tiles_seen[exp]++;
 		for (uint32_t q = first; q < first + cnt; q++)
 			ck_assert_int_eq(ids[pair_of[q]], (int32_t)exp);
 		if (cnt < tile && i + 1 < n)
@@ -93,23 +108,21 @@ static void check_sorted(const struct moe_routing *r, const uint32_t *pair_of, c
 	}
 	ck_assert_uint_eq(at, pairs);
 	ck_assert_uint_eq(r->max_tile, max_tile);
+	for (uint32_t e = 0; e < experts; e++)
+		ck_assert_uint_eq(tiles_seen[e], tiles_of[e]);
 	if (paired) {
 		/* As many pairs of table places (2u, 2u + 1) one expert's as there can be: the
-		 * sum over experts of half their tiles, rounded down (extended, an expert 1 to
-		 * MOE_ROUTE_EXTRA_ROWS pairs past a whole number of tiles has no tile of its own
-		 * for them: reckoned here from the counts, not by the cut's helpers). */
+		 * sum over experts of half their tiles, rounded down. */
 		uint32_t best = 0, shared = 0;
-		for (uint32_t e = 0; e < experts; e++) {
-			const uint32_t rest = count[e] % tile;
-			const int joined = paired == MOE_ROUTE_PAIRED_EXTENDED && count[e] > tile && rest >= 1 &&
-					   rest <= MOE_ROUTE_EXTRA_ROWS;
-			best += (joined ? (count[e] - rest) / tile : (count[e] + tile - 1) / tile) / 2;
-		}
+		for (uint32_t e = 0; e < experts; e++)
+			best += tiles_of[e] / 2;
 		for (uint32_t t = 0; t + 1 < n; t += 2)
 			shared += table[2 * n + t] == table[2 * n + t + 1];
 		ck_assert_uint_eq(shared, best);
 	}
 	free(order);
+	free(tiles_of);
+	free(tiles_seen);
 	free(seen);
 	free(count);
 }
