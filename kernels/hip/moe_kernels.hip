@@ -633,13 +633,15 @@ __device__ void cut_tiles(const struct moe_gpu_args &a, uint32_t per, const uint
 	const uint32_t t = threadIdx.x, experts = a.experts;
 	uint32_t start = mine[0], at = mine[1], odd_rank = mine[2];
 	const uint32_t in_order_total = total[1], odd_total = total[2];
+	// An expert's last tile's most pairs (an extended cut's take the expert's few past it).
+	auto last_of = [&](uint32_t n) { return s.tile + moe_route_extra(n, s.tile, (int)s.paired); };
 	for (uint32_t j = 0; j < per; j++) {
 		const uint32_t e = t * per + j;
 		if (e >= experts)
 			break;
 		const uint32_t in_order = s.paired ? tiles[j] & ~1u : tiles[j];
 		const uint32_t before = at + (s.paired ? 2 * (odd_rank / 2) : 0);
-		const uint32_t last = s.tile + moe_route_extra(count[j], s.tile, (int)s.paired);
+		const uint32_t last = last_of(count[j]);
 		for (uint32_t i = 0; i < in_order; i++)
 			put_tile(a, before + i, start, count[j], e, i, i + 1 == tiles[j] ? last : s.tile);
 		if (in_order != tiles[j]) {
@@ -662,8 +664,7 @@ __device__ void cut_tiles(const struct moe_gpu_args &a, uint32_t per, const uint
 			break;
 		if (tiles[j] & 1u && s.paired) {
 			if (!(odd_rank & 1u) && odd_rank + 1 < odd_total)
-				put_tile(a, odd[odd_rank], start, count[j], e, tiles[j] - 1,
-					 s.tile + moe_route_extra(count[j], s.tile, (int)s.paired));
+				put_tile(a, odd[odd_rank], start, count[j], e, tiles[j] - 1, last_of(count[j]));
 			odd_rank++;
 		}
 		start += count[j];
