@@ -593,18 +593,36 @@ __device__ __forceinline__ void store_extra(const struct moe_gpu_args &a, const 
 	});
 }
 
+// Counts between blocks, as acquire and release at the device's scope. A block counts
+// itself once all its threads' writes are out: a barrier, then its first thread's release
+// (cumulative: it carries the writes the barrier ordered before it). A block that waits
+// for a count reads it with acquire in its first thread, then a barrier: its threads'
+// reads come after the counted blocks' writes. (Each thread's __threadfence, a
+// sequentially consistent fence, on both sides, was the form before.)
+__device__ __forceinline__ void count_release(uint32_t *counter)
+{
+	asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(counter) : "memory");
+}
+
+__device__ __forceinline__ uint32_t load_acquire(const uint32_t *counter)
+{
+	uint32_t v;
+	asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
+	return v;
+}
+
 // Whether this block is the last of `blocks` to get here: each counts itself on
 // `counter` once its threads' writes are out. The last one sees all of theirs.
 __device__ bool last_to_finish(uint32_t *counter, uint32_t blocks)
 {
 	__shared__ bool last;
-	__threadfence(); // this thread's writes reach the device before its block is counted
 	__syncthreads();
-	if (threadIdx.x == 0)
-		last = atomicAdd(counter, 1u) == blocks - 1;
+	if (threadIdx.x == 0) {
+		uint32_t before;
+		asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(before) : "l"(counter) : "memory");
+		last = before == blocks - 1;
+	}
 	__syncthreads();
-	if (last)
-		__threadfence();
 	return last;
 }
 
@@ -866,12 +884,12 @@ __device__ __forceinline__ uint32_t sm_id()
 	return id;
 }
 
-// Until *counter reaches `value` (another block's count: read from L2 each time).
+// Until *counter reaches `value` (other blocks' count_release), by a block's first thread;
+// a barrier must follow before its other threads read what the counted blocks wrote.
 __device__ __forceinline__ void wait_for_count(const uint32_t *counter, uint32_t value)
 {
-	while (*(const volatile uint32_t *)counter < value)
+	while (load_acquire(counter) < value)
 		__nanosleep(128);
-	__threadfence(); // what the counted blocks wrote before counting, for this block's reads
 }
 
 // The decode kernel's fetch (moe_gpu_args.fetch_bytes): item `item` copies its share,
@@ -1000,10 +1018,9 @@ __global__ void __launch_bounds__(S::kThreads)
 		head.to[w] = head.data[w];
 	while (first_item < fetch_items) {
 		fetch_share<S>(a, first_item, fetch_items);
-		__threadfence();
 		__syncthreads(); // every thread has read first_item
 		if (threadIdx.x == 0) {
-			atomicAdd(a.counters + MOE_GPU_COUNTER_FETCHED, 1u);
+			count_release(a.counters + MOE_GPU_COUNTER_FETCHED);
 			claimed[0] = claim();
 		}
 		__syncthreads();
@@ -1033,17 +1050,15 @@ __global__ void __launch_bounds__(S::kThreads)
 			work_item(item, a.tiles, up_blocks, group, tile, column_block);
 			if (a.zero_y) { // before the item's GEMM, so that the down items soon find y zeroed
 				zero_y_share(a, item, up_items);
-				__threadfence();
 				__syncthreads();
 				if (threadIdx.x == 0)
-					atomicAdd(a.counters + MOE_GPU_COUNTER_ZEROED, 1u);
+					count_release(a.counters + MOE_GPU_COUNTER_ZEROED);
 			}
 			gemm_block<S, true, kBf16>(a, base, tile, column_block, up_blocks, 0, 1, wait_for_fetch,
 						   claim_next, early);
-			__threadfence();
 			__syncthreads();
 			if (threadIdx.x == 0)
-				atomicAdd(tile_done + tile, 1u);
+				count_release(tile_done + tile);
 		} else {
 			const uint32_t d = item - up_items, part = d / down_part_items;
 			work_item(d - part * down_part_items, a.tiles, down_blocks, group, tile, column_block);
