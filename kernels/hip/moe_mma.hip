@@ -598,7 +598,8 @@ __device__ __forceinline__ void store_extra(const struct moe_gpu_args &a, const 
 // (cumulative: it carries the writes the barrier ordered before it). A block that waits
 // for a count reads it with acquire in its first thread, then a barrier: its threads'
 // reads come after the counted blocks' writes. (Each thread's __threadfence, a
-// sequentially consistent fence, on both sides, was the form before.)
+// sequentially consistent fence, on both sides, was the form before: Qwen3-30B-A3B M = 1
+// 27 -> 25-26 µs, the other decode rows up to 1 µs faster; bench/RESULTS.md, version 35.)
 __device__ __forceinline__ void count_release(uint32_t *counter)
 {
 	asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(counter) : "memory");
@@ -1062,6 +1063,10 @@ __global__ void __launch_bounds__(S::kThreads)
 		} else {
 			const uint32_t d = item - up_items, part = d / down_part_items;
 			work_item(d - part * down_part_items, a.tiles, down_blocks, group, tile, column_block);
+			// The tile's count first: waiting for y's zeroing first, or reading both
+			// counts in one poll, was 0.3-1% slower on the larger decode rows, the
+			// zeroing's count polled by many blocks while it still moves
+			// (bench/RESULTS.md, version 35).
 			gemm_block<S, false, kBf16>(a, base, tile, column_block, down_blocks, part, parts, [&] {
 				if (threadIdx.x == 0) {
 					wait_for_count(tile_done + tile, up_blocks);
