@@ -1,0 +1,49 @@
+#!/bin/sh
+# tools/gpu-compare without a GPU: the usage errors a user can make are refused with a
+# message, and each set's rows, forced kernel and environment reach its benchmark (a
+# stand-in that prints what it was given) in every pass, in the order asked.
+set -u
+src=$(cd "${top_srcdir:-.}" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/repo/.gpu/bin" "$tmp/repo/tools"
+cp "$src/tools/gpu-compare" "$src/tools/gpu-sysroot" "$tmp/repo/tools/"
+cat > "$tmp/repo/.gpu/bin/bench-fake" <<'FAKE'
+#!/bin/sh
+echo "given: $* | X=${MOED_X:-none} | rows=${MOED_BENCH_ONLY:-all}"
+FAKE
+chmod +x "$tmp/repo/.gpu/bin/bench-fake"
+fail() { echo "FAIL: $*"; exit 1; }
+# The sysroot is taken as set up (nothing to unpack here).
+compare() { (cd "$tmp/repo" && MOED_GPU_SYSROOT=$tmp/none OUT=$tmp/out sh tools/gpu-compare "$@"); }
+
+refused() { # $1: what stderr must say; then the arguments
+	want=$1
+	shift
+	compare "$@" > "$tmp/stdout" 2> "$tmp/stderr"
+	rc=$?
+	[ $rc = 2 ] || fail "gpu-compare $* exited $rc, not 2"
+	grep -q -- "$want" "$tmp/stderr" || { cat "$tmp/stderr"; fail "gpu-compare $*: no '$want'"; }
+	echo "refused: gpu-compare $* ($want)"
+}
+refused "usage: tools/gpu-compare"
+refused "usage: tools/gpu-compare" -p
+refused "usage: tools/gpu-compare" -x fake
+refused "no .gpu/bin/bench-missing" missing
+refused "no .gpu/bin/bench-missing" fake missing:mma16,MOED_X=1
+refused "no .gpu/moed-absent.tar.gz" -t absent fake
+
+compare -p 2 -r 7 -o Qwen3-30B-A3B:1,Mixtral-8x7B:4 fake fake:mma16,MOED_X=3 -o "" fake,MOED_X=1 \
+	> "$tmp/stdout" 2>&1 || { cat "$tmp/stdout"; fail "gpu-compare with a stand-in benchmark"; }
+grep '^given:' "$tmp/stdout" > "$tmp/given"
+cat > "$tmp/want" <<'WANT'
+given: 7 | X=none | rows=Qwen3-30B-A3B:1,Mixtral-8x7B:4
+given: 7 mma16 | X=3 | rows=Qwen3-30B-A3B:1,Mixtral-8x7B:4
+given: 7 | X=1 | rows=all
+given: 7 | X=none | rows=Qwen3-30B-A3B:1,Mixtral-8x7B:4
+given: 7 mma16 | X=3 | rows=Qwen3-30B-A3B:1,Mixtral-8x7B:4
+given: 7 | X=1 | rows=all
+WANT
+diff "$tmp/want" "$tmp/given" || fail "the sets did not reach the benchmark as asked"
+tar tzf "$tmp/out/logs.tar.gz" | grep -q 'logs/bench-fake-2.log' || fail "no log of pass 2 in the archive"
+echo "gpu-compare: 6 sets in 2 passes reached the benchmark as asked, their logs archived"
