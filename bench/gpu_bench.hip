@@ -530,9 +530,12 @@ int main(int argc, char **argv)
 	hipLaunchKernelGGL(fill_bf16, dim3(1024), dim3(256), 0, st, mm.b, mm_cells, 2ull, 1.0f);
 	const double rate = matmul_rate(&mm, st, e0, e1, 0, reps);
 
+	char group[16] = "per job";
+	if (tile_group)
+		snprintf(group, sizeof(group), "%d", tile_group);
 	printf("card: %s; copy %.2f TB/s (read + written), bf16 matmul %.0f TFLOP/s (cuBLAS, cold); "
-	       "median of %d warm runs; tile group %d\n",
-	       prop.name, bw / 1e12, rate / 1e12, reps, tile_group);
+	       "median of %d warm runs; tile group %s\n",
+	       prop.name, bw / 1e12, rate / 1e12, reps, group);
 	if (balanced_routing)
 		printf("routing: every expert the same count (MOED_BENCH_BALANCED=1), not TARGETS.md's\n");
 	if (two_layers)

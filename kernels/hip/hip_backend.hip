@@ -85,7 +85,7 @@ struct moed_backend {
 	bool inject_fault; /* trap in the next job (the fault-handling test) */
 	bool trace;        /* MOED_HIP_TRACE=1 */
 	int forced;        /* MOED_GPU_KERNEL's kernel, or -1 */
-	uint32_t tile_group; /* MOED_GPU_TILE_GROUP's, or the default (moe_gpu_tile_group) */
+	uint32_t tile_group; /* MOED_GPU_TILE_GROUP's, or 0: the launch's (moe_gpu_tile_group) */
 	bool serial_launch;  /* MOED_GPU_DEPENDENT_LAUNCH=0 */
 	bool no_prefetch;    /* MOED_GPU_L2_PREFETCH=0 */
 	bool separate_decode; /* MOED_GPU_FUSED_DECODE=0 */

@@ -86,8 +86,9 @@ int moe_gpu_route(struct moe_routing *r, const int32_t *ids, size_t pairs, uint3
 
 /* How many tiles the matrix-unit kernels' blocks take in a group (all column blocks of
  * a group before the next group, for L2 reuse): MOED_GPU_TILE_GROUP, 1 to 65536, for
- * measurements, else MOE_GPU_TILE_GROUP; -1 when the variable says something else.
- * Callers read it once and pass it in moe_gpu_args.tile_group. */
+ * measurements, else 0 (the launch's choice: MOE_GPU_TILE_GROUP, or for the persistent
+ * kernels about one expert's tiles); -1 when the variable says something else. Callers
+ * read it once and pass it in moe_gpu_args.tile_group. */
 #define MOE_GPU_TILE_GROUP 8
 int moe_gpu_tile_group(void);
 
@@ -195,7 +196,8 @@ struct moe_gpu_args {
 	int follows_kernel;        /* set by the launch: its own kernel (the fetch, the device
 				      sort) comes right before the first GEMM in the stream */
 	uint32_t tile_group;       /* tiles whose blocks run together (matrix-unit kernels; 0:
-				      MOE_GPU_TILE_GROUP): moe_gpu_tile_group(), read once by the caller */
+				      the launch's choice): moe_gpu_tile_group(), read once by
+				      the caller */
 	int serial_launch;         /* 1: no programmatic dependent launch (the down GEMM, the
 				      sort's placing, the first GEMM after the fetch or sort;
 				      MOED_GPU_DEPENDENT_LAUNCH=0, read once by the caller) */

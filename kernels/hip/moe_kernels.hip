@@ -414,7 +414,7 @@ extern "C" int moe_gpu_tile_group(void)
 {
 	const char *env = getenv("MOED_GPU_TILE_GROUP");
 	if (!env || !*env)
-		return MOE_GPU_TILE_GROUP;
+		return 0; // the launch's choice
 	char *end = NULL;
 	const long n = strtol(env, &end, 10);
 	return *end || n < 1 || n > 65536 ? -1 : (int)n;

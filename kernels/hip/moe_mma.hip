@@ -2092,6 +2092,21 @@ template <auto kKernel, int kSmem> uint32_t resident_pairs()
 	return (uint32_t)pairs;
 }
 
+// The persistent kernels' tile group where none is set: about one expert's tiles (the
+// pairs an expert holds on average, in tiles of 128), an even number from 2 to
+// MOE_GPU_TILE_GROUP. The blocks running at once then take the column blocks of few tiles,
+// whose A rows they share through L2, while an expert's tiles still read each of its
+// weight tiles once. Against 8 (bench/RESULTS.md, version 36, three passes in turn, µs):
+// 2 for DeepSeek-V3 M = 1024 5451-5452 -> 5371-5373, M = 4096 6998-7037 -> 6935-6959,
+// Qwen3-30B-A3B M = 4096 650-656 -> 638-644, Mixtral-8x7B M = 256 707-709 -> 699-700; but
+// Mixtral-8x7B M = 4096, eight tiles an expert, 4623-4637 -> 4733-4784.
+uint32_t persistent_tile_group(const struct moe_gpu_args &a)
+{
+	const uint64_t pairs = (uint64_t)a.tokens * a.topk, used = std::min<uint64_t>(a.experts, pairs);
+	const uint64_t tiles = used ? (pairs + 128 * used - 1) / (128 * used) : 1;
+	return (uint32_t)std::min<uint64_t>(MOE_GPU_TILE_GROUP, std::max<uint64_t>(2, (tiles + 1) & ~1ull));
+}
+
 // The persistent kernel: a block an SM (at most one per work item), never split, in
 // clusters of two where kPair; where the TMA cannot be set up for this job, or no
 // cluster fits, the same tiles without it (wgmma128w).
@@ -2146,7 +2161,7 @@ int launch_persistent(struct moe_gpu_args &a, cudaStream_t stream)
 	const uint32_t items1 = units * column_blocks_of<S, true>(a), items2 = units * column_blocks_of<S, false>(a);
 	const uint32_t blocks = kPair ? 2 : 1;
 	a.y_io = 1;
-	a.tile_group = a.tile_group ? a.tile_group : MOE_GPU_TILE_GROUP;
+	a.tile_group = a.tile_group ? a.tile_group : persistent_tile_group(a);
 	// After the job's own fetch or sort, the gate/up GEMM's blocks start as that kernel
 	// ends, and wait for it before they read anything (bench/RESULTS.md, version 33).
 	int e = launch_clustered(gate_up, dim3(blocks * std::min(items1, walkers)), blocks, kWsThreads, kSmem,
