@@ -2102,8 +2102,9 @@ template <auto kKernel, int kSmem> uint32_t resident_pairs()
 // Mixtral-8x7B M = 4096, eight tiles an expert, 4623-4637 -> 4733-4784.
 uint32_t persistent_tile_group(const struct moe_gpu_args &a)
 {
+	constexpr uint64_t kTile = WsShape<false>::S::BM;
 	const uint64_t pairs = (uint64_t)a.tokens * a.topk, used = std::min<uint64_t>(a.experts, pairs);
-	const uint64_t tiles = used ? (pairs + 128 * used - 1) / (128 * used) : 1;
+	const uint64_t tiles = used ? (pairs + kTile * used - 1) / (kTile * used) : 1;
 	return (uint32_t)std::min<uint64_t>(MOE_GPU_TILE_GROUP, std::max<uint64_t>(2, (tiles + 1) & ~1ull));
 }
 
