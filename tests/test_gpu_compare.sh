@@ -47,3 +47,15 @@ WANT
 diff "$tmp/want" "$tmp/given" || fail "the sets did not reach the benchmark as asked"
 tar tzf "$tmp/out/logs.tar.gz" | grep -q 'logs/bench-fake-2.log' || fail "no log of pass 2 in the archive"
 echo "gpu-compare: 6 sets in 2 passes reached the benchmark as asked, their logs archived"
+
+# The scripts' shared recorder (tools/gpu-sysroot): under set -e, a failing command's
+# status and output are kept, and the caller goes on.
+(set -eu
+ MOED_GPU_SYSROOT=$tmp/none . "$src/tools/gpu-sysroot"
+ gpu_record "$tmp/failing" sh -c 'echo out; echo err >&2; exit 3'
+ gpu_record "$tmp/passing" true
+ echo reached > "$tmp/reached") || fail "gpu_record ended its caller"
+[ "$(cat "$tmp/failing.rc")" = 3 ] && [ "$(cat "$tmp/passing.rc")" = 0 ] && [ -f "$tmp/reached" ] ||
+	fail "gpu_record: statuses $(cat "$tmp/failing.rc" "$tmp/passing.rc" 2>&1 | tr '\n' ' ')"
+grep -q '^out$' "$tmp/failing.log" && grep -q '^err$' "$tmp/failing.log" || fail "gpu_record lost the output"
+echo "gpu_record: a failing command's status (3) and output kept, its caller went on"
