@@ -55,7 +55,10 @@ echo "gpu-compare: 6 sets in 2 passes reached the benchmark as asked, their logs
  gpu_record "$tmp/failing" sh -c 'echo out; echo err >&2; exit 3'
  gpu_record "$tmp/passing" true
  echo reached > "$tmp/reached") || fail "gpu_record ended its caller"
-[ "$(cat "$tmp/failing.rc")" = 3 ] && [ "$(cat "$tmp/passing.rc")" = 0 ] && [ -f "$tmp/reached" ] ||
+if [ "$(cat "$tmp/failing.rc")" != 3 ] || [ "$(cat "$tmp/passing.rc")" != 0 ] || [ ! -f "$tmp/reached" ]; then
 	fail "gpu_record: statuses $(cat "$tmp/failing.rc" "$tmp/passing.rc" 2>&1 | tr '\n' ' ')"
-grep -q '^out$' "$tmp/failing.log" && grep -q '^err$' "$tmp/failing.log" || fail "gpu_record lost the output"
+fi
+if ! grep -q '^out$' "$tmp/failing.log" || ! grep -q '^err$' "$tmp/failing.log"; then
+	fail "gpu_record lost the output"
+fi
 echo "gpu_record: a failing command's status (3) and output kept, its caller went on"
