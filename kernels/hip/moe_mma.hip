@@ -612,17 +612,22 @@ __device__ __forceinline__ uint32_t load_acquire(const uint32_t *counter)
 	return v;
 }
 
+// Both at once (the last of several blocks): this block's count, and the count before it.
+__device__ __forceinline__ uint32_t count_acquire_release(uint32_t *counter)
+{
+	uint32_t before;
+	asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(before) : "l"(counter) : "memory");
+	return before;
+}
+
 // Whether this block is the last of `blocks` to get here: each counts itself on
 // `counter` once its threads' writes are out. The last one sees all of theirs.
 __device__ bool last_to_finish(uint32_t *counter, uint32_t blocks)
 {
 	__shared__ bool last;
 	__syncthreads();
-	if (threadIdx.x == 0) {
-		uint32_t before;
-		asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(before) : "l"(counter) : "memory");
-		last = before == blocks - 1;
-	}
+	if (threadIdx.x == 0)
+		last = count_acquire_release(counter) == blocks - 1;
 	__syncthreads();
 	return last;
 }
