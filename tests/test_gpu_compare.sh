@@ -48,6 +48,23 @@ diff "$tmp/want" "$tmp/given" || fail "the sets did not reach the benchmark as a
 tar tzf "$tmp/out/logs.tar.gz" | grep -q 'logs/bench-fake-2.log' || fail "no log of pass 2 in the archive"
 echo "gpu-compare: 6 sets in 2 passes reached the benchmark as asked, their logs archived"
 
+# tools/gpu-compare-prepare's usage errors, refused before it builds or fetches anything.
+prepare_refused() { # $1: what stderr must say; $2: where to run it; then the arguments
+	want=$1 dir=$2
+	shift 2
+	(cd "$dir" && sh "$src/tools/gpu-compare-prepare" "$@") > "$tmp/stdout" 2> "$tmp/stderr"
+	rc=$?
+	[ $rc = 2 ] || fail "gpu-compare-prepare $* exited $rc, not 2"
+	grep -q -- "$want" "$tmp/stderr" || { cat "$tmp/stderr"; fail "gpu-compare-prepare $*: no '$want'"; }
+	[ ! -e "$dir/.gpu" ] || fail "gpu-compare-prepare $* made .gpu before refusing"
+	echo "refused: gpu-compare-prepare $* ($want)"
+}
+mkdir -p "$tmp/notrepo"
+prepare_refused "usage: tools/gpu-compare-prepare NAME" "$tmp/notrepo"
+prepare_refused "usage: tools/gpu-compare-prepare NAME" "$tmp/notrepo" a b c
+prepare_refused "NAME takes letters" "$tmp/notrepo" "a/b"
+prepare_refused "run it from the repository root" "$tmp/notrepo" fine
+
 # The scripts' shared recorder (tools/gpu-sysroot): under set -e, a failing command's
 # status and output are kept, and the caller goes on.
 (set -eu
