@@ -1,7 +1,9 @@
 #!/bin/sh
 # tools/gpu-compare without a GPU: the usage errors a user can make are refused with a
 # message, and each set's rows, forced kernel and environment reach its benchmark (a
-# stand-in that prints what it was given) in every pass, in the order asked.
+# stand-in that prints what it was given) in every pass, in the order asked. Also
+# gpu-compare-prepare's usage errors, the scripts' shared recorder, and gpu-round's choice
+# of tarball.
 set -u
 src=$(cd "${top_srcdir:-.}" && pwd)
 tmp=$(mktemp -d)
@@ -79,3 +81,21 @@ if ! grep -q '^out$' "$tmp/failing.log" || ! grep -q '^err$' "$tmp/failing.log";
 	fail "gpu_record lost the output"
 fi
 echo "gpu_record: a failing command's status (3) and output kept, its caller went on"
+
+# tools/gpu-round's choice of tarball: the only one in .gpu, or the one named; it refuses
+# to guess among several, before it builds anything.
+cp "$src/tools/gpu-round" "$tmp/repo/tools/"
+round_refused() { # $1: what stderr must say; $2: MOED_GPU_ROUND_TARBALL
+	(cd "$tmp/repo" && MOED_GPU_SYSROOT=$tmp/none MOED_GPU_ROUND_TARBALL=$2 OUT=$tmp/round \
+		sh tools/gpu-round) > "$tmp/stdout" 2> "$tmp/stderr"
+	rc=$?
+	[ $rc = 2 ] || { cat "$tmp/stderr"; fail "gpu-round (tarball '$2') exited $rc, not 2"; }
+	grep -q -- "$1" "$tmp/stderr" || { cat "$tmp/stderr"; fail "gpu-round: no '$1'"; }
+	! grep -q "tarball made from" "$tmp/stdout" || fail "gpu-round unpacked a tarball before refusing"
+	echo "refused: gpu-round, tarball '$2' ($1)"
+}
+round_refused "no .gpu/moed-\*.tar.gz" ""
+: > "$tmp/repo/.gpu/moed-a.tar.gz"
+: > "$tmp/repo/.gpu/moed-b.tar.gz"
+round_refused "several tarballs in .gpu" ""
+round_refused "no tarball .gpu/moed-c.tar.gz" .gpu/moed-c.tar.gz
