@@ -19,21 +19,21 @@ fail() { echo "FAIL: $*"; exit 1; }
 # The sysroot is taken as set up (nothing to unpack here).
 compare() { (cd "$tmp/repo" && MOED_GPU_SYSROOT=$tmp/none OUT=$tmp/out sh tools/gpu-compare "$@"); }
 
-refused() { # $1: what stderr must say; then the arguments
+refused() { # $1: what stderr must say; then the command, which must exit 2
 	want=$1
 	shift
-	compare "$@" > "$tmp/stdout" 2> "$tmp/stderr"
+	"$@" > "$tmp/stdout" 2> "$tmp/stderr"
 	rc=$?
-	[ $rc = 2 ] || fail "gpu-compare $* exited $rc, not 2"
-	grep -q -- "$want" "$tmp/stderr" || { cat "$tmp/stderr"; fail "gpu-compare $*: no '$want'"; }
-	echo "refused: gpu-compare $* ($want)"
+	[ $rc = 2 ] || { cat "$tmp/stderr"; fail "$* exited $rc, not 2"; }
+	grep -qF -- "$want" "$tmp/stderr" || { cat "$tmp/stderr"; fail "$*: no '$want'"; }
+	echo "refused: $* ($want)"
 }
-refused "usage: tools/gpu-compare"
-refused "usage: tools/gpu-compare" -p
-refused "usage: tools/gpu-compare" -x fake
-refused "no .gpu/bin/bench-missing" missing
-refused "no .gpu/bin/bench-missing" fake missing:mma16,MOED_X=1
-refused "no .gpu/moed-absent.tar.gz" -t absent fake
+refused "usage: tools/gpu-compare" compare
+refused "usage: tools/gpu-compare" compare -p
+refused "usage: tools/gpu-compare" compare -x fake
+refused "no .gpu/bin/bench-missing" compare missing
+refused "no .gpu/bin/bench-missing" compare fake missing:mma16,MOED_X=1
+refused "no .gpu/moed-absent.tar.gz" compare -t absent fake
 
 compare -p 2 -r 7 -o Qwen3-30B-A3B:1,Mixtral-8x7B:4 fake fake:mma16,MOED_X=3 -o "" fake,MOED_X=1 \
 	> "$tmp/stdout" 2>&1 || { cat "$tmp/stdout"; fail "gpu-compare with a stand-in benchmark"; }
@@ -51,21 +51,13 @@ tar tzf "$tmp/out/logs.tar.gz" | grep -q 'logs/bench-fake-2.log' || fail "no log
 echo "gpu-compare: 6 sets in 2 passes reached the benchmark as asked, their logs archived"
 
 # tools/gpu-compare-prepare's usage errors, refused before it builds or fetches anything.
-prepare_refused() { # $1: what stderr must say; $2: where to run it; then the arguments
-	want=$1 dir=$2
-	shift 2
-	(cd "$dir" && sh "$src/tools/gpu-compare-prepare" "$@") > "$tmp/stdout" 2> "$tmp/stderr"
-	rc=$?
-	[ $rc = 2 ] || fail "gpu-compare-prepare $* exited $rc, not 2"
-	grep -q -- "$want" "$tmp/stderr" || { cat "$tmp/stderr"; fail "gpu-compare-prepare $*: no '$want'"; }
-	[ ! -e "$dir/.gpu" ] || fail "gpu-compare-prepare $* made .gpu before refusing"
-	echo "refused: gpu-compare-prepare $* ($want)"
-}
 mkdir -p "$tmp/notrepo"
-prepare_refused "usage: tools/gpu-compare-prepare NAME" "$tmp/notrepo"
-prepare_refused "usage: tools/gpu-compare-prepare NAME" "$tmp/notrepo" a b c
-prepare_refused "NAME takes letters" "$tmp/notrepo" "a/b"
-prepare_refused "run it from the repository root" "$tmp/notrepo" fine
+prepare() { (cd "$tmp/notrepo" && sh "$src/tools/gpu-compare-prepare" "$@"); }
+refused "usage: tools/gpu-compare-prepare NAME" prepare
+refused "usage: tools/gpu-compare-prepare NAME" prepare a b c
+refused "NAME takes letters" prepare "a/b"
+refused "run it from the repository root" prepare fine
+[ ! -e "$tmp/notrepo/.gpu" ] || fail "gpu-compare-prepare made .gpu before refusing"
 
 # The scripts' shared recorder (tools/gpu-sysroot): under set -e, a failing command's
 # status and output are kept, and the caller goes on.
@@ -83,19 +75,14 @@ fi
 echo "gpu_record: a failing command's status (3) and output kept, its caller went on"
 
 # tools/gpu-round's choice of tarball: the only one in .gpu, or the one named; it refuses
-# to guess among several, before it builds anything.
+# to guess among several, and a wrong MOED_GPU_ROUND_TESTS, before it builds anything.
 cp "$src/tools/gpu-round" "$tmp/repo/tools/"
-round_refused() { # $1: what stderr must say; $2: MOED_GPU_ROUND_TARBALL
-	(cd "$tmp/repo" && MOED_GPU_SYSROOT=$tmp/none MOED_GPU_ROUND_TARBALL=$2 OUT=$tmp/round \
-		sh tools/gpu-round) > "$tmp/stdout" 2> "$tmp/stderr"
-	rc=$?
-	[ $rc = 2 ] || { cat "$tmp/stderr"; fail "gpu-round (tarball '$2') exited $rc, not 2"; }
-	grep -q -- "$1" "$tmp/stderr" || { cat "$tmp/stderr"; fail "gpu-round: no '$1'"; }
-	! grep -q "tarball made from" "$tmp/stdout" || fail "gpu-round unpacked a tarball before refusing"
-	echo "refused: gpu-round, tarball '$2' ($1)"
+round() { # its environment's VAR=V words
+	(cd "$tmp/repo" && env MOED_GPU_SYSROOT="$tmp/none" OUT="$tmp/round" "$@" sh tools/gpu-round)
 }
-round_refused "no .gpu/moed-\*.tar.gz" ""
+refused "no .gpu/moed-*.tar.gz" round
 : > "$tmp/repo/.gpu/moed-a.tar.gz"
 : > "$tmp/repo/.gpu/moed-b.tar.gz"
-round_refused "several tarballs in .gpu" ""
-round_refused "no tarball .gpu/moed-c.tar.gz" .gpu/moed-c.tar.gz
+refused "several tarballs in .gpu" round
+refused "no tarball .gpu/moed-c.tar.gz" round MOED_GPU_ROUND_TARBALL=.gpu/moed-c.tar.gz
+refused "MOED_GPU_ROUND_TESTS=no: wants 0 (the suite left out) or 1" round MOED_GPU_ROUND_TESTS=no
